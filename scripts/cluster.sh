@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Start, stop or wipe the local PostgreSQL cluster under target/pg.
+#   scripts/cluster.sh start|stop|restart|wipe|status
+# The cluster runs as `postgres` when we are root, listens on a Unix socket in
+# target/pg/sock and on 127.0.0.1:$PGPORT, and trusts local connections
+# (a development cluster: never expose it).
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+
+start() {
+    mkdir -p "$ROOT/target/pg"
+    if [ "$(id -u)" = 0 ]; then
+        chown postgres: "$ROOT/target/pg"
+        if ! runuser -u postgres -- test -w "$ROOT/target/pg"; then
+            echo "the postgres user cannot reach $ROOT/target/pg; make the path traversable (chmod o+x on its parents)" >&2
+            exit 1
+        fi
+    fi
+    if [ ! -f "$PGDATA_DIR/PG_VERSION" ]; then
+        say "initdb $PGDATA_DIR"
+        as_pg "$PGBIN/initdb" -D "$PGDATA_DIR" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+        cat >> "$PGDATA_DIR/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$PGHOST_DIR'
+max_connections = 100
+shared_buffers = 256MB
+fsync = on
+wal_level = replica
+max_wal_senders = 4
+hot_standby = on
+log_min_messages = warning
+log_line_prefix = '%m [%p] %q%u@%d '
+CONF
+        echo "host replication all 127.0.0.1/32 trust" >> "$PGDATA_DIR/pg_hba.conf"
+    fi
+    as_pg mkdir -p "$PGHOST_DIR"
+    if as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+        return 0
+    fi
+    say "starting PostgreSQL $PG_MAJOR on port $PGPORT"
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null
+}
+
+stop() {
+    if [ -f "$PGDATA_DIR/PG_VERSION" ] && as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
+        say "stopping PostgreSQL"
+        as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w stop >/dev/null
+    fi
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    restart) stop; start ;;
+    wipe) stop; rm -rf "$ROOT/target/pg" ;;
+    status) as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status ;;
+    *) echo "usage: $0 start|stop|restart|wipe|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,29 @@
+-- pg_apikeys: row-level security (design.md §8). Enabled and forced on every
+-- table. Clients only ever SELECT; there are no write policies, so a direct
+-- INSERT/UPDATE/DELETE is refused (it is not granted either).
+
+ALTER TABLE apikeys.workspaces ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.workspaces FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.members    ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.members    FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.keys       ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.keys       FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.key_hashes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.key_hashes FORCE ROW LEVEL SECURITY;
+-- key_hashes has no policy at all: no row is visible to any role subject to RLS.
+
+-- Members see the workspaces they belong to.
+CREATE POLICY workspaces_visible ON apikeys.workspaces FOR SELECT
+    USING (apikeys.member_role(id) IS NOT NULL);
+
+-- Admins see every membership (with history) of their workspaces; everyone
+-- sees their own.
+CREATE POLICY members_visible ON apikeys.members FOR SELECT
+    USING (principal = apikeys.current_principal()
+           OR apikeys.member_role(workspace_id) = 'admin');
+
+-- Admins see every key of their workspaces; members see their own keys.
+CREATE POLICY keys_visible ON apikeys.keys FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin'
+           OR (owner = apikeys.current_principal()
+               AND apikeys.member_role(workspace_id) IS NOT NULL));

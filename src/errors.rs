@@ -1,0 +1,311 @@
+//! Errors: the one place where messages are written and SQLSTATEs chosen
+//! (design.md §7).
+//!
+//! pgrx reports errors through `PgSqlErrorCode`, a closed enum of
+//! PostgreSQL's own codes, so it cannot carry this extension's `PT401` and
+//! `PT404`. Every SQL-callable function therefore has two layers:
+//!
+//! * an inner `#[pg_extern(sql = false)]` function that computes a
+//!   `Result<T, ApiError>`; on `Err` it parks the error with [`defer`] and
+//!   returns an empty placeholder, so every Rust value is dropped normally;
+//! * an outer C entry point made by [`entry_points!`], which calls pgrx's
+//!   generated wrapper and then, with only plain data on its stack, raises
+//!   the parked error through PostgreSQL's `errstart`/`errfinish` with the
+//!   exact SQLSTATE. This is the same point at which pgrx itself reports
+//!   errors (after its guard has returned), so no Rust frame with a
+//!   destructor is ever skipped by the `longjmp`.
+//!
+//! Messages are `'static` and never contain a token, a hash, an id, or any
+//! value a caller sent.
+
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, CStr};
+
+use crate::rules::Invalid;
+
+/// A SQLSTATE as its five characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub [u8; 5]);
+
+impl SqlState {
+    pub const INVALID_PARAMETER: SqlState = SqlState(*b"22023");
+    pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState(*b"42501");
+    pub const UNIQUE_VIOLATION: SqlState = SqlState(*b"23505");
+    pub const CHECK_VIOLATION: SqlState = SqlState(*b"23514");
+    pub const NOT_FOUND: SqlState = SqlState(*b"PT404");
+    pub const UNAUTHENTICATED: SqlState = SqlState(*b"PT401");
+    pub const INTERNAL: SqlState = SqlState(*b"XX000");
+
+    /// PostgreSQL's `MAKE_SQLSTATE`.
+    pub const fn code(self) -> c_int {
+        const fn six(c: u8) -> c_int {
+            (c.wrapping_sub(b'0') & 0x3f) as c_int
+        }
+        let b = self.0;
+        six(b[0]) | (six(b[1]) << 6) | (six(b[2]) << 12) | (six(b[3]) << 18) | (six(b[4]) << 24)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ok: every constant above is ASCII
+        std::str::from_utf8(&self.0).unwrap_or("XX000")
+    }
+}
+
+/// Every failure a client can see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    /// 22023: an argument broke a rule.
+    Invalid(Invalid),
+    /// 22023: `expires_at` is not in the future.
+    ExpiryNotFuture,
+    /// 22023: a required argument was NULL.
+    NullArgument(&'static CStr),
+    /// 42501: nobody is calling (no role claim, anonymous JWT).
+    NoPrincipal,
+    /// 42501: the caller is not a member of the workspace.
+    NotMember,
+    /// 42501: the caller is a member but not an admin.
+    NotAdmin,
+    /// 42501: scopes beyond what the caller holds.
+    ScopeEscalation,
+    /// 42501: an API-key caller whose key lacks `apikeys:manage`.
+    KeyCannotManage,
+    /// 23514: the change would leave a workspace with no admin.
+    LastAdmin,
+    /// 23505: an active key already has this name in the workspace.
+    NameTaken,
+    /// 23505: a workspace with this id exists.
+    WorkspaceExists,
+    /// PT404: no such workspace.
+    WorkspaceNotFound,
+    /// PT404: no such key, or not the caller's to see.
+    KeyNotFound,
+    /// PT404: no such active member.
+    MemberNotFound,
+    /// PT401: `authenticate()` rejected the API key.
+    Unauthenticated,
+    /// XX000: a bug (an SPI call failed in a way that cannot be the caller's fault).
+    Internal,
+}
+
+impl ApiError {
+    pub fn sqlstate(self) -> SqlState {
+        use ApiError::*;
+        match self {
+            Invalid(_) | ExpiryNotFuture | NullArgument(_) => SqlState::INVALID_PARAMETER,
+            NoPrincipal | NotMember | NotAdmin | ScopeEscalation | KeyCannotManage => {
+                SqlState::INSUFFICIENT_PRIVILEGE
+            }
+            LastAdmin => SqlState::CHECK_VIOLATION,
+            NameTaken | WorkspaceExists => SqlState::UNIQUE_VIOLATION,
+            WorkspaceNotFound | KeyNotFound | MemberNotFound => SqlState::NOT_FOUND,
+            Unauthenticated => SqlState::UNAUTHENTICATED,
+            Internal => SqlState::INTERNAL,
+        }
+    }
+
+    pub fn message(self) -> &'static CStr {
+        use ApiError::*;
+        match self {
+            Invalid(i) => match i {
+                crate::rules::Invalid::Name => {
+                    c"invalid key name: use 1-64 characters a-z, 0-9 and single inner dashes"
+                }
+                crate::rules::Invalid::Scope => {
+                    c"invalid scope: use 1-64 characters a-z, 0-9, '_', '.', '-', ':' starting with a letter"
+                }
+                crate::rules::Invalid::TooManyScopes => c"too many scopes: at most 64",
+                crate::rules::Invalid::NullScope => c"invalid scope: scopes must not be null",
+                crate::rules::Invalid::Prefix => {
+                    c"invalid key prefix: use 2-16 characters a-z0-9 starting with a letter, optionally '_' and 1-16 more"
+                }
+                crate::rules::Invalid::ReservedPrefix => {
+                    c"invalid key prefix: 'pk' is reserved for public keys"
+                }
+                crate::rules::Invalid::Role => c"invalid role: use 'admin' or 'member'",
+                crate::rules::Invalid::Principal => {
+                    c"invalid principal: use 1-256 characters, no control characters or surrounding spaces"
+                }
+                crate::rules::Invalid::WorkspaceName => {
+                    c"invalid workspace name: use 1-128 characters, no control characters"
+                }
+                crate::rules::Invalid::Metadata => {
+                    c"invalid metadata: use a JSON object of at most 16 kB"
+                }
+            },
+            ExpiryNotFuture => c"invalid expires_at: it must lie in the future",
+            NullArgument(m) => m,
+            NoPrincipal => c"no principal: call as a database role, with JWT claims that carry a sub, or with an API key",
+            NotMember => c"permission denied: the caller is not a member of this workspace",
+            NotAdmin => c"permission denied: this needs the workspace admin role",
+            ScopeEscalation => c"permission denied: scopes beyond the caller's own",
+            KeyCannotManage => c"permission denied: the API key in use lacks scope apikeys:manage",
+            LastAdmin => c"a workspace must keep at least one admin",
+            NameTaken => c"an active key with this name already exists in the workspace",
+            WorkspaceExists => c"a workspace with this id already exists",
+            WorkspaceNotFound => c"workspace not found",
+            KeyNotFound => c"key not found",
+            MemberNotFound => c"member not found",
+            Unauthenticated => c"invalid API key",
+            Internal => c"internal error in pg_apikeys",
+        }
+    }
+
+    pub fn hint(self) -> Option<&'static CStr> {
+        use ApiError::*;
+        match self {
+            NoPrincipal => Some(c"anonymous callers may only verify keys"),
+            ScopeEscalation => Some(c"members may grant only scopes they hold themselves; admins may grant any"),
+            NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
+            _ => None,
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(i: Invalid) -> Self {
+        ApiError::Invalid(i)
+    }
+}
+
+impl From<pgrx::spi::SpiError> for ApiError {
+    fn from(_: pgrx::spi::SpiError) -> Self {
+        ApiError::Internal
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+thread_local! {
+    static PENDING: Cell<Option<ApiError>> = const { Cell::new(None) };
+}
+
+/// Park `err` to be raised by the entry point once pgrx's wrapper returns.
+pub fn defer(err: ApiError) {
+    PENDING.with(|p| p.set(Some(err)));
+}
+
+/// `Ok(v)` → `Some(v)`; `Err(e)` → parks `e` and gives `None` (the placeholder).
+pub fn deferred<T>(r: ApiResult<T>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            defer(e);
+            None
+        }
+    }
+}
+
+#[doc(hidden)]
+pub fn clear_pending() {
+    PENDING.with(|p| p.set(None));
+}
+
+#[cfg_attr(target_os = "windows", link(name = "postgres"))]
+unsafe extern "C-unwind" {
+    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
+    fn errcode(sqlerrcode: c_int) -> c_int;
+    fn errmsg(fmt: *const c_char, ...) -> c_int;
+    fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
+}
+
+/// Raise the parked error, if any. Called only by [`entry_points!`] code,
+/// whose frame holds nothing but a `Datum`.
+///
+/// # Safety
+/// Must be called from an `extern "C-unwind"` function called by PostgreSQL,
+/// outside any Rust frame that owns a value with a destructor.
+#[doc(hidden)]
+#[inline(never)]
+pub unsafe fn raise_pending() {
+    let Some(err) = PENDING.with(|p| p.take()) else { return };
+    let code = err.sqlstate().code();
+    let msg = err.message().as_ptr();
+    let hint = err.hint().map(CStr::as_ptr);
+    // SAFETY: plain FFI into PostgreSQL's ereport(); every pointer is 'static.
+    unsafe {
+        if errstart(pgrx::pg_sys::PGERROR as c_int, std::ptr::null()) {
+            errcode(code);
+            errmsg(c"%s".as_ptr(), msg);
+            if let Some(h) = hint {
+                errhint(c"%s".as_ptr(), h);
+            }
+            errfinish(c"pg_apikeys".as_ptr(), 0, std::ptr::null());
+        }
+    }
+}
+
+/// For each `outer => inner_wrapper` pair, define the C symbol `outer` (and its
+/// `pg_finfo_outer` record) that `sql/*.sql` names in `CREATE FUNCTION ... AS
+/// 'MODULE_PATHNAME', 'outer'`. It calls pgrx's wrapper and then raises any
+/// parked [`ApiError`] with its exact SQLSTATE.
+#[macro_export]
+macro_rules! entry_points {
+    ($($outer:ident / $finfo:ident => $inner:path;)*) => {$(
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+            const V1_API: ::pgrx::pg_sys::Pg_finfo_record =
+                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1_API
+        }
+
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        /// # Safety
+        /// Called by PostgreSQL's function manager only.
+        pub unsafe extern "C-unwind" fn $outer(
+            fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
+        ) -> ::pgrx::pg_sys::Datum {
+            $crate::errors::clear_pending();
+            // SAFETY: same fcinfo, same calling convention as pgrx's own wrapper
+            let datum = unsafe { $inner(fcinfo) };
+            // SAFETY: only `datum` (plain data) is live in this frame
+            unsafe { $crate::errors::raise_pending() };
+            datum
+        }
+    )*};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_sqlstate_matches_postgres() {
+        use pgrx::PgSqlErrorCode as E;
+        assert_eq!(SqlState::INVALID_PARAMETER.code(), E::ERRCODE_INVALID_PARAMETER_VALUE as c_int);
+        assert_eq!(SqlState::UNIQUE_VIOLATION.code(), E::ERRCODE_UNIQUE_VIOLATION as c_int);
+        assert_eq!(SqlState::CHECK_VIOLATION.code(), E::ERRCODE_CHECK_VIOLATION as c_int);
+        assert_eq!(SqlState::INSUFFICIENT_PRIVILEGE.code(), E::ERRCODE_INSUFFICIENT_PRIVILEGE as c_int);
+        assert_eq!(SqlState::INTERNAL.code(), E::ERRCODE_INTERNAL_ERROR as c_int);
+    }
+
+    #[test]
+    fn every_error_has_a_sqlstate_from_the_design_table() {
+        let all = [
+            ApiError::Invalid(Invalid::Name),
+            ApiError::ExpiryNotFuture,
+            ApiError::NoPrincipal,
+            ApiError::NotMember,
+            ApiError::NotAdmin,
+            ApiError::ScopeEscalation,
+            ApiError::KeyCannotManage,
+            ApiError::LastAdmin,
+            ApiError::NameTaken,
+            ApiError::WorkspaceNotFound,
+            ApiError::KeyNotFound,
+            ApiError::MemberNotFound,
+            ApiError::Unauthenticated,
+        ];
+        for e in all {
+            let s = e.sqlstate();
+            assert!(
+                ["22023", "42501", "23505", "23514", "PT404", "PT401"].contains(&s.as_str()),
+                "{e:?}"
+            );
+            assert!(!e.message().to_bytes().is_empty());
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Every setting of pg_apikeys, registered once from `_PG_init`.
+
+use std::ffi::CString;
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+
+/// `apikeys.last_used_interval` (seconds, default 60): `verify_key` writes a
+/// key's `last_used_at` at most once per this interval. `0` writes on every
+/// verify; `-1` never writes. Superuser-only (`SUSET`), so a client cannot
+/// turn its own verifies into a write load.
+pub static LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// `apikeys.header` (default `x-api-key`): the request header, as PostgREST
+/// lower-cases it in `request.headers`, that `apikeys.authenticate()` reads.
+pub static HEADER: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"x-api-key"));
+
+/// `apikeys.key_role` (default unset): the role `apikeys.authenticate()`
+/// switches to after accepting an API key. Unset: the role stays as is.
+pub static KEY_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apikeys.last_used_interval",
+        c"Seconds between writes of a key's last_used_at by verify_key.",
+        c"0 writes on every verify, -1 never writes. Writes are skipped in read-only transactions, on standbys and when the key row is locked.",
+        &LAST_USED_INTERVAL,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"apikeys.header",
+        c"Request header carrying the API key for apikeys.authenticate().",
+        c"Lower-case, as PostgREST stores headers in request.headers.",
+        &HEADER,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apikeys.key_role",
+        c"Role apikeys.authenticate() switches to after accepting an API key.",
+        c"Unset: the request keeps its role.",
+        &KEY_ROLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}

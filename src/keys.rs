@@ -1,0 +1,383 @@
+//! Secret keys (design.md §3): `create_key`, `verify_key`, `revoke_key`.
+
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::{JsonB, PgBuiltInOids, PgOid, Uuid};
+use rand::RngCore;
+use std::cell::OnceCell;
+
+use crate::errors::{deferred, ApiError, ApiResult};
+use crate::gucs;
+use crate::principal::Caller;
+use crate::rules::{self, Role};
+use crate::token;
+use crate::workspaces::{caller, caller_membership};
+
+/// What `create_key` returns: the only moment the token exists.
+pub struct NewKey {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub key: String,
+}
+
+type NewKeyRow = (Uuid, String, String, String);
+
+impl NewKey {
+    fn row(self) -> NewKeyRow {
+        (self.id, self.name, self.prefix, self.key)
+    }
+}
+
+/// 32 bytes from the operating system's CSPRNG.
+fn random_body() -> ApiResult<[u8; token::BODY_BYTES]> {
+    let mut bytes = [0u8; token::BODY_BYTES];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|_| ApiError::Internal)?;
+    Ok(bytes)
+}
+
+/// `expires_at` must lie in the future (after the transaction's `now()`).
+fn check_future(expires_at: Option<TimestampWithTimeZone>) -> ApiResult<()> {
+    if let Some(t) = expires_at {
+        let at: pg_sys::TimestampTz = t.into();
+        // SAFETY: reads the current transaction's start time
+        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        if at <= now {
+            return Err(ApiError::ExpiryNotFuture);
+        }
+    }
+    Ok(())
+}
+
+/// Settings of a key to mint, already validated.
+pub struct KeySpec {
+    pub workspace_id: Uuid,
+    pub owner: String,
+    /// `None`: `key-<first 8 of body>`.
+    pub name: Option<String>,
+    pub scopes: Vec<String>,
+    pub metadata: serde_json::Value,
+    pub expires_at: Option<TimestampWithTimeZone>,
+    pub prefix: String,
+}
+
+/// Insert a key row and its hash. The only place a token is made.
+pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
+    // a display-prefix collision (47 random bits) is retried with a new token
+    for _ in 0..4 {
+        let minted = token::build(&spec.prefix, &random_body()?);
+        let name = spec.name.clone().unwrap_or_else(|| minted.default_name.clone());
+        let inserted = client.update(
+            "INSERT INTO apikeys.keys (workspace_id, owner, name, prefix, scopes, metadata, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+            None,
+            &[
+                spec.workspace_id.into(),
+                spec.owner.as_str().into(),
+                name.as_str().into(),
+                minted.display_prefix.as_str().into(),
+                spec.scopes.clone().into(),
+                JsonB(spec.metadata.clone()).into(),
+                spec.expires_at.into(),
+            ],
+        )?;
+        if inserted.is_empty() {
+            let taken = client.select(
+                "SELECT 1 FROM apikeys.keys WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL",
+                Some(1),
+                &[spec.workspace_id.into(), name.as_str().into()],
+            )?;
+            if !taken.is_empty() && spec.name.is_some() {
+                return Err(ApiError::NameTaken);
+            }
+            continue;
+        }
+        let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
+        let digest = token::digest(&minted.token);
+        client.update(
+            "INSERT INTO apikeys.key_hashes (key_id, hash) VALUES ($1, $2)",
+            None,
+            &[id.into(), digest.as_slice().into()],
+        )?;
+        return Ok(NewKey { id, name, prefix: minted.display_prefix, key: minted.token });
+    }
+    Err(ApiError::NameTaken)
+}
+
+/// May `caller` (with `membership`) give a key `scopes`?
+pub fn authorize_scopes(caller: &Caller, role: Role, held: &[String], scopes: &[String]) -> ApiResult<()> {
+    if let Some(k) = &caller.key {
+        if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
+            return Err(ApiError::KeyCannotManage);
+        }
+        if !rules::missing(scopes, &k.scopes).is_empty() {
+            return Err(ApiError::ScopeEscalation);
+        }
+    }
+    if role == Role::Member && !rules::missing(scopes, held).is_empty() {
+        return Err(ApiError::ScopeEscalation);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_key_impl(
+    workspace_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+    metadata: Option<JsonB>,
+    prefix: Option<&str>,
+) -> ApiResult<NewKey> {
+    let caller = caller()?;
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    let name = name.map(rules::key_name).transpose()?;
+    let scopes = rules::scopes(&scopes.unwrap_or_default())?;
+    check_future(expires_at)?;
+    let metadata = metadata.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
+    rules::metadata(&metadata)?;
+    let prefix = prefix.unwrap_or("sk");
+    rules::key_prefix(prefix)?;
+
+    Spi::connect_mut(|client| {
+        let m = caller_membership(client, &caller, workspace_id)?;
+        authorize_scopes(&caller, m.role, &m.scopes, &scopes)?;
+        let spec = KeySpec {
+            workspace_id,
+            owner: caller.principal.clone(),
+            name,
+            scopes,
+            metadata,
+            expires_at,
+            prefix: prefix.to_owned(),
+        };
+        mint(client, &spec)
+    })
+}
+
+#[pg_extern(sql = false)]
+fn create_key(
+    workspace_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+    metadata: Option<JsonB>,
+    prefix: Option<&str>,
+) -> TableIterator<'static, (
+    name!(id, Uuid),
+    name!(name, String),
+    name!(prefix, String),
+    name!(key, String),
+)> {
+    match deferred(create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)) {
+        Some(k) => TableIterator::once(k.row()),
+        None => TableIterator::empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// verify_key: the hot path. The token's shape and checksum are checked before
+// any table access; the look-up is one plan prepared once per backend.
+
+const VERIFY_SQL: &str = "\
+SELECT k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at,
+       (k.last_used_at IS NULL
+        OR k.last_used_at <= pg_catalog.now() - $2 * interval '1 second') AS stale
+  FROM apikeys.key_hashes h
+  JOIN apikeys.keys k ON k.id = h.key_id
+ WHERE h.hash = $1
+   AND k.revoked_at IS NULL
+   AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now())";
+
+// Lock the row only if nobody else holds it, so a verify never waits.
+const TOUCH_SQL: &str = "\
+UPDATE apikeys.keys k SET last_used_at = pg_catalog.now()
+ WHERE k.id = (SELECT c.id FROM apikeys.keys c
+                WHERE c.id = $1 AND c.revoked_at IS NULL
+                  AND (c.last_used_at IS NULL
+                       OR c.last_used_at <= pg_catalog.now() - $2 * interval '1 second')
+                  FOR NO KEY UPDATE SKIP LOCKED)";
+
+thread_local! {
+    static VERIFY_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+    static TOUCH_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+/// Run `f` with the backend's kept plan for `sql`, preparing it on first use.
+fn with_plan<'c, R>(
+    cell: &'static std::thread::LocalKey<OnceCell<OwnedPreparedStatement>>,
+    client: &mut SpiClient<'c>,
+    sql: &str,
+    args: &[PgOid],
+    f: impl FnOnce(&mut SpiClient<'c>, &OwnedPreparedStatement) -> ApiResult<R>,
+) -> ApiResult<R> {
+    cell.with(|c| {
+        if c.get().is_none() {
+            let plan = client.prepare(sql, args)?.keep();
+            let _ = c.set(plan);
+        }
+        let plan = c.get().ok_or(ApiError::Internal)?;
+        f(client, plan)
+    })
+}
+
+const VERIFY_ARGS: [PgOid; 2] =
+    [PgOid::BuiltIn(PgBuiltInOids::BYTEAOID), PgOid::BuiltIn(PgBuiltInOids::FLOAT8OID)];
+const TOUCH_ARGS: [PgOid; 2] =
+    [PgOid::BuiltIn(PgBuiltInOids::UUIDOID), PgOid::BuiltIn(PgBuiltInOids::FLOAT8OID)];
+
+/// A verified key.
+pub struct Verified {
+    pub key_id: Uuid,
+    pub workspace_id: Uuid,
+    pub owner: String,
+    pub scopes: Vec<String>,
+    pub metadata: JsonB,
+    pub expires_at: Option<TimestampWithTimeZone>,
+}
+
+/// Whether this transaction may write `last_used_at` at all.
+fn may_touch() -> bool {
+    // SAFETY: reads backend-local transaction state
+    unsafe {
+        !pg_sys::XactReadOnly
+            && !pg_sys::RecoveryInProgress()
+            && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
+    }
+}
+
+/// Check a token; `None` for every kind of failure.
+pub fn verify(token_text: &str, required: &[String]) -> ApiResult<Option<Verified>> {
+    if token::parse(token_text).is_err() {
+        return Ok(None);
+    }
+    let digest = token::digest(token_text);
+    let interval = gucs::LAST_USED_INTERVAL.get();
+    Spi::connect_mut(|client| {
+        let found = with_plan(&VERIFY_PLAN, client, VERIFY_SQL, &VERIFY_ARGS, |client, plan| {
+            let t = client.select(plan, Some(1), &[digest.as_slice().into(), f64::from(interval.max(0)).into()])?;
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let t = t.first();
+            Ok(Some((
+                Verified {
+                    key_id: t.get(1)?.ok_or(ApiError::Internal)?,
+                    workspace_id: t.get(2)?.ok_or(ApiError::Internal)?,
+                    owner: t.get(3)?.ok_or(ApiError::Internal)?,
+                    scopes: t.get(4)?.unwrap_or_default(),
+                    metadata: t.get(5)?.unwrap_or(JsonB(serde_json::json!({}))),
+                    expires_at: t.get(6)?,
+                },
+                t.get::<bool>(7)?.unwrap_or(false),
+            )))
+        })?;
+        let Some((v, stale)) = found else { return Ok(None) };
+        if !rules::missing(required, &v.scopes).is_empty() {
+            return Ok(None);
+        }
+        if stale && interval >= 0 && may_touch() {
+            with_plan(&TOUCH_PLAN, client, TOUCH_SQL, &TOUCH_ARGS, |client, plan| {
+                client.update(plan, None, &[v.key_id.into(), f64::from(interval).into()])?;
+                Ok(())
+            })?;
+        }
+        Ok(Some(v))
+    })
+}
+
+fn verify_key_impl(key: Option<&str>, required: Option<Vec<Option<String>>>) -> ApiResult<Option<Verified>> {
+    let Some(key) = key else { return Ok(None) };
+    let mut req = Vec::new();
+    for s in required.unwrap_or_default() {
+        match s {
+            Some(s) => req.push(s),
+            // a NULL required scope can never be held
+            None => return Ok(None),
+        }
+    }
+    verify(key, &req)
+}
+
+#[pg_extern(sql = false)]
+fn verify_key(
+    key: Option<&str>,
+    required_scopes: Option<Vec<Option<String>>>,
+) -> TableIterator<'static, (
+    name!(key_id, Uuid),
+    name!(workspace_id, Uuid),
+    name!(owner, String),
+    name!(scopes, Vec<String>),
+    name!(metadata, JsonB),
+    name!(expires_at, Option<TimestampWithTimeZone>),
+)> {
+    match deferred(verify_key_impl(key, required_scopes)).flatten() {
+        Some(v) => TableIterator::once((v.key_id, v.workspace_id, v.owner, v.scopes, v.metadata, v.expires_at)),
+        None => TableIterator::empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// revoke_key
+
+/// Find a key the caller may manage: admins any key of their workspace,
+/// members their own. Absent and not-yours are the same [`ApiError::KeyNotFound`].
+pub fn manageable_key(client: &mut SpiClient<'_>, caller: &Caller, key_id: Uuid) -> ApiResult<Uuid> {
+    let row = client.select(
+        "SELECT workspace_id, owner FROM apikeys.keys WHERE id = $1",
+        Some(1),
+        &[key_id.into()],
+    )?;
+    if row.is_empty() {
+        return Err(ApiError::KeyNotFound);
+    }
+    let row = row.first();
+    let workspace_id: Uuid = row.get(1)?.ok_or(ApiError::Internal)?;
+    let owner: String = row.get(2)?.ok_or(ApiError::Internal)?;
+    let m = match caller_membership(client, caller, workspace_id) {
+        Ok(m) => m,
+        Err(ApiError::NotMember | ApiError::WorkspaceNotFound) => return Err(ApiError::KeyNotFound),
+        Err(e) => return Err(e),
+    };
+    if m.role != Role::Admin && owner != caller.principal {
+        return Err(ApiError::KeyNotFound);
+    }
+    Ok(workspace_id)
+}
+
+fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
+    let caller = caller()?;
+    let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
+    Spi::connect_mut(|client| {
+        manageable_key(client, &caller, key_id)?;
+        if let Some(k) = &caller.key {
+            // a key may always revoke itself; anything else needs apikeys:manage
+            if k.key_id != key_id && !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
+                return Err(ApiError::KeyCannotManage);
+            }
+        }
+        let set = client.update(
+            "UPDATE apikeys.keys SET revoked_at = pg_catalog.now()
+              WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",
+            None,
+            &[key_id.into()],
+        )?;
+        if !set.is_empty() {
+            return set.first().get(1)?.ok_or(ApiError::Internal);
+        }
+        client
+            .select("SELECT revoked_at FROM apikeys.keys WHERE id = $1", Some(1), &[key_id.into()])?
+            .first()
+            .get(1)?
+            .ok_or(ApiError::Internal)
+    })
+}
+
+#[pg_extern(sql = false)]
+fn revoke_key(key_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
+    deferred(revoke_key_impl(key_id))
+}

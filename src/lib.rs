@@ -1,0 +1,63 @@
+//! pg_apikeys: API keys that live, are checked and die inside PostgreSQL.
+//!
+//! Module map:
+//! * [`token`]      — token format, base62, CRC32 checksum, SHA-256 (pure Rust)
+//! * [`rules`]      — name, scope, prefix, role and principal rules (pure Rust)
+//! * [`errors`]     — the one error type, its SQLSTATEs and messages, and the
+//!                    C entry points that raise them
+//! * [`gucs`]       — every `apikeys.*` setting
+//! * [`principal`]  — `current_principal()` and the per-transaction key binding
+//! * [`workspaces`] — `create_workspace`, `add_member`, `remove_member`
+//! * [`keys`]       — `create_key`, `verify_key`, `revoke_key`
+//!
+//! The DDL lives in `sql/*.sql` (tables, functions, triggers, policies,
+//! grants), loaded below in that order.
+
+use pgrx::prelude::*;
+
+pub mod errors;
+pub mod gucs;
+pub mod keys;
+pub mod principal;
+pub mod rules;
+pub mod token;
+pub mod workspaces;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/functions.sql", name = "functions", requires = ["schema"]);
+extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = ["functions"]);
+extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["triggers"]);
+extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
+
+// The C symbols that sql/functions.sql names; see errors.rs for why each
+// wraps pgrx's generated wrapper.
+entry_points! {
+    apikeys_current_principal / pg_finfo_apikeys_current_principal => principal::current_principal_wrapper;
+    apikeys_create_workspace / pg_finfo_apikeys_create_workspace => workspaces::create_workspace_wrapper;
+    apikeys_add_member / pg_finfo_apikeys_add_member => workspaces::add_member_wrapper;
+    apikeys_remove_member / pg_finfo_apikeys_remove_member => workspaces::remove_member_wrapper;
+    apikeys_create_key / pg_finfo_apikeys_create_key => keys::create_key_wrapper;
+    apikeys_verify_key / pg_finfo_apikeys_verify_key => keys::verify_key_wrapper;
+    apikeys_revoke_key / pg_finfo_apikeys_revoke_key => keys::revoke_key_wrapper;
+}
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    principal::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

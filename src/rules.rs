@@ -1,0 +1,253 @@
+//! Validation rules for names, scopes, roles and principals (design.md §2–§3).
+//!
+//! Plain Rust, no PostgreSQL: each rule returns the [`Invalid`] reason, which
+//! `errors.rs` turns into SQLSTATE 22023 with a fixed message. Messages never
+//! echo the rejected value, so nothing a caller sent (or mistyped into the
+//! wrong argument, such as a token) is reflected back or logged.
+
+/// Longest key name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest scope.
+pub const MAX_SCOPE_LEN: usize = 64;
+/// Most scopes on one key or member.
+pub const MAX_SCOPES: usize = 64;
+/// Longest principal (a role name or a JWT `sub`).
+pub const MAX_PRINCIPAL_LEN: usize = 256;
+/// Longest workspace name.
+pub const MAX_WORKSPACE_NAME_LEN: usize = 128;
+/// Largest key metadata, as jsonb text.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// The scope a key needs to mint or rotate keys on its owner's behalf.
+pub const MANAGE_SCOPE: &str = "apikeys:manage";
+
+/// Which rule an argument broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    Name,
+    Scope,
+    TooManyScopes,
+    NullScope,
+    Prefix,
+    ReservedPrefix,
+    Role,
+    Principal,
+    WorkspaceName,
+    Metadata,
+}
+
+/// Normalise and check a key name: ASCII lower-cased, then
+/// `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 64 characters.
+pub fn key_name(raw: &str) -> Result<String, Invalid> {
+    let name = raw.to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(name)
+    } else {
+        Err(Invalid::Name)
+    }
+}
+
+/// Check one scope: 1–64 characters of `[a-z0-9_.:-]`, starting with a
+/// letter, with no empty `:`-separated segment (`read`, `billing:write`,
+/// `apikeys:manage`). Scopes are compared exactly; there are no wildcards.
+pub fn scope(s: &str) -> Result<(), Invalid> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SCOPE_LEN
+        && s.as_bytes()[0].is_ascii_lowercase()
+        && s.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
+        })
+        && s.split(':').all(|seg| !seg.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::Scope)
+    }
+}
+
+/// Check a scope list (SQL NULL elements arrive as `None`) and return it
+/// de-duplicated, first occurrence kept, order otherwise preserved.
+pub fn scopes(list: &[Option<String>]) -> Result<Vec<String>, Invalid> {
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for item in list {
+        let s = item.as_deref().ok_or(Invalid::NullScope)?;
+        scope(s)?;
+        if !out.iter().any(|o| o == s) {
+            out.push(s.to_owned());
+        }
+    }
+    if out.len() > MAX_SCOPES {
+        return Err(Invalid::TooManyScopes);
+    }
+    Ok(out)
+}
+
+/// Scopes of `wanted` that `held` does not hold (empty when `wanted ⊆ held`).
+pub fn missing<'a>(wanted: &'a [String], held: &[String]) -> Vec<&'a str> {
+    wanted.iter().filter(|w| !held.contains(w)).map(String::as_str).collect()
+}
+
+/// Check a secret-key prefix; `pk` is reserved for public keys.
+pub fn key_prefix(p: &str) -> Result<(), Invalid> {
+    if !crate::token::valid_prefix(p) {
+        return Err(Invalid::Prefix);
+    }
+    if p == "pk" || p.starts_with("pk_") {
+        return Err(Invalid::ReservedPrefix);
+    }
+    Ok(())
+}
+
+/// A member role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Result<Role, Invalid> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            _ => Err(Invalid::Role),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// Check a principal named by an admin (`add_member`, `remove_member`):
+/// 1–256 characters, no control characters, no leading or trailing space.
+pub fn principal(p: &str) -> Result<(), Invalid> {
+    let ok = !p.is_empty()
+        && p.chars().count() <= MAX_PRINCIPAL_LEN
+        && !p.chars().any(char::is_control)
+        && p.trim() == p;
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::Principal)
+    }
+}
+
+/// Check a workspace name: 1–128 characters, no control characters, not blank.
+pub fn workspace_name(n: &str) -> Result<(), Invalid> {
+    let ok = !n.trim().is_empty()
+        && n.chars().count() <= MAX_WORKSPACE_NAME_LEN
+        && !n.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::WorkspaceName)
+    }
+}
+
+/// Check key metadata: a JSON object of at most 16 KiB.
+pub fn metadata(v: &serde_json::Value) -> Result<(), Invalid> {
+    if !v.is_object() {
+        return Err(Invalid::Metadata);
+    }
+    let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+    if size > MAX_METADATA_BYTES {
+        return Err(Invalid::Metadata);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strs(v: &[&str]) -> Vec<Option<String>> {
+        v.iter().map(|s| Some((*s).to_owned())).collect()
+    }
+
+    #[test]
+    fn names_are_lowered_and_checked() {
+        assert_eq!(key_name("Prod-API").unwrap(), "prod-api");
+        assert_eq!(key_name("a").unwrap(), "a");
+        assert_eq!(key_name("a1-b2-c3").unwrap(), "a1-b2-c3");
+        assert_eq!(key_name(&"x".repeat(64)).unwrap().len(), 64);
+        for bad in [
+            "", "-a", "a-", "a--b", "a_b", "a b", "a.b", "é", "ａ", "a\n", "\0", " a",
+        ] {
+            assert_eq!(key_name(bad), Err(Invalid::Name), "{bad:?}");
+        }
+        assert_eq!(key_name(&"x".repeat(65)), Err(Invalid::Name));
+    }
+
+    #[test]
+    fn scopes_are_checked_and_deduplicated() {
+        assert_eq!(
+            scopes(&strs(&["read", "billing:write", "read", "apikeys:manage"])).unwrap(),
+            vec!["read", "billing:write", "apikeys:manage"]
+        );
+        assert!(scopes(&[]).unwrap().is_empty());
+        for bad in ["", "Read", "1read", "read write", "a::b", "a:", ":a", "rëad", "*", "a*"] {
+            assert!(scopes(&strs(&[bad])).is_err(), "{bad:?}");
+        }
+        assert_eq!(scopes(&[None]), Err(Invalid::NullScope));
+        assert!(scope(&"a".repeat(64)).is_ok());
+        assert!(scope(&"a".repeat(65)).is_err());
+        let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(scopes(&strs(&many)), Err(Invalid::TooManyScopes));
+        assert!(scopes(&strs(&many[..64])).is_ok());
+    }
+
+    #[test]
+    fn missing_scopes() {
+        let held = vec!["read".to_owned(), "write".to_owned()];
+        assert!(missing(&["read".to_owned()], &held).is_empty());
+        assert!(missing(&[], &held).is_empty());
+        assert_eq!(missing(&["admin".to_owned(), "read".to_owned()], &held), vec!["admin"]);
+        assert_eq!(missing(&["read".to_owned()], &[]), vec!["read"]);
+    }
+
+    #[test]
+    fn prefixes_and_reserved_pk() {
+        assert!(key_prefix("sk").is_ok());
+        assert!(key_prefix("sk_live").is_ok());
+        assert_eq!(key_prefix("pk"), Err(Invalid::ReservedPrefix));
+        assert_eq!(key_prefix("pk_live"), Err(Invalid::ReservedPrefix));
+        assert!(key_prefix("pkx").is_ok());
+        assert_eq!(key_prefix("SK"), Err(Invalid::Prefix));
+    }
+
+    #[test]
+    fn roles_principals_workspace_names_metadata() {
+        assert_eq!(Role::parse("admin"), Ok(Role::Admin));
+        assert_eq!(Role::parse("member"), Ok(Role::Member));
+        assert_eq!(Role::parse("Admin"), Err(Invalid::Role));
+        assert_eq!(Role::Member.as_str(), "member");
+
+        assert!(principal("alice").is_ok());
+        assert!(principal("user|1234@example.com").is_ok());
+        for bad in ["", " alice", "alice ", "al\nice", "\u{7f}"] {
+            assert!(principal(bad).is_err(), "{bad:?}");
+        }
+        assert!(principal(&"p".repeat(256)).is_ok());
+        assert!(principal(&"p".repeat(257)).is_err());
+
+        assert!(workspace_name("Acme, Inc.").is_ok());
+        assert!(workspace_name("   ").is_err());
+        assert!(workspace_name("a\tb").is_err());
+        assert!(workspace_name(&"w".repeat(129)).is_err());
+
+        assert!(metadata(&serde_json::json!({"team": "ops", "n": 1})).is_ok());
+        assert!(metadata(&serde_json::json!([1, 2])).is_err());
+        assert!(metadata(&serde_json::json!("x")).is_err());
+        let big = "x".repeat(MAX_METADATA_BYTES);
+        assert!(metadata(&serde_json::json!({ "a": big })).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Workspaces and members (design.md §2): `create_workspace`, `add_member`,
+//! `remove_member`, and the membership look-ups every other module uses.
+//!
+//! Every SQL text here is a constant with `$n` parameters; nothing is built
+//! from caller input.
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::Uuid;
+
+use crate::errors::{deferred, ApiError, ApiResult};
+use crate::principal::Caller;
+use crate::rules::{self, Role};
+
+/// A caller's active membership in a workspace.
+pub struct Membership {
+    pub role: Role,
+    pub scopes: Vec<String>,
+}
+
+/// The caller, or [`ApiError::NoPrincipal`].
+pub fn caller() -> ApiResult<Caller> {
+    Caller::current().ok_or(ApiError::NoPrincipal)
+}
+
+/// The membership of `principal` in `workspace_id`, locked `FOR SHARE` so
+/// that a concurrent removal or scope change waits for this transaction
+/// (and then sees, and revokes or narrows, whatever it minted).
+/// [`ApiError::WorkspaceNotFound`] when the workspace does not exist,
+/// [`ApiError::NotMember`] when the principal has no active membership.
+pub fn membership(client: &mut SpiClient<'_>, workspace_id: Uuid, principal: &str) -> ApiResult<Membership> {
+    // a locking read: SPI runs it as a writing statement
+    let row = client.update(
+        "SELECT m.role, m.scopes FROM apikeys.members m
+          WHERE m.workspace_id = $1 AND m.principal = $2 AND m.removed_at IS NULL
+          FOR SHARE",
+        Some(1),
+        &[workspace_id.into(), principal.into()],
+    )?;
+    if row.is_empty() {
+        let exists = client
+            .select("SELECT 1 FROM apikeys.workspaces WHERE id = $1", Some(1), &[workspace_id.into()])?
+            .len()
+            > 0;
+        return Err(if exists { ApiError::NotMember } else { ApiError::WorkspaceNotFound });
+    }
+    let row = row.first();
+    let role: String = row.get(1)?.ok_or(ApiError::Internal)?;
+    let scopes: Vec<String> = row.get(2)?.unwrap_or_default();
+    Ok(Membership { role: Role::parse(&role).map_err(|_| ApiError::Internal)?, scopes })
+}
+
+/// The caller's membership, refused for an API-key caller outside its key's
+/// workspace.
+pub fn caller_membership(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid) -> ApiResult<Membership> {
+    let m = membership(client, workspace_id, &caller.principal)?;
+    if let Some(k) = &caller.key {
+        if k.workspace_id != workspace_id {
+            return Err(ApiError::NotMember);
+        }
+    }
+    Ok(m)
+}
+
+/// Lock the workspace row: membership changes in one workspace run one at a
+/// time, so two admins removing each other cannot leave it without an admin.
+fn lock_workspace(client: &mut SpiClient<'_>, workspace_id: Uuid) -> ApiResult<()> {
+    let found = client.update(
+        "SELECT 1 FROM apikeys.workspaces WHERE id = $1 FOR UPDATE",
+        Some(1),
+        &[workspace_id.into()],
+    )?;
+    if found.is_empty() {
+        Err(ApiError::WorkspaceNotFound)
+    } else {
+        Ok(())
+    }
+}
+
+/// The caller must be an admin of the workspace (and not an API key without
+/// `apikeys:manage`).
+fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid) -> ApiResult<()> {
+    let m = caller_membership(client, caller, workspace_id)?;
+    if m.role != Role::Admin {
+        return Err(ApiError::NotAdmin);
+    }
+    if let Some(k) = &caller.key {
+        if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
+            return Err(ApiError::KeyCannotManage);
+        }
+    }
+    Ok(())
+}
+
+fn active_admins(client: &SpiClient<'_>, workspace_id: Uuid) -> ApiResult<i64> {
+    Ok(client
+        .select(
+            "SELECT count(*) FROM apikeys.members
+              WHERE workspace_id = $1 AND role = 'admin' AND removed_at IS NULL",
+            None,
+            &[workspace_id.into()],
+        )?
+        .first()
+        .get::<i64>(1)?
+        .unwrap_or(0))
+}
+
+fn create_workspace_impl(name: Option<&str>, id: Option<Uuid>) -> ApiResult<Uuid> {
+    let caller = caller()?;
+    if caller.key.is_some() {
+        // a key acts inside its own workspace only
+        return Err(ApiError::KeyCannotManage);
+    }
+    let name = name.ok_or(ApiError::NullArgument(c"name must not be null"))?;
+    rules::workspace_name(name)?;
+    let id = id.ok_or(ApiError::NullArgument(c"id must not be null"))?;
+    Spi::connect_mut(|client| {
+        let inserted = client.update(
+            "INSERT INTO apikeys.workspaces (id, name, created_by) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            None,
+            &[id.into(), name.into(), caller.principal.as_str().into()],
+        )?;
+        if inserted.is_empty() {
+            return Err(ApiError::WorkspaceExists);
+        }
+        client.update(
+            "INSERT INTO apikeys.members (workspace_id, principal, role) VALUES ($1, $2, 'admin')",
+            None,
+            &[id.into(), caller.principal.as_str().into()],
+        )?;
+        Ok(id)
+    })
+}
+
+fn add_member_impl(
+    workspace_id: Option<Uuid>,
+    principal: Option<&str>,
+    role: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+) -> ApiResult<()> {
+    let caller = caller()?;
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
+    rules::principal(principal)?;
+    let role = Role::parse(role.unwrap_or("member"))?;
+    let scopes = rules::scopes(&scopes.unwrap_or_default())?;
+    Spi::connect_mut(|client| {
+        lock_workspace(client, workspace_id)?;
+        require_admin(client, &caller, workspace_id)?;
+        let existing = client.select(
+            "SELECT role FROM apikeys.members
+              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+            Some(1),
+            &[workspace_id.into(), principal.into()],
+        )?;
+        if existing.is_empty() {
+            client.update(
+                "INSERT INTO apikeys.members (workspace_id, principal, role, scopes)
+                 VALUES ($1, $2, $3, $4)",
+                None,
+                &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
+            )?;
+        } else {
+            let was: String = existing.first().get(1)?.ok_or(ApiError::Internal)?;
+            if was == "admin" && role != Role::Admin && active_admins(client, workspace_id)? <= 1 {
+                return Err(ApiError::LastAdmin);
+            }
+            client.update(
+                "UPDATE apikeys.members SET role = $3, scopes = $4
+                  WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+                None,
+                &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> ApiResult<()> {
+    let caller = caller()?;
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
+    Spi::connect_mut(|client| {
+        lock_workspace(client, workspace_id)?;
+        require_admin(client, &caller, workspace_id)?;
+        let existing = client.select(
+            "SELECT role FROM apikeys.members
+              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+            Some(1),
+            &[workspace_id.into(), principal.into()],
+        )?;
+        if existing.is_empty() {
+            return Err(ApiError::MemberNotFound);
+        }
+        let was: String = existing.first().get(1)?.ok_or(ApiError::Internal)?;
+        if was == "admin" && active_admins(client, workspace_id)? <= 1 {
+            return Err(ApiError::LastAdmin);
+        }
+        // the members_follow trigger revokes the member's active keys
+        client.update(
+            "UPDATE apikeys.members SET removed_at = pg_catalog.now()
+              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+            None,
+            &[workspace_id.into(), principal.into()],
+        )?;
+        Ok(())
+    })
+}
+
+#[pg_extern(sql = false)]
+fn create_workspace(name: Option<&str>, id: Option<Uuid>) -> Option<Uuid> {
+    deferred(create_workspace_impl(name, id))
+}
+
+#[pg_extern(sql = false)]
+fn add_member(
+    workspace_id: Option<Uuid>,
+    principal: Option<&str>,
+    role: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+) {
+    deferred(add_member_impl(workspace_id, principal, role, scopes));
+}
+
+#[pg_extern(sql = false)]
+fn remove_member(workspace_id: Option<Uuid>, principal: Option<&str>) {
+    deferred(remove_member_impl(workspace_id, principal));
+}
