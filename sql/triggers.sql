@@ -5,6 +5,9 @@
 -- \d+, and runs only on writes (never on the verify path).
 -- Every trigger is ENABLE ALWAYS, so it also fires under
 -- session_replication_role = replica, and it binds the superuser too.
+-- The guards run AFTER UPDATE, on the row as finally written: a BEFORE
+-- trigger that sorts later (BEFORE triggers fire in name order) cannot undo
+-- them by rewriting NEW after they looked.
 
 -- No DELETE, no TRUNCATE: rows stay for audit (revoke instead).
 CREATE FUNCTION apikeys.forbid_delete() RETURNS trigger
@@ -42,7 +45,7 @@ BEGIN
         RAISE EXCEPTION 'id, workspace_id, owner, prefix and created_at of a key are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -75,7 +78,7 @@ BEGIN
         RAISE EXCEPTION 'id, workspace_id, principal and created_at of a membership are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
@@ -117,19 +120,19 @@ BEGIN
         RAISE EXCEPTION 'id, created_by and created_at of a workspace are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER keys_guard BEFORE UPDATE ON apikeys.keys
+CREATE TRIGGER keys_guard AFTER UPDATE ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER key_hashes_guard BEFORE UPDATE ON apikeys.key_hashes
     FOR EACH ROW EXECUTE FUNCTION apikeys.key_hashes_guard();
-CREATE TRIGGER members_guard BEFORE UPDATE ON apikeys.members
+CREATE TRIGGER members_guard AFTER UPDATE ON apikeys.members
     FOR EACH ROW EXECUTE FUNCTION apikeys.members_guard();
 CREATE TRIGGER members_follow AFTER UPDATE ON apikeys.members
     FOR EACH ROW EXECUTE FUNCTION apikeys.members_follow();
-CREATE TRIGGER workspaces_guard BEFORE UPDATE ON apikeys.workspaces
+CREATE TRIGGER workspaces_guard AFTER UPDATE ON apikeys.workspaces
     FOR EACH ROW EXECUTE FUNCTION apikeys.workspaces_guard();
 
 CREATE TRIGGER keys_no_delete BEFORE DELETE ON apikeys.keys

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Run the test layers and print one closing summary.
+#   scripts/test.sh all|unit|pg|regress
+# unit    - plain Rust #[test]s (token format, rules, errors): no database
+# pg      - #[pg_test]s in a throw-away cluster (cargo pgrx test, as postgres)
+# regress - tests/pg_regress against the local cluster, as real roles
+set -uo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$ROOT"
+mkdir -p target
+
+what="${1:-all}"
+declare -A passed failed
+order=()
+started=$(date +%s)
+
+# Parse "test result: ok. N passed; M failed" lines from cargo's output.
+cargo_counts() {
+    local log="$1" p=0 f=0
+    while read -r np nf; do p=$((p + np)); f=$((f + nf)); done < <(
+        sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$log")
+    echo "$p $f"
+}
+
+run_unit() {
+    say "layer: Rust unit tests"
+    cargo test --lib -- --skip pg_tests:: 2>&1 | tee target/test-unit.log | grep -E '^test |^test result' || true
+    read -r p f < <(cargo_counts target/test-unit.log)
+    grep -q '^test result' target/test-unit.log || f=$((f + 1))
+    passed[unit]=$p; failed[unit]=$f; order+=(unit)
+}
+
+run_pg() {
+    say "layer: #[pg_test] (cargo pgrx test, cluster owned by postgres)"
+    local dir=/tmp/pg_apikeys_pgtest
+    rm -rf "$dir"; mkdir -p "$dir"
+    [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+    local runas=()
+    [ "$(id -u)" = 0 ] && runas=(--runas postgres --pgdata "$dir/data")
+    cargo pgrx test "pg$PG_MAJOR" "${runas[@]}" pg_tests 2>&1 | tee target/test-pg.log | grep -E '^test |^test result|error' || true
+    read -r p f < <(cargo_counts target/test-pg.log)
+    grep -q '^test result' target/test-pg.log || f=$((f + 1))
+    passed[pg]=$p; failed[pg]=$f; order+=(pg)
+}
+
+run_regress() {
+    say "layer: pg_regress (tests/pg_regress, real roles)"
+    # cargo pgrx test installs a test build: install the real one again
+    scripts/install.sh || { passed[regress]=0; failed[regress]=1; order+=(regress); return; }
+    scripts/cluster.sh restart
+    scripts/regress.sh 2>&1 | tee target/test-regress.log
+    local line p f
+    line=$(grep -E 'tests (passed|failed)|All [0-9]+ tests passed' target/test-regress.log | tail -1)
+    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
+        p=${BASH_REMATCH[1]}; f=0
+    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
+        f=${BASH_REMATCH[1]}; p=$((BASH_REMATCH[2] - f))
+    else
+        p=0; f=1
+    fi
+    passed[regress]=$p; failed[regress]=$f; order+=(regress)
+}
+
+case "$what" in
+    unit) run_unit ;;
+    pg) run_pg ;;
+    regress) run_regress ;;
+    all) run_unit; run_pg; run_regress ;;
+    *) echo "usage: $0 all|unit|pg|regress" >&2; exit 2 ;;
+esac
+
+total_p=0; total_f=0
+echo
+say "summary ($(( $(date +%s) - started ))s)"
+for layer in "${order[@]}"; do
+    printf '  %-8s %4d passed, %d failed\n' "$layer" "${passed[$layer]}" "${failed[$layer]}"
+    total_p=$((total_p + passed[$layer])); total_f=$((total_f + failed[$layer]))
+done
+echo "$total_p passed, $total_f failed"
+[ "$total_f" = 0 ]
