@@ -5,9 +5,10 @@
 -- \d+, and runs only on writes (never on the verify path).
 -- Every trigger is ENABLE ALWAYS, so it also fires under
 -- session_replication_role = replica, and it binds the superuser too.
--- The guards run AFTER UPDATE, on the row as finally written: a BEFORE
--- trigger that sorts later (BEFORE triggers fire in name order) cannot undo
--- them by rewriting NEW after they looked.
+-- Each guard runs twice: BEFORE UPDATE, so a violation is reported as 23514
+-- before PostgreSQL's own foreign-key checks run, and AFTER UPDATE on the row
+-- as finally written, so a BEFORE trigger that sorts later (they fire in
+-- name order) cannot undo the check by rewriting NEW after it looked.
 
 -- No DELETE, no TRUNCATE: rows stay for audit (revoke instead).
 CREATE FUNCTION apikeys.forbid_delete() RETURNS trigger
@@ -45,7 +46,7 @@ BEGIN
         RAISE EXCEPTION 'id, workspace_id, owner, prefix and created_at of a key are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NULL;
+    RETURN NEW;  -- ignored when fired AFTER
 END
 $$;
 
@@ -78,7 +79,7 @@ BEGIN
         RAISE EXCEPTION 'id, workspace_id, principal and created_at of a membership are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NULL;
+    RETURN NEW;  -- ignored when fired AFTER
 END
 $$;
 
@@ -120,19 +121,25 @@ BEGIN
         RAISE EXCEPTION 'id, created_by and created_at of a workspace are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    RETURN NULL;
+    RETURN NEW;  -- ignored when fired AFTER
 END
 $$;
 
-CREATE TRIGGER keys_guard AFTER UPDATE ON apikeys.keys
+CREATE TRIGGER keys_guard BEFORE UPDATE ON apikeys.keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
+CREATE TRIGGER keys_guard_final AFTER UPDATE ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER key_hashes_guard BEFORE UPDATE ON apikeys.key_hashes
     FOR EACH ROW EXECUTE FUNCTION apikeys.key_hashes_guard();
-CREATE TRIGGER members_guard AFTER UPDATE ON apikeys.members
+CREATE TRIGGER members_guard BEFORE UPDATE ON apikeys.members
+    FOR EACH ROW EXECUTE FUNCTION apikeys.members_guard();
+CREATE TRIGGER members_guard_final AFTER UPDATE ON apikeys.members
     FOR EACH ROW EXECUTE FUNCTION apikeys.members_guard();
 CREATE TRIGGER members_follow AFTER UPDATE ON apikeys.members
     FOR EACH ROW EXECUTE FUNCTION apikeys.members_follow();
-CREATE TRIGGER workspaces_guard AFTER UPDATE ON apikeys.workspaces
+CREATE TRIGGER workspaces_guard BEFORE UPDATE ON apikeys.workspaces
+    FOR EACH ROW EXECUTE FUNCTION apikeys.workspaces_guard();
+CREATE TRIGGER workspaces_guard_final AFTER UPDATE ON apikeys.workspaces
     FOR EACH ROW EXECUTE FUNCTION apikeys.workspaces_guard();
 
 CREATE TRIGGER keys_no_delete BEFORE DELETE ON apikeys.keys
@@ -153,15 +160,18 @@ CREATE TRIGGER workspaces_no_truncate BEFORE TRUNCATE ON apikeys.workspaces
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
 
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_guard;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_guard_final;
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_no_delete;
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_no_truncate;
 ALTER TABLE apikeys.key_hashes ENABLE ALWAYS TRIGGER key_hashes_guard;
 ALTER TABLE apikeys.key_hashes ENABLE ALWAYS TRIGGER key_hashes_no_delete;
 ALTER TABLE apikeys.key_hashes ENABLE ALWAYS TRIGGER key_hashes_no_truncate;
 ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_guard;
+ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_guard_final;
 ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_follow;
 ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_no_delete;
 ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_no_truncate;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_guard;
+ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_guard_final;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_no_delete;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_no_truncate;
