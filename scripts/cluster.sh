@@ -8,11 +8,20 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
 start() {
-    mkdir -p "$ROOT/target/pg"
+    mkdir -p "$ROOT/target"
+    if [ "$(id -u)" = 0 ] && [ ! -e "$ROOT/target/pg" ] && ! runuser -u postgres -- test -x "$ROOT/target"; then
+        # the postgres user cannot traverse this checkout (say, under /root):
+        # keep the cluster in /tmp and link it as target/pg
+        local alt="/tmp/pg_apikeys-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+        mkdir -p "$alt"
+        ln -sfn "$alt" "$ROOT/target/pg"
+        . "$(dirname "$0")/env.sh"
+    fi
+    mkdir -p "$PG_ROOT"
     if [ "$(id -u)" = 0 ]; then
-        chown postgres: "$ROOT/target/pg"
-        if ! runuser -u postgres -- test -w "$ROOT/target/pg"; then
-            echo "the postgres user cannot reach $ROOT/target/pg; make the path traversable (chmod o+x on its parents)" >&2
+        chown postgres: "$PG_ROOT"
+        if ! runuser -u postgres -- test -w "$PG_ROOT"; then
+            echo "the postgres user cannot write $PG_ROOT" >&2
             exit 1
         fi
     fi
@@ -53,7 +62,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     restart) stop; start ;;
-    wipe) stop; rm -rf "$ROOT/target/pg" ;;
+    wipe) stop; rm -rf "$PG_ROOT" "$ROOT/target/pg" ;;
     status) as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status ;;
     *) echo "usage: $0 start|stop|restart|wipe|status" >&2; exit 2 ;;
 esac

@@ -5,9 +5,12 @@ PG_MAJOR="${PG_MAJOR:-15}"
 PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/${PG_MAJOR}/bin/pg_config}"
 PGBIN="${PGBIN:-/usr/lib/postgresql/${PG_MAJOR}/bin}"
 PGPORT="${PGPORT:-28815}"
-PGHOST_DIR="${PGHOST_DIR:-$ROOT/target/pg/sock}"
-PGDATA_DIR="${PGDATA_DIR:-$ROOT/target/pg/data}"
-PGLOG="${PGLOG:-$ROOT/target/pg/server.log}"
+# target/pg may be a link to a directory the postgres user can reach (see
+# cluster.sh); every path below is the resolved one
+PG_ROOT="$(readlink -f "$ROOT/target/pg" 2>/dev/null || echo "$ROOT/target/pg")"
+PGHOST_DIR="$PG_ROOT/sock"
+PGDATA_DIR="$PG_ROOT/data"
+PGLOG="$PG_ROOT/server.log"
 PGX_HOME="${CARGO_HOME:-$HOME/.cargo}"
 export PATH="$PGX_HOME/bin:$PATH"
 
@@ -15,7 +18,7 @@ export PATH="$PGX_HOME/bin:$PATH"
 # (initdb and postgres refuse to run as root), ourselves otherwise.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
