@@ -24,8 +24,9 @@ pub const DISPLAY_BODY_CHARS: usize = 8;
 pub const MAX_TOKEN_LEN: usize = 33 + 1 + BODY_LEN + CHECK_LEN;
 
 /// Encode a big-endian unsigned number into exactly `width` base62 digits.
-/// Returns `None` when the value does not fit in `width` digits.
-fn base62_fixed(bytes: &[u8], width: usize) -> Option<String> {
+/// Callers pass widths the value always fits in (62^43 > 2^256 for bodies,
+/// 62^6 > 2^32 for checks); the unit tests encode the largest values.
+fn base62_fixed(bytes: &[u8], width: usize) -> String {
     let mut num = bytes.to_vec();
     let mut out = vec![b'0'; width];
     for slot in out.iter_mut().rev() {
@@ -37,11 +38,8 @@ fn base62_fixed(bytes: &[u8], width: usize) -> Option<String> {
         }
         *slot = ALPHABET[rem as usize];
     }
-    if num.iter().any(|&b| b != 0) {
-        return None;
-    }
-    // ok: every byte pushed above comes from ALPHABET, which is ASCII
-    Some(String::from_utf8(out).expect("base62 alphabet is ASCII"))
+    debug_assert!(num.iter().all(|&b| b == 0), "value does not fit in {width} base62 digits");
+    out.into_iter().map(char::from).collect()
 }
 
 /// Decode base62 digits into a big-endian number of `len` bytes, or `None`
@@ -70,8 +68,7 @@ pub fn base62_decode(s: &str, len: usize) -> Option<Vec<u8>> {
 
 /// Encode 32 bytes as a fixed-width base62 body.
 pub fn encode_body(bytes: &[u8; BODY_BYTES]) -> String {
-    // ok: 62^43 > 2^256, so 32 bytes always fit in BODY_LEN digits
-    base62_fixed(bytes, BODY_LEN).expect("32 bytes fit in 43 base62 digits")
+    base62_fixed(bytes, BODY_LEN)
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib and GitHub's token checksum use).
@@ -101,8 +98,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// The six check characters for `<prefix>_<body>`.
 pub fn check_chars(prefix_and_body: &str) -> String {
     let crc = crc32(prefix_and_body.as_bytes());
-    // ok: 62^6 > 2^32, so a CRC32 always fits in CHECK_LEN digits
-    base62_fixed(&crc.to_be_bytes(), CHECK_LEN).expect("u32 fits in 6 base62 digits")
+    base62_fixed(&crc.to_be_bytes(), CHECK_LEN)
 }
 
 /// Whether `prefix` is a valid token prefix: `^[a-z][a-z0-9]{1,15}(_[a-z0-9]{1,16})?$`.
@@ -229,6 +225,8 @@ mod tests {
         // the largest value needs all 43 digits and decodes back
         let max = encode_body(&[0xff; 32]);
         assert_ne!(max.as_bytes()[0], b'0');
+        assert_eq!(check_chars("x").len(), CHECK_LEN);
+        assert_eq!(base62_fixed(&u32::MAX.to_be_bytes(), CHECK_LEN), "4gfFC3");
     }
 
     #[test]

@@ -16,7 +16,9 @@ BEGIN
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
             EXECUTE format('CREATE ROLE %I LOGIN', r);
         END IF;
-        EXECUTE format('GRANT app_user TO %I', r);
+        IF NOT pg_has_role(r, 'app_user', 'MEMBER') THEN
+            EXECUTE format('GRANT app_user TO %I', r);
+        END IF;
     END LOOP;
 END
 $$;
