@@ -63,11 +63,14 @@ CREATE FUNCTION apikeys.create_key(workspace_id uuid,
 COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text) IS
     'Mint a secret key. The key column is shown here once and never again.';
 
+-- The hot path. SECURITY INVOKER on purpose: it reads key_hashes by running
+-- its two prepared, fully schema-qualified statements as the table owner
+-- (src/keys.rs, AsOwner), which avoids the per-call setting change that a
+-- SECURITY DEFINER ... SET search_path function pays on every call.
 CREATE FUNCTION apikeys.verify_key(key text, required_scopes text[] DEFAULT '{}')
     RETURNS TABLE (key_id uuid, workspace_id uuid, owner text, scopes text[],
                    metadata jsonb, expires_at timestamptz)
-    LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
-    SET search_path = pg_catalog, pg_temp
+    LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_verify_key';
 COMMENT ON FUNCTION apikeys.verify_key(text, text[]) IS
     'One row for a good key holding the required scopes; zero rows for every failure alike.';

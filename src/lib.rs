@@ -45,8 +45,15 @@ entry_points! {
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx attaches a captured Rust backtrace to the DETAIL of any PostgreSQL
+    // error it re-raises when RUST_BACKTRACE is set in the server's
+    // environment; clients must never see one. This turns off capturing for
+    // std::backtrace only (panic messages in the server log are unchanged).
+    // Backends are single-threaded, so changing the environment is safe here.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     principal::init();
+    keys::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

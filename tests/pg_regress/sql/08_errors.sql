@@ -1,0 +1,42 @@
+-- Errors (design.md §7): PostgreSQL errors raised inside the extension's own
+-- statements reach the client with their SQLSTATE and message and nothing
+-- added (no Rust backtrace, no token); the extension's own errors carry only
+-- fixed text.
+\set SHOW_CONTEXT never
+SET ROLE alice;
+SELECT regress.put('ews', apikeys.create_workspace('Errors Inc')::text);
+RESET ROLE;
+-- a trigger planted by the superuser fails every insert into keys
+CREATE FUNCTION regress.refuse() RETURNS trigger LANGUAGE plpgsql AS
+    $$ BEGIN RAISE EXCEPTION 'refused by a test trigger' USING ERRCODE = 'check_violation'; END $$;
+CREATE TRIGGER refuse BEFORE INSERT ON apikeys.keys FOR EACH ROW EXECUTE FUNCTION regress.refuse();
+SET ROLE alice;
+SELECT regress.try($$SELECT apikeys.create_key(regress.id('ews'), 'blocked')$$);
+RESET ROLE;
+DROP TRIGGER refuse ON apikeys.keys;
+-- nothing was written by the failed mint
+SELECT count(*) AS keys FROM apikeys.keys WHERE workspace_id = regress.id('ews');
+SELECT count(*) AS orphan_hashes FROM apikeys.key_hashes h
+ WHERE NOT EXISTS (SELECT FROM apikeys.keys k WHERE k.id = h.key_id);
+
+-- the same through verify_key's privileged statements: a planted trigger on the touch
+SET ROLE alice;
+SELECT regress.put('ek', key) FROM apikeys.create_key(regress.id('ews'), 'ek');
+RESET ROLE;
+CREATE TRIGGER refuse BEFORE UPDATE ON apikeys.keys FOR EACH ROW EXECUTE FUNCTION regress.refuse();
+SET ROLE alice;
+SELECT regress.try($$SELECT apikeys.verify_key(regress.tok('ek'))$$);
+-- and verify_key restored the caller's identity afterwards
+SELECT current_user, apikeys.current_principal();
+RESET ROLE;
+DROP TRIGGER refuse ON apikeys.keys;
+
+-- errors never echo what the caller sent: a token passed where a name goes
+SET ROLE alice;
+SELECT strpos(regress.try(format('SELECT apikeys.create_key(regress.id(%L), %L)', 'ews', regress.tok('ek'))),
+              regress.tok('ek')) = 0 AS not_echoed;
+SELECT strpos(regress.try(format('SELECT apikeys.create_key(regress.id(%L), NULL, ARRAY[%L])', 'ews', regress.tok('ek'))),
+              regress.tok('ek')) = 0 AS not_echoed;
+SELECT strpos(regress.try(format('SELECT apikeys.add_member(regress.id(%L), %L, %L)', 'ews', 'x', regress.tok('ek'))),
+              regress.tok('ek')) = 0 AS not_echoed;
+RESET ROLE;
