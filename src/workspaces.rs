@@ -92,6 +92,29 @@ fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid
     Ok(())
 }
 
+/// Lock the workspace, check the caller is its admin, and return the current
+/// role of `principal` there (`None` when not an active member).
+fn admin_sees_member(
+    client: &mut SpiClient<'_>,
+    caller: &Caller,
+    workspace_id: Uuid,
+    principal: &str,
+) -> ApiResult<Option<Role>> {
+    lock_workspace(client, workspace_id)?;
+    require_admin(client, caller, workspace_id)?;
+    let existing = client.select(
+        "SELECT role FROM apikeys.members
+          WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+        Some(1),
+        &[workspace_id.into(), principal.into()],
+    )?;
+    if existing.is_empty() {
+        return Ok(None);
+    }
+    let role: String = existing.first().get(1)?.ok_or(ApiError::Internal)?;
+    Ok(Some(Role::parse(&role).map_err(|_| ApiError::Internal)?))
+}
+
 fn active_admins(client: &SpiClient<'_>, workspace_id: Uuid) -> ApiResult<i64> {
     Ok(client
         .select(
@@ -146,33 +169,24 @@ fn add_member_impl(
     let role = Role::parse(role.unwrap_or("member"))?;
     let scopes = rules::scopes(&scopes.unwrap_or_default())?;
     Spi::connect_mut(|client| {
-        lock_workspace(client, workspace_id)?;
-        require_admin(client, &caller, workspace_id)?;
-        let existing = client.select(
-            "SELECT role FROM apikeys.members
-              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
-            Some(1),
-            &[workspace_id.into(), principal.into()],
-        )?;
-        if existing.is_empty() {
+        let Some(was) = admin_sees_member(client, &caller, workspace_id, principal)? else {
             client.update(
                 "INSERT INTO apikeys.members (workspace_id, principal, role, scopes)
                  VALUES ($1, $2, $3, $4)",
                 None,
                 &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
             )?;
-        } else {
-            let was: String = existing.first().get(1)?.ok_or(ApiError::Internal)?;
-            if was == "admin" && role != Role::Admin && active_admins(client, workspace_id)? <= 1 {
-                return Err(ApiError::LastAdmin);
-            }
-            client.update(
-                "UPDATE apikeys.members SET role = $3, scopes = $4
-                  WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
-                None,
-                &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
-            )?;
+            return Ok(());
+        };
+        if was == Role::Admin && role != Role::Admin && active_admins(client, workspace_id)? <= 1 {
+            return Err(ApiError::LastAdmin);
         }
+        client.update(
+            "UPDATE apikeys.members SET role = $3, scopes = $4
+              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+            None,
+            &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
+        )?;
         Ok(())
     })
 }
@@ -182,19 +196,9 @@ fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> Ap
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
     Spi::connect_mut(|client| {
-        lock_workspace(client, workspace_id)?;
-        require_admin(client, &caller, workspace_id)?;
-        let existing = client.select(
-            "SELECT role FROM apikeys.members
-              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
-            Some(1),
-            &[workspace_id.into(), principal.into()],
-        )?;
-        if existing.is_empty() {
-            return Err(ApiError::MemberNotFound);
-        }
-        let was: String = existing.first().get(1)?.ok_or(ApiError::Internal)?;
-        if was == "admin" && active_admins(client, workspace_id)? <= 1 {
+        let was = admin_sees_member(client, &caller, workspace_id, principal)?
+            .ok_or(ApiError::MemberNotFound)?;
+        if was == Role::Admin && active_admins(client, workspace_id)? <= 1 {
             return Err(ApiError::LastAdmin);
         }
         // the members_follow trigger revokes the member's active keys
