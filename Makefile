@@ -5,7 +5,7 @@ PG_MAJOR ?= 15
 PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 export PG_MAJOR PG_CONFIG
 
-.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress psql
+.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress psql lint
 
 ## make run: install what is missing, build and install the extension, start a
 ## local PostgreSQL $(PG_MAJOR) under target/pg, and walk through the main flow.
@@ -24,6 +24,11 @@ test-pg: bootstrap
 
 test-regress: bootstrap
 	@scripts/test.sh regress
+
+## make lint: rustfmt and clippy, warnings as errors (not part of make test).
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
 
 bootstrap:
 	@scripts/bootstrap.sh

@@ -155,7 +155,9 @@ impl ApiError {
         use ApiError::*;
         match self {
             NoPrincipal => Some(c"anonymous callers may only verify keys"),
-            ScopeEscalation => Some(c"members may grant only scopes they hold themselves; admins may grant any"),
+            ScopeEscalation => {
+                Some(c"members may grant only scopes they hold themselves; admins may grant any")
+            }
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             _ => None,
         }
@@ -301,10 +303,7 @@ mod tests {
         ];
         for e in all {
             let s = e.sqlstate();
-            assert!(
-                ["22023", "42501", "23505", "23514", "PT404", "PT401"].contains(&s.as_str()),
-                "{e:?}"
-            );
+            assert!(["22023", "42501", "23505", "23514", "PT404", "PT401"].contains(&s.as_str()), "{e:?}");
             assert!(!e.message().to_bytes().is_empty());
         }
     }

@@ -12,8 +12,7 @@ pub static LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 /// `apikeys.header` (default `x-api-key`): the request header, as PostgREST
 /// lower-cases it in `request.headers`, that `apikeys.authenticate()` reads.
-pub static HEADER: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"x-api-key"));
+pub static HEADER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"x-api-key"));
 
 /// `apikeys.key_role` (default unset): the role `apikeys.authenticate()`
 /// switches to after accepting an API key. Unset: the role stays as is.

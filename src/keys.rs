@@ -167,12 +167,8 @@ fn create_key(
     expires_at: Option<TimestampWithTimeZone>,
     metadata: Option<JsonB>,
     prefix: Option<&str>,
-) -> TableIterator<'static, (
-    name!(id, Uuid),
-    name!(name, String),
-    name!(prefix, String),
-    name!(key, String),
-)> {
+) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
+{
     match deferred(create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)) {
         Some(k) => TableIterator::once(k.row()),
         None => TableIterator::empty(),
@@ -341,7 +337,11 @@ pub fn verify(token_text: &str, required: &[String]) -> ApiResult<Option<Verifie
         let owner = key_hashes_owner(client)?;
         let _as_owner = AsOwner::enter(owner);
         let found = with_plan(&VERIFY_PLAN, client, VERIFY_SQL, &VERIFY_ARGS, |client, plan| {
-            let t = client.select(plan, Some(1), &[digest.as_slice().into(), f64::from(interval.max(0)).into()])?;
+            let t = client.select(
+                plan,
+                Some(1),
+                &[digest.as_slice().into(), f64::from(interval.max(0)).into()],
+            )?;
             if t.is_empty() {
                 return Ok(None);
             }
@@ -385,20 +385,26 @@ fn verify_key_impl(key: Option<&str>, required: Option<Vec<Option<String>>>) -> 
     verify(key, &req)
 }
 
+#[allow(clippy::type_complexity)] // pgrx reads the column names from this signature
 #[pg_extern(sql = false)]
 fn verify_key(
     key: Option<&str>,
     required_scopes: Option<Vec<Option<String>>>,
-) -> TableIterator<'static, (
-    name!(key_id, Uuid),
-    name!(workspace_id, Uuid),
-    name!(owner, String),
-    name!(scopes, Vec<String>),
-    name!(metadata, JsonB),
-    name!(expires_at, Option<TimestampWithTimeZone>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(key_id, Uuid),
+        name!(workspace_id, Uuid),
+        name!(owner, String),
+        name!(scopes, Vec<String>),
+        name!(metadata, JsonB),
+        name!(expires_at, Option<TimestampWithTimeZone>),
+    ),
+> {
     match deferred(verify_key_impl(key, required_scopes)).flatten() {
-        Some(v) => TableIterator::once((v.key_id, v.workspace_id, v.owner, v.scopes, v.metadata, v.expires_at)),
+        Some(v) => {
+            TableIterator::once((v.key_id, v.workspace_id, v.owner, v.scopes, v.metadata, v.expires_at))
+        }
         None => TableIterator::empty(),
     }
 }

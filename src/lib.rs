@@ -1,14 +1,14 @@
 //! pg_apikeys: API keys that live, are checked and die inside PostgreSQL.
 //!
 //! Module map:
-//! * [`token`]      — token format, base62, CRC32 checksum, SHA-256 (pure Rust)
-//! * [`rules`]      — name, scope, prefix, role and principal rules (pure Rust)
-//! * [`errors`]     — the one error type, its SQLSTATEs and messages, and the
-//!                    C entry points that raise them
-//! * [`gucs`]       — every `apikeys.*` setting
-//! * [`principal`]  — `current_principal()` and the per-transaction key binding
-//! * [`workspaces`] — `create_workspace`, `add_member`, `remove_member`
-//! * [`keys`]       — `create_key`, `verify_key`, `revoke_key`
+//! * [`token`]: token format, base62, CRC32 checksum, SHA-256 (pure Rust)
+//! * [`rules`]: name, scope, prefix, role and principal rules (pure Rust)
+//! * [`errors`]: the one error type, its SQLSTATEs and messages, and the C
+//!   entry points that raise them
+//! * [`gucs`]: every `apikeys.*` setting
+//! * [`principal`]: `current_principal()` and the per-transaction key binding
+//! * [`workspaces`]: `create_workspace`, `add_member`, `remove_member`
+//! * [`keys`]: `create_key`, `verify_key`, `revoke_key`
 //!
 //! The DDL lives in `sql/*.sql` (tables, functions, triggers, policies,
 //! grants), loaded below in that order.

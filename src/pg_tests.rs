@@ -25,11 +25,7 @@ mod tests {
     }
 
     fn verifies(key: &str) -> bool {
-        Spi::get_one_with_args::<i64>(
-            "SELECT count(*) FROM apikeys.verify_key($1)",
-            &[key.into()],
-        )
-        .unwrap()
+        Spi::get_one_with_args::<i64>("SELECT count(*) FROM apikeys.verify_key($1)", &[key.into()]).unwrap()
             == Some(1)
     }
 
@@ -151,7 +147,8 @@ mod tests {
         .unwrap()
         .unwrap();
         Spi::run("SELECT set_config('request.jwt.claims', '', true)").unwrap();
-        Spi::run_with_args("SELECT apikeys.add_member($1, 'dave', 'member', '{read}')", &[ws.into()]).unwrap();
+        Spi::run_with_args("SELECT apikeys.add_member($1, 'dave', 'member', '{read}')", &[ws.into()])
+            .unwrap();
         let scopes = Spi::get_one_with_args::<Vec<String>>(
             "SELECT scopes FROM apikeys.verify_key($1)",
             &[key.as_str().into()],

@@ -14,8 +14,8 @@
 use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 
-use pgrx::prelude::*;
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use serde::Deserialize;
 
 /// An API key accepted by `authenticate()` in this transaction.
@@ -60,9 +60,7 @@ pub fn bound_key() -> Option<KeyBinding> {
 pub fn bind_key(key_id: pgrx::Uuid, workspace_id: pgrx::Uuid, owner: String, scopes: Vec<String>) {
     // SAFETY: reads backend-local transaction state
     let nest_level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    BINDING.with(|b| {
-        *b.borrow_mut() = Some(KeyBinding { key_id, workspace_id, owner, scopes, nest_level })
-    });
+    BINDING.with(|b| *b.borrow_mut() = Some(KeyBinding { key_id, workspace_id, owner, scopes, nest_level }));
 }
 
 fn clear_binding() {

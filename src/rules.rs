@@ -59,9 +59,8 @@ pub fn scope(s: &str) -> Result<(), Invalid> {
     let ok = !s.is_empty()
         && s.len() <= MAX_SCOPE_LEN
         && s.as_bytes()[0].is_ascii_lowercase()
-        && s.bytes().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-')
-        })
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b':' | b'-'))
         && s.split(':').all(|seg| !seg.is_empty());
     if ok {
         Ok(())
@@ -178,9 +177,7 @@ mod tests {
         assert_eq!(key_name("a").unwrap(), "a");
         assert_eq!(key_name("a1-b2-c3").unwrap(), "a1-b2-c3");
         assert_eq!(key_name(&"x".repeat(64)).unwrap().len(), 64);
-        for bad in [
-            "", "-a", "a-", "a--b", "a_b", "a b", "a.b", "é", "ａ", "a\n", "\0", " a",
-        ] {
+        for bad in ["", "-a", "a-", "a--b", "a_b", "a b", "a.b", "é", "ａ", "a\n", "\0", " a"] {
             assert_eq!(key_name(bad), Err(Invalid::Name), "{bad:?}");
         }
         assert_eq!(key_name(&"x".repeat(65)), Err(Invalid::Name));

@@ -108,9 +108,7 @@ pub fn valid_prefix(prefix: &str) -> bool {
         None => (prefix, None),
     };
     let alnum = |s: &str| s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let head_ok = (2..=16).contains(&head.len())
-        && head.as_bytes()[0].is_ascii_lowercase()
-        && alnum(head);
+    let head_ok = (2..=16).contains(&head.len()) && head.as_bytes()[0].is_ascii_lowercase() && alnum(head);
     let tail_ok = match tail {
         None => true,
         Some(t) => (1..=16).contains(&t.len()) && alnum(t),
@@ -312,8 +310,20 @@ mod tests {
             assert!(valid_prefix(ok), "{ok}");
         }
         for bad in [
-            "", "s", "1k", "Sk", "sk_", "_sk", "sk__live", "sk_live_x", "sk-live", "abcdefghijklmnopq",
-            "sk_0123456789abcdefg", "sk live", "sk_Live", "ск",
+            "",
+            "s",
+            "1k",
+            "Sk",
+            "sk_",
+            "_sk",
+            "sk__live",
+            "sk_live_x",
+            "sk-live",
+            "abcdefghijklmnopq",
+            "sk_0123456789abcdefg",
+            "sk live",
+            "sk_Live",
+            "ск",
         ] {
             assert!(!valid_prefix(bad), "{bad}");
         }

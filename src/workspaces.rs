@@ -38,10 +38,9 @@ pub fn membership(client: &mut SpiClient<'_>, workspace_id: Uuid, principal: &st
         &[workspace_id.into(), principal.into()],
     )?;
     if row.is_empty() {
-        let exists = client
+        let exists = !client
             .select("SELECT 1 FROM apikeys.workspaces WHERE id = $1", Some(1), &[workspace_id.into()])?
-            .len()
-            > 0;
+            .is_empty();
         return Err(if exists { ApiError::NotMember } else { ApiError::WorkspaceNotFound });
     }
     let row = row.first();
@@ -52,7 +51,11 @@ pub fn membership(client: &mut SpiClient<'_>, workspace_id: Uuid, principal: &st
 
 /// The caller's membership, refused for an API-key caller outside its key's
 /// workspace.
-pub fn caller_membership(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid) -> ApiResult<Membership> {
+pub fn caller_membership(
+    client: &mut SpiClient<'_>,
+    caller: &Caller,
+    workspace_id: Uuid,
+) -> ApiResult<Membership> {
     let m = membership(client, workspace_id, &caller.principal)?;
     if let Some(k) = &caller.key {
         if k.workspace_id != workspace_id {
@@ -196,8 +199,8 @@ fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> Ap
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
     Spi::connect_mut(|client| {
-        let was = admin_sees_member(client, &caller, workspace_id, principal)?
-            .ok_or(ApiError::MemberNotFound)?;
+        let was =
+            admin_sees_member(client, &caller, workspace_id, principal)?.ok_or(ApiError::MemberNotFound)?;
         if was == Role::Admin && active_admins(client, workspace_id)? <= 1 {
             return Err(ApiError::LastAdmin);
         }
