@@ -54,3 +54,29 @@ SELECT name FROM apikeys.create_key(regress.id('hws'), 'after-hijack');
 RESET search_path;
 DROP TABLE pg_temp.keys, pg_temp.members;
 RESET ROLE;
+
+-- verify_key runs its two statements as the owner of key_hashes, cached per
+-- backend and forgotten when that table changes. A fresh second session
+-- (dblink) caches a non-superuser owner; ownership then moves back and that
+-- role is dropped: the second session must notice, not act as a dropped role.
+CREATE EXTENSION IF NOT EXISTS dblink;
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keeper') THEN
+        CREATE ROLE keeper NOLOGIN BYPASSRLS;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA apikeys TO keeper;
+GRANT SELECT, UPDATE ON apikeys.keys TO keeper;
+ALTER TABLE apikeys.key_hashes OWNER TO keeper;
+SELECT dblink_connect('second', format('dbname=%s port=%s host=%s user=postgres', current_database(),
+       current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT dblink_exec('second', 'SET ROLE alice');
+SELECT * FROM dblink('second', format('SELECT count(*) FROM apikeys.verify_key(%L)', regress.tok('hk')))
+    AS t(verifies_as_keeper bigint);
+ALTER TABLE apikeys.key_hashes OWNER TO postgres;
+REVOKE ALL ON apikeys.keys FROM keeper;
+REVOKE ALL ON SCHEMA apikeys FROM keeper;
+DROP ROLE keeper;
+SELECT * FROM dblink('second', format('SELECT count(*) FROM apikeys.verify_key(%L)', regress.tok('hk')))
+    AS t(verifies_after_owner_change bigint);
+SELECT dblink_disconnect('second');
