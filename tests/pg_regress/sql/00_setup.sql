@@ -2,6 +2,8 @@
 -- them up, and helpers that keep random ids and tokens out of the output.
 \set SHOW_CONTEXT never
 CREATE EXTENSION pg_apikeys;
+-- a second real session for the lock and cache tests (ships with PostgreSQL)
+CREATE EXTENSION dblink;
 
 -- Roles are cluster-wide and survive the database between runs.
 DO $$

@@ -59,7 +59,6 @@ RESET ROLE;
 -- backend and forgotten when that table changes. A fresh second session
 -- (dblink) caches a non-superuser owner; ownership then moves back and that
 -- role is dropped: the second session must notice, not act as a dropped role.
-CREATE EXTENSION IF NOT EXISTS dblink;
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'keeper') THEN
         CREATE ROLE keeper NOLOGIN BYPASSRLS;

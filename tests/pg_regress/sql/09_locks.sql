@@ -2,7 +2,6 @@
 -- row lock, verify_key still answers at once and skips the last_used_at write.
 -- The other session is a real second connection, through dblink.
 \set SHOW_CONTEXT never
-CREATE EXTENSION IF NOT EXISTS dblink;
 SET ROLE alice;
 SELECT regress.put('lws', apikeys.create_workspace('Locks Inc')::text);
 SELECT regress.put('lk', key), regress.put('lk_id', id::text)
