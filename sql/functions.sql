@@ -1,4 +1,4 @@
--- pg_apikeys: the SQL surface (design.md §2, §3, §6).
+-- pg_apikeys: the SQL surface (design.md §2, §3, §4, §6).
 -- The logic is Rust (src/), reached through the C symbols named here.
 -- Functions that cross the privilege boundary are SECURITY DEFINER with
 -- search_path pinned to pg_catalog, pg_temp (pg_temp last) and qualify every
@@ -81,3 +81,127 @@ CREATE FUNCTION apikeys.revoke_key(key_id uuid) RETURNS timestamptz
     AS 'MODULE_PATHNAME', 'apikeys_revoke_key';
 COMMENT ON FUNCTION apikeys.revoke_key(uuid) IS
     'Revoke a key; revoking it again returns the original time.';
+
+CREATE FUNCTION apikeys.rotate_key(key_id uuid, grace interval DEFAULT '0')
+    RETURNS TABLE (id uuid, name text, prefix text, key text)
+    LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_rotate_key';
+COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval) IS
+    'Replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
+
+CREATE FUNCTION apikeys.import_key(workspace_id uuid, owner text, name text, sha256_hex text,
+                                   scopes text[] DEFAULT '{}', expires_at timestamptz DEFAULT NULL)
+    RETURNS uuid
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_import_key';
+COMMENT ON FUNCTION apikeys.import_key(uuid, text, text, text, text[], timestamptz) IS
+    'Admin only: import a key from another keystore by the SHA-256 of its token.';
+
+-- PostgREST's db-pre-request hook. SECURITY INVOKER for the same reason as
+-- verify_key (it verifies through the same owner-run plans), and because
+-- switching to apikeys.key_role is not allowed inside a SECURITY DEFINER
+-- function.
+CREATE FUNCTION apikeys.authenticate() RETURNS void
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_authenticate';
+COMMENT ON FUNCTION apikeys.authenticate() IS
+    'PostgREST db-pre-request: verify the API-key header, if any, and bind the key to this transaction (PT401 on failure).';
+
+CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
+COMMENT ON FUNCTION apikeys.current_key_id() IS
+    'The API key authenticated in this transaction, or NULL.';
+
+CREATE FUNCTION apikeys.current_workspace() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_current_workspace';
+COMMENT ON FUNCTION apikeys.current_workspace() IS
+    'The workspace of the API key authenticated in this transaction, or NULL.';
+
+CREATE FUNCTION apikeys.has_scope(scope text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_has_scope';
+COMMENT ON FUNCTION apikeys.has_scope(text) IS
+    'Whether the API key authenticated in this transaction holds a scope; false without a key.';
+
+CREATE FUNCTION apikeys.create_public_key(workspace_id uuid, allowed_origins text[] DEFAULT '{}')
+    RETURNS TABLE (id uuid, public_key text)
+    LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_create_public_key';
+COMMENT ON FUNCTION apikeys.create_public_key(uuid, text[]) IS
+    'Admin only: a publishable key for browsers, usable from the allowed origins (empty: any).';
+
+CREATE FUNCTION apikeys.revoke_public_key(id uuid) RETURNS timestamptz
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_revoke_public_key';
+COMMENT ON FUNCTION apikeys.revoke_public_key(uuid) IS
+    'Admin only: revoke a public key; revoking it again returns the original time.';
+
+CREATE FUNCTION apikeys.resolve_public_key(public_key text, origin text DEFAULT NULL)
+    RETURNS TABLE (workspace_id uuid)
+    LANGUAGE c STABLE SECURITY DEFINER ROWS 1
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_resolve_public_key';
+COMMENT ON FUNCTION apikeys.resolve_public_key(text, text) IS
+    'The workspace of an active public key used from an allowed origin; zero rows otherwise.';
+
+-- A trigger function for application tables (design.md §6):
+--   CREATE TRIGGER t BEFORE INSERT OR UPDATE ON app.items
+--       FOR EACH ROW EXECUTE FUNCTION apikeys.stamp_created_by('created_by');
+-- INSERT: the column becomes current_principal(), whatever the client sent.
+-- UPDATE: the column keeps its old value. No principal: the write is refused.
+-- SECURITY INVOKER: it only changes NEW, and current_principal() reads the
+-- outer role anyway; writers need EXECUTE on current_principal() (grant_to).
+CREATE FUNCTION apikeys.stamp_created_by() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    col  text;
+    typ  oid;
+    who  text;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by must be a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger (on %)',
+                        TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_NARGS <> 1 THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by takes one argument, the column name (trigger % on %)',
+                        TG_NAME, TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    col := TG_ARGV[0];
+    SELECT a.atttypid INTO typ
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = TG_RELID AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: table % has no column %', TG_TABLE_NAME, pg_catalog.quote_ident(col)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF typ NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: column %.% must be of type text, not %',
+                        TG_TABLE_NAME, pg_catalog.quote_ident(col), pg_catalog.format_type(typ, NULL)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        who := apikeys.current_principal();
+        IF who IS NULL THEN
+            RAISE EXCEPTION 'no principal: this write needs a database role, JWT claims with a sub, or an API key'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col, who));
+    ELSE
+        NEW := pg_catalog.jsonb_populate_record(NEW,
+                   pg_catalog.jsonb_build_object(col, pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.->) col));
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys.stamp_created_by() IS
+    'Trigger for application tables: stamps the named text column with current_principal() on INSERT and keeps it on UPDATE.';

@@ -13,7 +13,8 @@ CREATE FUNCTION apikeys.grant_to(role regrole) RETURNS void
 BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
-    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -22,7 +23,17 @@ BEGIN
         apikeys.remove_member(uuid, text),
         apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
         apikeys.verify_key(text, text[]),
-        apikeys.revoke_key(uuid)
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by()
         TO %s', role);
 END
 $$;

@@ -10,6 +10,10 @@ ALTER TABLE apikeys.keys       ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.keys       FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.key_hashes ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.key_hashes FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.public_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.public_keys FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.audit_log  ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.audit_log  FORCE ROW LEVEL SECURITY;
 -- key_hashes has no policy at all: no row is visible to any role subject to RLS.
 
 -- Members see the workspaces they belong to.
@@ -27,3 +31,12 @@ CREATE POLICY keys_visible ON apikeys.keys FOR SELECT
     USING (apikeys.member_role(workspace_id) = 'admin'
            OR (owner = apikeys.current_principal()
                AND apikeys.member_role(workspace_id) IS NOT NULL));
+
+-- Admins see their workspaces' public keys (resolve_public_key is the way
+-- everyone else uses them).
+CREATE POLICY public_keys_visible ON apikeys.public_keys FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin');
+
+-- Admins read their workspaces' audit trail; nobody else reads any of it.
+CREATE POLICY audit_log_visible ON apikeys.audit_log FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin');

@@ -39,11 +39,18 @@ CREATE TABLE apikeys.keys (
     created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
     expires_at    timestamptz,
     revoked_at    timestamptz,
-    last_used_at  timestamptz
+    last_used_at  timestamptz,
+    -- set once by rotate_key: the key that replaced this one. A replaced key
+    -- keeps working until its (shortened) expires_at but gives its name up.
+    replaced_by   uuid,
+    -- 'minted' by create_key/rotate_key, or 'imported' by import_key
+    source        text        NOT NULL DEFAULT 'minted' CHECK (source IN ('minted', 'imported'))
 );
--- A name is unique among a workspace's non-revoked keys.
+-- A name is unique among a workspace's keys that are neither revoked nor
+-- replaced (rotate_key hands the name to the new key).
 CREATE UNIQUE INDEX keys_active_name
-    ON apikeys.keys (workspace_id, name) WHERE revoked_at IS NULL;
+    ON apikeys.keys (workspace_id, name) WHERE revoked_at IS NULL AND replaced_by IS NULL;
+CREATE INDEX keys_replaced_by ON apikeys.keys (replaced_by) WHERE replaced_by IS NOT NULL;
 CREATE INDEX keys_owner ON apikeys.keys (workspace_id, owner);
 COMMENT ON TABLE apikeys.keys IS 'Secret API keys (no secrets stored here); readable under RLS.';
 
@@ -54,6 +61,35 @@ CREATE TABLE apikeys.key_hashes (
 );
 COMMENT ON TABLE apikeys.key_hashes IS 'SHA-256 of each token; readable by no client role.';
 
+-- Public (publishable) keys for browsers and widgets (design.md §4). The
+-- public_key is not a secret and is stored as is.
+CREATE TABLE apikeys.public_keys (
+    id               uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    workspace_id     uuid        NOT NULL REFERENCES apikeys.workspaces (id),
+    public_key       text        NOT NULL UNIQUE,
+    allowed_origins  text[]      NOT NULL DEFAULT '{}',
+    created_by       text        NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    revoked_at       timestamptz
+);
+CREATE INDEX public_keys_workspace ON apikeys.public_keys (workspace_id);
+COMMENT ON TABLE apikeys.public_keys IS 'Publishable keys that resolve to a workspace, with allowed browser origins.';
+
+-- Append-only record of every change, written by triggers in the same
+-- transaction as the change. detail never holds a token or a hash.
+CREATE TABLE apikeys.audit_log (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    workspace_id  uuid        NOT NULL,
+    actor         text,
+    action        text        NOT NULL,
+    key_id        uuid,
+    detail        jsonb       NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_log_workspace ON apikeys.audit_log (workspace_id, at);
+CREATE INDEX audit_log_key ON apikeys.audit_log (key_id) WHERE key_id IS NOT NULL;
+COMMENT ON TABLE apikeys.audit_log IS 'Append-only audit trail: who changed which key, member or public key, and when.';
+
 -- pg_dump keeps the rows of these tables (design.md §8: dump and restore
 -- keeps keys verifiable).
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');
@@ -61,3 +97,6 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.members', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.members_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_hashes', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.public_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log_id_seq', '');

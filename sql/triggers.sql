@@ -22,8 +22,9 @@ BEGIN
 END
 $$;
 
--- keys: revoked_at is a one-way latch; expires_at only moves earlier;
--- id, workspace_id, owner, prefix and created_at are write-once.
+-- keys: revoked_at and replaced_by are one-way latches; expires_at only
+-- moves earlier; id, workspace_id, owner, prefix, source and created_at are
+-- write-once.
 CREATE FUNCTION apikeys.keys_guard() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -38,12 +39,17 @@ BEGIN
         RAISE EXCEPTION 'expires_at may only move earlier'
             USING ERRCODE = 'check_violation';
     END IF;
+    IF OLD.replaced_by IS NOT NULL AND NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        RAISE EXCEPTION 'a rotated key stays rotated: replaced_by cannot be cleared or moved'
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF NEW.id IS DISTINCT FROM OLD.id
        OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
        OR NEW.owner IS DISTINCT FROM OLD.owner
        OR NEW.prefix IS DISTINCT FROM OLD.prefix
-       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
-        RAISE EXCEPTION 'id, workspace_id, owner, prefix and created_at of a key are write-once'
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR NEW.source IS DISTINCT FROM OLD.source THEN
+        RAISE EXCEPTION 'id, workspace_id, owner, prefix, source and created_at of a key are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;  -- ignored when fired AFTER
@@ -125,6 +131,159 @@ BEGIN
 END
 $$;
 
+-- public_keys: revoked_at is a latch; every other column is write-once
+-- (to change the allowed origins, create a new public key and revoke the old).
+CREATE FUNCTION apikeys.public_keys_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        RAISE EXCEPTION 'a revoked public key stays revoked: revoked_at cannot be cleared or moved'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.public_key IS DISTINCT FROM OLD.public_key
+       OR NEW.allowed_origins IS DISTINCT FROM OLD.allowed_origins
+       OR NEW.created_by IS DISTINCT FROM OLD.created_by
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'only revoked_at of a public key may change, once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
+-- audit_log: rows are written once and never changed.
+CREATE FUNCTION apikeys.audit_log_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only: its rows cannot change'
+        USING ERRCODE = 'check_violation';
+END
+$$;
+
+-- ---------------------------------------------------------------------------
+-- Audit (design.md §5): one row per change, written in the same transaction.
+-- SECURITY DEFINER so that every writer's change is recorded (clients cannot
+-- write audit_log); the actor is still the caller, because
+-- current_principal() reads the outer role, never this function's owner.
+-- detail holds names, scopes, times and ids: never a token or a hash (there
+-- is none in these tables to leak).
+
+CREATE FUNCTION apikeys.audit_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+    replaces uuid;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.source = 'imported' THEN
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.imported', NEW.id,
+                    jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                                       'scopes', NEW.scopes, 'expires_at', NEW.expires_at));
+        ELSE
+            SELECT k.id INTO replaces FROM apikeys.keys k WHERE k.replaced_by = NEW.id;
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.created', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at, 'replaces', replaces)));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.rotated', NEW.id,
+                jsonb_build_object('name', NEW.name, 'replaced_by', NEW.replaced_by));
+    END IF;
+    IF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
+                jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+    END IF;
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.expiry_shortened', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.expires_at, 'to', NEW.expires_at));
+    END IF;
+    IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.scopes_changed', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.scopes, 'to', NEW.scopes));
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.updated', NEW.id,
+                jsonb_build_object('name', jsonb_build_object('from', OLD.name, 'to', NEW.name),
+                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION apikeys.audit_members() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.added',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.removed_at IS DISTINCT FROM OLD.removed_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.removed',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role));
+    ELSIF NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.changed',
+                jsonb_build_object('principal', NEW.principal,
+                                   'role', jsonb_build_object('from', OLD.role, 'to', NEW.role),
+                                   'scopes', jsonb_build_object('from', OLD.scopes, 'to', NEW.scopes)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION apikeys.audit_workspaces() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+    VALUES (NEW.id, apikeys.current_principal(), 'workspace.created',
+            jsonb_build_object('name', NEW.name));
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION apikeys.audit_public_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.created', NEW.id,
+                jsonb_build_object('allowed_origins', NEW.allowed_origins));
+    ELSIF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.revoked', NEW.id,
+                jsonb_build_object('revoked_at', NEW.revoked_at));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER keys_guard BEFORE UPDATE ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER keys_guard_final AFTER UPDATE ON apikeys.keys
@@ -142,6 +301,41 @@ CREATE TRIGGER workspaces_guard BEFORE UPDATE ON apikeys.workspaces
 CREATE TRIGGER workspaces_guard_final AFTER UPDATE ON apikeys.workspaces
     FOR EACH ROW EXECUTE FUNCTION apikeys.workspaces_guard();
 
+CREATE TRIGGER public_keys_guard BEFORE UPDATE ON apikeys.public_keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.public_keys_guard();
+CREATE TRIGGER public_keys_guard_final AFTER UPDATE ON apikeys.public_keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.public_keys_guard();
+CREATE TRIGGER audit_log_guard BEFORE UPDATE ON apikeys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_log_guard();
+
+-- Audit triggers. The keys one skips updates of last_used_at alone, so
+-- verify_key never writes an audit row.
+CREATE TRIGGER keys_audit AFTER INSERT ON apikeys.keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_keys();
+CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
+    FOR EACH ROW
+    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+          OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+          OR OLD.replaced_by IS DISTINCT FROM NEW.replaced_by
+          OR OLD.scopes IS DISTINCT FROM NEW.scopes
+          OR OLD.name IS DISTINCT FROM NEW.name
+          OR OLD.metadata IS DISTINCT FROM NEW.metadata)
+    EXECUTE FUNCTION apikeys.audit_keys();
+CREATE TRIGGER members_audit AFTER INSERT OR UPDATE ON apikeys.members
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_members();
+CREATE TRIGGER workspaces_audit AFTER INSERT ON apikeys.workspaces
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_workspaces();
+CREATE TRIGGER public_keys_audit AFTER INSERT OR UPDATE ON apikeys.public_keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_public_keys();
+
+CREATE TRIGGER public_keys_no_delete BEFORE DELETE ON apikeys.public_keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER public_keys_no_truncate BEFORE TRUNCATE ON apikeys.public_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON apikeys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON apikeys.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
 CREATE TRIGGER keys_no_delete BEFORE DELETE ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
 CREATE TRIGGER keys_no_truncate BEFORE TRUNCATE ON apikeys.keys
@@ -175,3 +369,15 @@ ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_guard;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_guard_final;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_no_delete;
 ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_no_truncate;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_audit;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_audit_change;
+ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_audit;
+ALTER TABLE apikeys.workspaces ENABLE ALWAYS TRIGGER workspaces_audit;
+ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_guard;
+ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_guard_final;
+ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_audit;
+ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_no_delete;
+ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_no_truncate;
+ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_guard;
+ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_no_delete;
+ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;

@@ -82,6 +82,18 @@ pub enum ApiError {
     KeyNotFound,
     /// PT404: no such active member.
     MemberNotFound,
+    /// 22023: `import_key`'s owner is not an active member of the workspace.
+    OwnerNotMember,
+    /// 42501: an imported key's scopes go beyond its owner's.
+    OwnerScopeEscalation,
+    /// 23514: the key is revoked or expired; it cannot be rotated.
+    KeyNotActive,
+    /// 23514: the key was rotated already; rotate its replacement.
+    KeyAlreadyRotated,
+    /// 23505: `import_key` got a digest that is stored already.
+    DigestTaken,
+    /// PT404: no such public key, or not the caller's to see.
+    PublicKeyNotFound,
     /// PT401: `authenticate()` rejected the API key.
     Unauthenticated,
     /// XX000: a bug (an SPI call failed in a way that cannot be the caller's fault).
@@ -92,13 +104,13 @@ impl ApiError {
     pub fn sqlstate(self) -> SqlState {
         use ApiError::*;
         match self {
-            Invalid(_) | ExpiryNotFuture | NullArgument(_) => SqlState::INVALID_PARAMETER,
-            NoPrincipal | NotMember | NotAdmin | ScopeEscalation | KeyCannotManage => {
+            Invalid(_) | ExpiryNotFuture | NullArgument(_) | OwnerNotMember => SqlState::INVALID_PARAMETER,
+            NoPrincipal | NotMember | NotAdmin | ScopeEscalation | KeyCannotManage | OwnerScopeEscalation => {
                 SqlState::INSUFFICIENT_PRIVILEGE
             }
-            LastAdmin => SqlState::CHECK_VIOLATION,
-            NameTaken | WorkspaceExists => SqlState::UNIQUE_VIOLATION,
-            WorkspaceNotFound | KeyNotFound | MemberNotFound => SqlState::NOT_FOUND,
+            LastAdmin | KeyNotActive | KeyAlreadyRotated => SqlState::CHECK_VIOLATION,
+            NameTaken | WorkspaceExists | DigestTaken => SqlState::UNIQUE_VIOLATION,
+            WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound => SqlState::NOT_FOUND,
             Unauthenticated => SqlState::UNAUTHENTICATED,
             Internal => SqlState::INTERNAL,
         }
@@ -132,6 +144,14 @@ impl ApiError {
                 crate::rules::Invalid::Metadata => {
                     c"invalid metadata: use a JSON object of at most 16 kB"
                 }
+                crate::rules::Invalid::Origin => {
+                    c"invalid origin: use scheme://host[:port] as a browser sends it, with no path"
+                }
+                crate::rules::Invalid::TooManyOrigins => c"too many allowed origins: at most 64",
+                crate::rules::Invalid::Digest => {
+                    c"invalid sha256_hex: use the 64 hexadecimal characters of a SHA-256 digest"
+                }
+                crate::rules::Invalid::Grace => c"invalid grace: use an interval of zero or more",
             },
             ExpiryNotFuture => c"invalid expires_at: it must lie in the future",
             NullArgument(m) => m,
@@ -146,6 +166,12 @@ impl ApiError {
             WorkspaceNotFound => c"workspace not found",
             KeyNotFound => c"key not found",
             MemberNotFound => c"member not found",
+            OwnerNotMember => c"invalid owner: not an active member of this workspace",
+            OwnerScopeEscalation => c"permission denied: scopes beyond what the key's owner holds",
+            KeyNotActive => c"a revoked or expired key cannot be rotated",
+            KeyAlreadyRotated => c"this key was rotated already: rotate its replacement",
+            DigestTaken => c"a key with this digest is stored already",
+            PublicKeyNotFound => c"public key not found",
             Unauthenticated => c"invalid API key",
             Internal => c"internal error in pg_apikeys",
         }
@@ -159,6 +185,8 @@ impl ApiError {
                 Some(c"members may grant only scopes they hold themselves; admins may grant any")
             }
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
+            KeyNotActive => Some(c"create a new key instead"),
+            Unauthenticated => Some(c"send a valid, active API key, or none"),
             _ => None,
         }
     }
@@ -300,6 +328,15 @@ mod tests {
             ApiError::KeyNotFound,
             ApiError::MemberNotFound,
             ApiError::Unauthenticated,
+            ApiError::Invalid(Invalid::Origin),
+            ApiError::Invalid(Invalid::Digest),
+            ApiError::Invalid(Invalid::Grace),
+            ApiError::OwnerNotMember,
+            ApiError::OwnerScopeEscalation,
+            ApiError::KeyNotActive,
+            ApiError::KeyAlreadyRotated,
+            ApiError::DigestTaken,
+            ApiError::PublicKeyNotFound,
         ];
         for e in all {
             let s = e.sqlstate();

@@ -1,4 +1,5 @@
-//! Secret keys (design.md §3): `create_key`, `verify_key`, `revoke_key`.
+//! Secret keys (design.md §3): `create_key`, `verify_key`, `revoke_key`,
+//! `rotate_key`, `import_key`.
 
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::pg_sys;
@@ -13,7 +14,7 @@ use crate::gucs;
 use crate::principal::Caller;
 use crate::rules::{self, Role};
 use crate::token;
-use crate::workspaces::{caller, caller_membership};
+use crate::workspaces::{caller, caller_membership, membership, require_admin};
 
 /// What `create_key` returns: the only moment the token exists.
 pub struct NewKey {
@@ -53,6 +54,8 @@ fn check_future(expires_at: Option<TimestampWithTimeZone>) -> ApiResult<()> {
 
 /// Settings of a key to mint, already validated.
 pub struct KeySpec {
+    /// `None`: a new random id.
+    pub id: Option<Uuid>,
     pub workspace_id: Uuid,
     pub owner: String,
     /// `None`: `key-<first 8 of body>`.
@@ -70,8 +73,8 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
         let minted = token::build(&spec.prefix, &random_body()?);
         let name = spec.name.clone().unwrap_or_else(|| minted.default_name.clone());
         let inserted = client.update(
-            "INSERT INTO apikeys.keys (workspace_id, owner, name, prefix, scopes, metadata, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, expires_at)
+             VALUES (coalesce($8, pg_catalog.gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT DO NOTHING
              RETURNING id",
             None,
@@ -83,11 +86,13 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
                 spec.scopes.clone().into(),
                 JsonB(spec.metadata.clone()).into(),
                 spec.expires_at.into(),
+                spec.id.into(),
             ],
         )?;
         if inserted.is_empty() {
             let taken = client.select(
-                "SELECT 1 FROM apikeys.keys WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL",
+                "SELECT 1 FROM apikeys.keys
+                  WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL AND replaced_by IS NULL",
                 Some(1),
                 &[spec.workspace_id.into(), name.as_str().into()],
             )?;
@@ -147,6 +152,7 @@ fn create_key_impl(
         let m = caller_membership(client, &caller, workspace_id)?;
         authorize_scopes(&caller, m.role, &m.scopes, &scopes)?;
         let spec = KeySpec {
+            id: None,
             workspace_id,
             owner: caller.principal.clone(),
             name,
@@ -328,8 +334,11 @@ fn may_touch() -> bool {
 
 /// Check a token; `None` for every kind of failure.
 pub fn verify(token_text: &str, required: &[String]) -> ApiResult<Option<Verified>> {
-    if token::parse(token_text).is_err() {
-        return Ok(None);
+    // this extension's tokens with a bad checksum, empty and oversized
+    // strings never reach a table; other shapes may be imported keys
+    match token::shape(token_text) {
+        token::Shape::Own | token::Shape::Foreign => {}
+        token::Shape::Mistyped | token::Shape::Rejected => return Ok(None),
     }
     let digest = token::digest(token_text);
     let interval = gucs::LAST_USED_INTERVAL.get();
@@ -468,4 +477,231 @@ fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
 #[pg_extern(sql = false)]
 fn revoke_key(key_id: Option<Uuid>) -> Option<TimestampWithTimeZone> {
     deferred(revoke_key_impl(key_id))
+}
+
+// ---------------------------------------------------------------------------
+// rotate_key
+
+/// The token prefix a key was minted with, from its display prefix
+/// (`<prefix>_<8 body characters>`); imported keys rotate to `sk`.
+fn token_prefix(display_prefix: &str, source: &str) -> String {
+    let cut = display_prefix.len().saturating_sub(1 + token::DISPLAY_BODY_CHARS);
+    match display_prefix.get(..cut) {
+        Some(p) if source == "minted" && token::valid_prefix(p) => p.to_owned(),
+        _ => "sk".to_owned(),
+    }
+}
+
+fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -> ApiResult<NewKey> {
+    let caller = caller()?;
+    let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
+    let grace = grace.ok_or(ApiError::NullArgument(c"grace must not be null"))?;
+    Spi::connect_mut(|client| {
+        let negative: bool = client
+            .select("SELECT $1 < interval '0'", Some(1), &[grace.into()])?
+            .first()
+            .get(1)?
+            .unwrap_or(true);
+        if negative {
+            return Err(rules::Invalid::Grace.into());
+        }
+        let workspace_id = manageable_key(client, &caller, key_id)?;
+        if let Some(k) = &caller.key {
+            if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
+                return Err(ApiError::KeyCannotManage);
+            }
+        }
+        // lock the key: a concurrent revoke or rotation waits, then sees this one
+        let row = client.update(
+            "SELECT owner, name, prefix, scopes, metadata, expires_at, source, replaced_by IS NOT NULL,
+                    revoked_at IS NOT NULL OR (expires_at IS NOT NULL AND expires_at <= pg_catalog.now())
+               FROM apikeys.keys WHERE id = $1 FOR UPDATE",
+            Some(1),
+            &[key_id.into()],
+        )?;
+        if row.is_empty() {
+            return Err(ApiError::KeyNotFound);
+        }
+        let row = row.first();
+        let owner: String = row.get(1)?.ok_or(ApiError::Internal)?;
+        let name: String = row.get(2)?.ok_or(ApiError::Internal)?;
+        let display: String = row.get(3)?.ok_or(ApiError::Internal)?;
+        let scopes: Vec<String> = row.get(4)?.unwrap_or_default();
+        let metadata: JsonB = row.get(5)?.unwrap_or(JsonB(serde_json::json!({})));
+        let expires_at: Option<TimestampWithTimeZone> = row.get(6)?;
+        let source: String = row.get(7)?.ok_or(ApiError::Internal)?;
+        let replaced: bool = row.get(8)?.unwrap_or(false);
+        let dead: bool = row.get(9)?.unwrap_or(true);
+        if dead {
+            return Err(ApiError::KeyNotActive);
+        }
+        if replaced {
+            return Err(ApiError::KeyAlreadyRotated);
+        }
+        if let Some(k) = &caller.key {
+            if !rules::missing(&scopes, &k.scopes).is_empty() {
+                return Err(ApiError::ScopeEscalation);
+            }
+        }
+        let new_id: Uuid = client
+            .select("SELECT pg_catalog.gen_random_uuid()", Some(1), &[])?
+            .first()
+            .get(1)?
+            .ok_or(ApiError::Internal)?;
+        // the old key gives its name up, and expires after the grace period
+        // (never later than it would have), or is revoked now
+        client.update(
+            "UPDATE apikeys.keys
+                SET replaced_by = $2,
+                    revoked_at = CASE WHEN $3 = interval '0' THEN pg_catalog.now() END,
+                    expires_at = CASE
+                        WHEN $3 = interval '0' THEN expires_at
+                        WHEN expires_at IS NULL OR expires_at > pg_catalog.now() + $3
+                            THEN pg_catalog.now() + $3
+                        ELSE expires_at END
+              WHERE id = $1",
+            None,
+            &[key_id.into(), new_id.into(), grace.into()],
+        )?;
+        let spec = KeySpec {
+            id: Some(new_id),
+            workspace_id,
+            owner,
+            name: Some(name),
+            scopes,
+            metadata: metadata.0,
+            expires_at,
+            prefix: token_prefix(&display, &source),
+        };
+        mint(client, &spec)
+    })
+}
+
+#[pg_extern(sql = false)]
+fn rotate_key(
+    key_id: Option<Uuid>,
+    grace: Option<pgrx::datum::Interval>,
+) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
+{
+    match deferred(rotate_key_impl(key_id, grace)) {
+        Some(k) => TableIterator::once(k.row()),
+        None => TableIterator::empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// import_key
+
+/// Display prefix of an imported key: nothing of its token is known, so it
+/// is `imported:` and 8 random base62 characters (a colon never appears in
+/// a minted key's prefix).
+fn imported_prefix() -> ApiResult<String> {
+    let body = token::encode_body(&random_body()?);
+    Ok(format!("imported:{}", &body[..token::DISPLAY_BODY_CHARS]))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn import_key_impl(
+    workspace_id: Option<Uuid>,
+    owner: Option<&str>,
+    name: Option<&str>,
+    sha256_hex: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> ApiResult<Uuid> {
+    let caller = caller()?;
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    let owner = owner.ok_or(ApiError::NullArgument(c"owner must not be null"))?;
+    rules::principal(owner)?;
+    let name = rules::key_name(name.ok_or(ApiError::NullArgument(c"name must not be null"))?)?;
+    let digest =
+        rules::sha256_hex(sha256_hex.ok_or(ApiError::NullArgument(c"sha256_hex must not be null"))?)?;
+    let scopes = rules::scopes(&scopes.unwrap_or_default())?;
+    check_future(expires_at)?;
+    Spi::connect_mut(|client| {
+        require_admin(client, &caller, workspace_id)?;
+        if let Some(k) = &caller.key {
+            if !rules::missing(&scopes, &k.scopes).is_empty() {
+                return Err(ApiError::ScopeEscalation);
+            }
+        }
+        let m = match membership(client, workspace_id, owner) {
+            Ok(m) => m,
+            Err(ApiError::NotMember) => return Err(ApiError::OwnerNotMember),
+            Err(e) => return Err(e),
+        };
+        if m.role == Role::Member && !rules::missing(&scopes, &m.scopes).is_empty() {
+            return Err(ApiError::OwnerScopeEscalation);
+        }
+        let stored = client.select(
+            "SELECT 1 FROM apikeys.key_hashes WHERE hash = $1",
+            Some(1),
+            &[digest.as_slice().into()],
+        )?;
+        if !stored.is_empty() {
+            return Err(ApiError::DigestTaken);
+        }
+        for _ in 0..4 {
+            let inserted = client.update(
+                "INSERT INTO apikeys.keys (workspace_id, owner, name, prefix, scopes, expires_at, source)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'imported')
+                 ON CONFLICT DO NOTHING
+                 RETURNING id",
+                None,
+                &[
+                    workspace_id.into(),
+                    owner.into(),
+                    name.as_str().into(),
+                    imported_prefix()?.as_str().into(),
+                    scopes.clone().into(),
+                    expires_at.into(),
+                ],
+            )?;
+            if inserted.is_empty() {
+                let taken = client.select(
+                    "SELECT 1 FROM apikeys.keys
+                      WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL AND replaced_by IS NULL",
+                    Some(1),
+                    &[workspace_id.into(), name.as_str().into()],
+                )?;
+                if !taken.is_empty() {
+                    return Err(ApiError::NameTaken);
+                }
+                continue;
+            }
+            let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
+            client.update(
+                "INSERT INTO apikeys.key_hashes (key_id, hash) VALUES ($1, $2)",
+                None,
+                &[id.into(), digest.as_slice().into()],
+            )?;
+            return Ok(id);
+        }
+        Err(ApiError::Internal)
+    })
+}
+
+#[pg_extern(sql = false)]
+fn import_key(
+    workspace_id: Option<Uuid>,
+    owner: Option<&str>,
+    name: Option<&str>,
+    sha256_hex: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> Option<Uuid> {
+    deferred(import_key_impl(workspace_id, owner, name, sha256_hex, scopes, expires_at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_prefix;
+
+    #[test]
+    fn rotation_keeps_the_token_prefix() {
+        assert_eq!(token_prefix("sk_AbCdEfGh", "minted"), "sk");
+        assert_eq!(token_prefix("sk_live_AbCdEfGh", "minted"), "sk_live");
+        assert_eq!(token_prefix("imported:AbCdEfGh", "imported"), "sk");
+        assert_eq!(token_prefix("x", "minted"), "sk");
+    }
 }

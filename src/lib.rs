@@ -6,9 +6,11 @@
 //! * [`errors`]: the one error type, its SQLSTATEs and messages, and the C
 //!   entry points that raise them
 //! * [`gucs`]: every `apikeys.*` setting
-//! * [`principal`]: `current_principal()` and the per-transaction key binding
+//! * [`principal`]: `current_principal()`, `authenticate()`, the per-transaction
+//!   key binding and its helpers
 //! * [`workspaces`]: `create_workspace`, `add_member`, `remove_member`
-//! * [`keys`]: `create_key`, `verify_key`, `revoke_key`
+//! * [`keys`]: `create_key`, `verify_key`, `revoke_key`, `rotate_key`, `import_key`
+//! * [`public_keys`]: `create_public_key`, `revoke_public_key`, `resolve_public_key`
 //!
 //! The DDL lives in `sql/*.sql` (tables, functions, triggers, policies,
 //! grants), loaded below in that order.
@@ -19,6 +21,7 @@ pub mod errors;
 pub mod gucs;
 pub mod keys;
 pub mod principal;
+pub mod public_keys;
 pub mod rules;
 pub mod token;
 pub mod workspaces;
@@ -41,6 +44,15 @@ entry_points! {
     apikeys_create_key / pg_finfo_apikeys_create_key => keys::create_key_wrapper;
     apikeys_verify_key / pg_finfo_apikeys_verify_key => keys::verify_key_wrapper;
     apikeys_revoke_key / pg_finfo_apikeys_revoke_key => keys::revoke_key_wrapper;
+    apikeys_rotate_key / pg_finfo_apikeys_rotate_key => keys::rotate_key_wrapper;
+    apikeys_import_key / pg_finfo_apikeys_import_key => keys::import_key_wrapper;
+    apikeys_authenticate / pg_finfo_apikeys_authenticate => principal::authenticate_wrapper;
+    apikeys_current_key_id / pg_finfo_apikeys_current_key_id => principal::current_key_id_wrapper;
+    apikeys_current_workspace / pg_finfo_apikeys_current_workspace => principal::current_workspace_wrapper;
+    apikeys_has_scope / pg_finfo_apikeys_has_scope => principal::has_scope_wrapper;
+    apikeys_create_public_key / pg_finfo_apikeys_create_public_key => public_keys::create_public_key_wrapper;
+    apikeys_revoke_public_key / pg_finfo_apikeys_revoke_public_key => public_keys::revoke_public_key_wrapper;
+    apikeys_resolve_public_key / pg_finfo_apikeys_resolve_public_key => public_keys::resolve_public_key_wrapper;
 }
 
 #[pg_guard]

@@ -18,6 +18,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde::Deserialize;
 
+use crate::errors::{deferred, ApiError, ApiResult};
+use crate::gucs;
+
 /// An API key accepted by `authenticate()` in this transaction.
 #[derive(Clone, Debug)]
 pub struct KeyBinding {
@@ -162,6 +165,85 @@ fn principal_without_key() -> Option<String> {
     }
 }
 
+// ---------------------------------------------------------------------------
+// authenticate(): PostgREST's db-pre-request hook (design.md §6)
+
+/// The key carried by the request's API-key header: `Ok(None)` when the
+/// request has no such header, `Err` when the request context is unusable.
+fn header_token(headers: Option<&str>, header: &str) -> ApiResult<Option<String>> {
+    // PostgREST always sets request.headers to a JSON object; anything else
+    // means the request context is broken, and authentication fails closed.
+    let headers = headers.filter(|h| !h.trim().is_empty()).ok_or(ApiError::Unauthenticated)?;
+    let headers: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(headers).map_err(|_| ApiError::Unauthenticated)?;
+    let Some((_, value)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(header)) else {
+        return Ok(None);
+    };
+    match value {
+        serde_json::Value::String(t) => Ok(Some(t.clone())),
+        _ => Err(ApiError::Unauthenticated),
+    }
+}
+
+fn authenticate_impl() -> ApiResult<()> {
+    let header = gucs::HEADER
+        .get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "x-api-key".to_owned());
+    let Some(token) = header_token(setting(c"request.headers").as_deref(), &header)? else {
+        // no API key: the JWT or anonymous flow goes on untouched
+        return Ok(());
+    };
+    let key = crate::keys::verify(&token, &[])?.ok_or(ApiError::Unauthenticated)?;
+    bind_key(key.key_id, key.workspace_id, key.owner, key.scopes);
+    if let Some(role) = gucs::KEY_ROLE.get() {
+        let role = role.to_string_lossy().into_owned();
+        if !role.is_empty() {
+            // like PostgREST's own set_config('role', ..., true): until the
+            // transaction ends
+            Spi::connect_mut(|client| {
+                client.update(
+                    "SELECT pg_catalog.set_config('role', $1, true)",
+                    None,
+                    &[role.as_str().into()],
+                )?;
+                Ok::<_, ApiError>(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `apikeys.authenticate()`: see design.md §6 and docs/postgrest.md.
+#[pg_extern(sql = false)]
+fn authenticate() {
+    deferred(authenticate_impl());
+}
+
+/// `apikeys.current_key_id()`: the API key authenticated in this
+/// transaction, or NULL.
+#[pg_extern(sql = false)]
+fn current_key_id() -> Option<pgrx::Uuid> {
+    bound_key().map(|k| k.key_id)
+}
+
+/// `apikeys.current_workspace()`: the workspace of the API key authenticated
+/// in this transaction, or NULL.
+#[pg_extern(sql = false)]
+fn current_workspace() -> Option<pgrx::Uuid> {
+    bound_key().map(|k| k.workspace_id)
+}
+
+/// `apikeys.has_scope(scope)`: whether the API key authenticated in this
+/// transaction holds `scope`; false without a key.
+#[pg_extern(sql = false)]
+fn has_scope(scope: Option<&str>) -> bool {
+    match (scope, bound_key()) {
+        (Some(s), Some(k)) => k.scopes.iter().any(|held| held == s),
+        _ => false,
+    }
+}
+
 /// `apikeys.current_principal()`: see the module documentation.
 #[pg_extern(sql = false)]
 fn current_principal() -> Option<String> {
@@ -170,7 +252,23 @@ fn current_principal() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::principal_from_claims;
+    use super::{header_token, principal_from_claims};
+    use crate::errors::ApiError;
+
+    #[test]
+    fn header_token_fails_closed() {
+        let h = "x-api-key";
+        assert_eq!(header_token(Some(r#"{"x-api-key":"sk_abc"}"#), h), Ok(Some("sk_abc".into())));
+        assert_eq!(header_token(Some(r#"{"X-Api-Key":"sk_abc"}"#), h), Ok(Some("sk_abc".into())));
+        assert_eq!(header_token(Some(r#"{"accept":"*/*"}"#), h), Ok(None));
+        assert_eq!(header_token(Some("{}"), h), Ok(None));
+        for bad in [None, Some(""), Some(" "), Some("not json"), Some("[1]"), Some("\"x\""), Some("null")] {
+            assert_eq!(header_token(bad, h), Err(ApiError::Unauthenticated), "{bad:?}");
+        }
+        assert_eq!(header_token(Some(r#"{"x-api-key":42}"#), h), Err(ApiError::Unauthenticated));
+        assert_eq!(header_token(Some(r#"{"x-api-key":null}"#), h), Err(ApiError::Unauthenticated));
+        assert_eq!(header_token(Some(r#"{"x-api-key":""}"#), h), Ok(Some(String::new())));
+    }
 
     #[test]
     fn claims_give_sub_or_anonymous() {

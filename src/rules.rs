@@ -33,6 +33,10 @@ pub enum Invalid {
     Principal,
     WorkspaceName,
     Metadata,
+    Origin,
+    TooManyOrigins,
+    Digest,
+    Grace,
 }
 
 /// Normalise and check a key name: ASCII lower-cased, then
@@ -163,6 +167,77 @@ pub fn metadata(v: &serde_json::Value) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most origins a public key may list.
+pub const MAX_ORIGINS: usize = 64;
+/// Longest origin accepted (scheme, host and port).
+pub const MAX_ORIGIN_LEN: usize = 255;
+
+/// Normalise and check a browser origin: `scheme://host[:port]`, ASCII
+/// lower-cased, as browsers send it in the `Origin` header (no path, no
+/// trailing slash, no user info). IPv6 hosts are written in brackets.
+pub fn origin(raw: &str) -> Result<String, Invalid> {
+    let o = raw.to_ascii_lowercase();
+    if o.is_empty() || o.len() > MAX_ORIGIN_LEN || !o.is_ascii() {
+        return Err(Invalid::Origin);
+    }
+    let (scheme, rest) = o.split_once("://").ok_or(Invalid::Origin)?;
+    let scheme_ok = scheme.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+        && scheme.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(&c));
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (inner, after) = v6.split_once(']').ok_or(Invalid::Origin)?;
+        if inner.is_empty() || !inner.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
+            return Err(Invalid::Origin);
+        }
+        let port = match after {
+            "" => None,
+            a => Some(a.strip_prefix(':').ok_or(Invalid::Origin)?),
+        };
+        (inner, port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (rest.starts_with('[')
+            || host.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'));
+    let port_ok = match port {
+        None => true,
+        Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()),
+    };
+    if scheme_ok && host_ok && port_ok {
+        Ok(o)
+    } else {
+        Err(Invalid::Origin)
+    }
+}
+
+/// Check and normalise a list of allowed origins (duplicates removed, order kept).
+pub fn origins(list: &[Option<String>]) -> Result<Vec<String>, Invalid> {
+    if list.len() > MAX_ORIGINS {
+        return Err(Invalid::TooManyOrigins);
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for o in list {
+        let o = origin(o.as_deref().ok_or(Invalid::Origin)?)?;
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
+}
+
+/// Parse a SHA-256 digest written as 64 hexadecimal characters (either case).
+pub fn sha256_hex(raw: &str) -> Result<[u8; 32], Invalid> {
+    if raw.len() != 64 {
+        return Err(Invalid::Digest);
+    }
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(raw, &mut out).map_err(|_| Invalid::Digest)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +321,46 @@ mod tests {
         assert!(metadata(&serde_json::json!("x")).is_err());
         let big = "x".repeat(MAX_METADATA_BYTES);
         assert!(metadata(&serde_json::json!({ "a": big })).is_err());
+    }
+
+    #[test]
+    fn origins_are_normalised_and_checked() {
+        assert_eq!(origin("https://App.Example.com").as_deref(), Ok("https://app.example.com"));
+        assert_eq!(origin("http://localhost:3000").as_deref(), Ok("http://localhost:3000"));
+        assert_eq!(origin("https://[::1]:8443").as_deref(), Ok("https://[::1]:8443"));
+        for bad in [
+            "",
+            "example.com",
+            "https://",
+            "https://example.com/",
+            "https://example.com/path",
+            "https://user@example.com",
+            "https://example.com:",
+            "https://example.com:123456",
+            "https://exa mple.com",
+            "1http://example.com",
+            "https://[::1]x",
+            "https://\u{e9}.com",
+        ] {
+            assert_eq!(origin(bad), Err(Invalid::Origin), "{bad:?}");
+        }
+        assert_eq!(origin(&format!("https://{}.com", "a".repeat(300))), Err(Invalid::Origin));
+        let list = vec![Some("https://a.com".to_owned()), Some("HTTPS://A.COM".to_owned())];
+        assert_eq!(origins(&list), Ok(vec!["https://a.com".to_owned()]));
+        assert_eq!(origins(&[None]), Err(Invalid::Origin));
+        assert_eq!(origins(&vec![Some("https://a.com".to_owned()); 65]), Err(Invalid::TooManyOrigins));
+    }
+
+    #[test]
+    fn digests_are_64_hex_characters() {
+        let lower = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let upper = lower.to_ascii_uppercase();
+        assert_eq!(sha256_hex(lower), sha256_hex(&upper));
+        assert_eq!(sha256_hex(lower).map(|d| d[0]), Ok(0x9f));
+        assert_eq!(sha256_hex(&lower[1..]), Err(Invalid::Digest));
+        assert_eq!(sha256_hex(&format!("{lower}00")), Err(Invalid::Digest));
+        assert_eq!(sha256_hex(&lower.replace('9', "g")), Err(Invalid::Digest));
+        assert_eq!(sha256_hex(""), Err(Invalid::Digest));
+        assert_eq!(sha256_hex(&"\u{e9}".repeat(32)), Err(Invalid::Digest));
     }
 }

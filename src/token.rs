@@ -188,6 +188,40 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, ParseError> {
     Ok(Parsed { prefix, body })
 }
 
+/// Longest token of another shape (an imported key) that is hashed and
+/// looked up; anything longer is rejected without hashing.
+pub const MAX_FOREIGN_TOKEN_LEN: usize = 1024;
+
+/// What `verify_key` does with a token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// This extension's format with a good checksum: look its hash up.
+    Own,
+    /// This extension's shape (a valid prefix, `_`, 49 base62 characters)
+    /// but a wrong checksum or body: a mistyped or forged token, rejected
+    /// without touching a table.
+    Mistyped,
+    /// Any other non-empty string of at most [`MAX_FOREIGN_TOKEN_LEN`] bytes:
+    /// possibly a key imported from another keystore, looked up by hash.
+    Foreign,
+    /// Empty or too long: rejected without hashing.
+    Rejected,
+}
+
+/// Classify a token before any table access.
+pub fn shape(token: &str) -> Shape {
+    match parse(token) {
+        Ok(_) => Shape::Own,
+        Err(ParseError::Checksum | ParseError::Body)
+            if token.bytes().rev().take(BODY_LEN + CHECK_LEN).all(|c| c.is_ascii_alphanumeric()) =>
+        {
+            Shape::Mistyped
+        }
+        Err(_) if token.is_empty() || token.len() > MAX_FOREIGN_TOKEN_LEN => Shape::Rejected,
+        Err(_) => Shape::Foreign,
+    }
+}
+
 /// SHA-256 of the whole token: the only thing ever stored about a secret.
 pub fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -343,5 +377,26 @@ mod tests {
         let b = sample("sk", 2);
         assert_ne!(a.token, b.token);
         assert_ne!(a.display_prefix, b.display_prefix);
+    }
+
+    #[test]
+    fn shapes_decide_the_lookup() {
+        let good = sample("sk", 7).token;
+        assert_eq!(shape(&good), Shape::Own);
+        // one character changed in the body or the check: ours, mistyped
+        let mut typo = good.clone().into_bytes();
+        typo[5] = if typo[5] == b'a' { b'b' } else { b'a' };
+        assert_eq!(shape(std::str::from_utf8(&typo).unwrap()), Shape::Mistyped);
+        let mut bad_check = good.clone();
+        bad_check.pop();
+        bad_check.push(if good.ends_with('0') { '1' } else { '0' });
+        assert_eq!(shape(&bad_check), Shape::Mistyped);
+        // other keystores' shapes are looked up by hash
+        assert_eq!(shape("ghp_16C7e42F292c6912E7710c838347Ae178B4a"), Shape::Foreign);
+        assert_eq!(shape("legacy-token-123"), Shape::Foreign);
+        assert_eq!(shape("SK_not ours at all"), Shape::Foreign);
+        assert_eq!(shape(&"x".repeat(MAX_FOREIGN_TOKEN_LEN)), Shape::Foreign);
+        assert_eq!(shape(&"x".repeat(MAX_FOREIGN_TOKEN_LEN + 1)), Shape::Rejected);
+        assert_eq!(shape(""), Shape::Rejected);
     }
 }

@@ -82,7 +82,7 @@ fn lock_workspace(client: &mut SpiClient<'_>, workspace_id: Uuid) -> ApiResult<(
 
 /// The caller must be an admin of the workspace (and not an API key without
 /// `apikeys:manage`).
-fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid) -> ApiResult<()> {
+pub fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: Uuid) -> ApiResult<()> {
     let m = caller_membership(client, caller, workspace_id)?;
     if m.role != Role::Admin {
         return Err(ApiError::NotAdmin);

@@ -23,7 +23,7 @@ SELECT c.oid::regclass AS relation, pg_get_userbyid(c.relowner) = 'postgres' AS 
        has_table_privilege('app_user', c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') AS app_user_write,
        has_table_privilege('nobody', c.oid, 'SELECT') AS nobody
   FROM pg_class c WHERE c.relnamespace = 'apikeys'::regnamespace AND c.relkind IN ('r', 'S')
- ORDER BY 1::text;
+ ORDER BY c.oid::regclass::text;
 SELECT has_schema_privilege('public', 'apikeys', 'USAGE') AS public_usage,
        has_schema_privilege('app_user', 'apikeys', 'USAGE') AS app_user_usage,
        has_schema_privilege('public', 'apikeys', 'CREATE') AS public_create;
