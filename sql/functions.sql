@@ -12,7 +12,29 @@ CREATE FUNCTION apikeys.current_principal() RETURNS text
 COMMENT ON FUNCTION apikeys.current_principal() IS
     'The caller: an authenticated API key''s owner, else the JWT sub, else the session role; NULL when anonymous.';
 
--- Used by the RLS policies: the caller's role in a workspace, or NULL.
+-- Helpers for policies (here and in applications): the API key bound to this
+-- transaction by authenticate(), see src/principal.rs.
+CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
+COMMENT ON FUNCTION apikeys.current_key_id() IS
+    'The API key authenticated in this transaction, or NULL.';
+
+CREATE FUNCTION apikeys.current_workspace() RETURNS uuid
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_current_workspace';
+COMMENT ON FUNCTION apikeys.current_workspace() IS
+    'The workspace of the API key authenticated in this transaction, or NULL.';
+
+CREATE FUNCTION apikeys.has_scope(scope text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_has_scope';
+COMMENT ON FUNCTION apikeys.has_scope(text) IS
+    'Whether the API key authenticated in this transaction holds a scope; false without a key.';
+
+-- Used by the RLS policies: the caller's role in a workspace, or NULL. A
+-- request authenticated by an API key acts only inside the key's workspace,
+-- so every other workspace answers NULL.
 CREATE FUNCTION apikeys.member_role(workspace_id uuid) RETURNS text
     LANGUAGE sql STABLE SECURITY DEFINER PARALLEL RESTRICTED
     SET search_path = pg_catalog, pg_temp
@@ -21,6 +43,7 @@ CREATE FUNCTION apikeys.member_role(workspace_id uuid) RETURNS text
          WHERE m.workspace_id = $1
            AND m.principal = apikeys.current_principal()
            AND m.removed_at IS NULL
+           AND $1 = coalesce(apikeys.current_workspace(), $1)
     $$;
 COMMENT ON FUNCTION apikeys.member_role(uuid) IS
     'The caller''s role (admin or member) in a workspace, or NULL when not a member.';
@@ -108,24 +131,6 @@ CREATE FUNCTION apikeys.authenticate() RETURNS void
     AS 'MODULE_PATHNAME', 'apikeys_authenticate';
 COMMENT ON FUNCTION apikeys.authenticate() IS
     'PostgREST db-pre-request: verify the API-key header, if any, and bind the key to this transaction (PT401 on failure).';
-
-CREATE FUNCTION apikeys.current_key_id() RETURNS uuid
-    LANGUAGE c STABLE PARALLEL RESTRICTED
-    AS 'MODULE_PATHNAME', 'apikeys_current_key_id';
-COMMENT ON FUNCTION apikeys.current_key_id() IS
-    'The API key authenticated in this transaction, or NULL.';
-
-CREATE FUNCTION apikeys.current_workspace() RETURNS uuid
-    LANGUAGE c STABLE PARALLEL RESTRICTED
-    AS 'MODULE_PATHNAME', 'apikeys_current_workspace';
-COMMENT ON FUNCTION apikeys.current_workspace() IS
-    'The workspace of the API key authenticated in this transaction, or NULL.';
-
-CREATE FUNCTION apikeys.has_scope(scope text) RETURNS boolean
-    LANGUAGE c STABLE PARALLEL RESTRICTED
-    AS 'MODULE_PATHNAME', 'apikeys_has_scope';
-COMMENT ON FUNCTION apikeys.has_scope(text) IS
-    'Whether the API key authenticated in this transaction holds a scope; false without a key.';
 
 CREATE FUNCTION apikeys.create_public_key(workspace_id uuid, allowed_origins text[] DEFAULT '{}')
     RETURNS TABLE (id uuid, public_key text)

@@ -21,9 +21,10 @@ CREATE POLICY workspaces_visible ON apikeys.workspaces FOR SELECT
     USING (apikeys.member_role(id) IS NOT NULL);
 
 -- Admins see every membership (with history) of their workspaces; everyone
--- sees their own.
+-- sees their own (an API-key request: in the key's workspace only).
 CREATE POLICY members_visible ON apikeys.members FOR SELECT
-    USING (principal = apikeys.current_principal()
+    USING ((principal = apikeys.current_principal()
+            AND workspace_id = coalesce(apikeys.current_workspace(), workspace_id))
            OR apikeys.member_role(workspace_id) = 'admin');
 
 -- Admins see every key of their workspaces; members see their own keys.
