@@ -180,7 +180,9 @@ impl ApiError {
     pub fn hint(self) -> Option<&'static CStr> {
         use ApiError::*;
         match self {
-            NoPrincipal => Some(c"anonymous callers may only verify keys, authenticate and resolve public keys"),
+            NoPrincipal => {
+                Some(c"anonymous callers may only verify keys, authenticate and resolve public keys")
+            }
             ScopeEscalation => {
                 Some(c"members may grant only scopes they hold themselves; admins may grant any")
             }

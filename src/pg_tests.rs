@@ -82,7 +82,7 @@ mod tests {
         .unwrap();
     }
 
-    #[pg_test(error = "id, workspace_id, owner, prefix and created_at of a key are write-once")]
+    #[pg_test(error = "id, workspace_id, owner, prefix, source and created_at of a key are write-once")]
     fn owner_is_write_once() {
         let ws = ws();
         let (id, _) = mint(ws, "owned");
@@ -187,5 +187,156 @@ mod tests {
         assert_eq!(p(), None);
         Spi::run("SELECT set_config('request.jwt.claims', 'garbage', true)").unwrap();
         assert_eq!(p(), None);
+    }
+
+    fn audit_actions(key: pgrx::Uuid) -> Vec<String> {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT action FROM apikeys.audit_log WHERE key_id = $1 ORDER BY id",
+                None,
+                &[key.into()],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+        })
+    }
+
+    #[pg_test]
+    fn rotation_writes_its_audit_rows_in_the_same_transaction() {
+        let ws = ws();
+        let (old, _) = mint(ws, "rot");
+        let new =
+            Spi::get_one_with_args::<pgrx::Uuid>("SELECT id FROM apikeys.rotate_key($1)", &[old.into()])
+                .unwrap()
+                .unwrap();
+        assert_eq!(audit_actions(old), ["key.created", "key.rotated", "key.revoked"]);
+        assert_eq!(audit_actions(new), ["key.created"]);
+        let replaces = Spi::get_one_with_args::<String>(
+            "SELECT detail->>'replaces' FROM apikeys.audit_log WHERE key_id = $1",
+            &[new.into()],
+        )
+        .unwrap();
+        assert_eq!(replaces, Some(old.to_string()));
+        let actor = Spi::get_one::<String>("SELECT DISTINCT actor FROM apikeys.audit_log").unwrap();
+        assert_eq!(actor.as_deref(), Some("postgres"));
+    }
+
+    #[pg_test]
+    fn touching_last_used_at_writes_no_audit_row() {
+        let ws = ws();
+        let (id, key) = mint(ws, "quiet");
+        let before = Spi::get_one::<i64>("SELECT count(*) FROM apikeys.audit_log").unwrap();
+        Spi::run("SET LOCAL apikeys.last_used_interval = 0").unwrap();
+        assert!(verifies(&key));
+        assert!(verifies(&key));
+        let touched = Spi::get_one_with_args::<bool>(
+            "SELECT last_used_at IS NOT NULL FROM apikeys.keys WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+        assert_eq!(touched, Some(true));
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM apikeys.audit_log").unwrap(), before);
+    }
+
+    #[pg_test(error = "the audit log is append-only: its rows cannot change")]
+    fn audit_rows_never_change() {
+        ws();
+        Spi::run("UPDATE apikeys.audit_log SET actor = 'someone else'").unwrap();
+    }
+
+    #[pg_test(error = "expires_at may only move earlier")]
+    fn expiry_never_extends_for_the_superuser() {
+        let ws = ws();
+        let id = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT id FROM apikeys.create_key($1, 'exp', '{}', now() + interval '1 day')",
+            &[ws.into()],
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run_with_args(
+            "UPDATE apikeys.keys SET expires_at = now() + interval '2 days' WHERE id = $1",
+            &[id.into()],
+        )
+        .unwrap();
+    }
+
+    #[pg_test(error = "a rotated key stays rotated: replaced_by cannot be cleared or moved")]
+    fn rotation_is_a_latch() {
+        let ws = ws();
+        let (old, _) = mint(ws, "latched");
+        Spi::run_with_args("SELECT apikeys.rotate_key($1, '1 hour')", &[old.into()]).unwrap();
+        Spi::run_with_args("UPDATE apikeys.keys SET replaced_by = NULL WHERE id = $1", &[old.into()])
+            .unwrap();
+    }
+
+    #[pg_test]
+    fn imported_keys_verify_by_sha256_of_the_raw_token() {
+        let ws = ws();
+        let id = Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT apikeys.import_key($1, current_user, 'legacy', upper(encode(sha256('tok-123'), 'hex')))",
+            &[ws.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert!(verifies("tok-123"));
+        assert!(!verifies("tok-124"));
+        let source =
+            Spi::get_one_with_args::<String>("SELECT source FROM apikeys.keys WHERE id = $1", &[id.into()])
+                .unwrap();
+        assert_eq!(source.as_deref(), Some("imported"));
+        assert_eq!(audit_actions(id), ["key.imported"]);
+    }
+
+    #[pg_test]
+    fn stamp_created_by_overwrites_on_insert_and_keeps_on_update() {
+        Spi::run(
+            "CREATE TABLE stamped (id int, created_by text);
+             CREATE TRIGGER s BEFORE INSERT OR UPDATE ON stamped
+                 FOR EACH ROW EXECUTE FUNCTION apikeys.stamp_created_by('created_by');
+             INSERT INTO stamped VALUES (1, 'forged');",
+        )
+        .unwrap();
+        let who = Spi::get_one::<String>("SELECT created_by FROM stamped").unwrap();
+        assert_eq!(who.as_deref(), Some("postgres"));
+        Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"other\"}', true)").unwrap();
+        Spi::run("UPDATE stamped SET created_by = 'forged', id = 2").unwrap();
+        let who = Spi::get_one::<String>("SELECT created_by FROM stamped").unwrap();
+        assert_eq!(who.as_deref(), Some("postgres"));
+        Spi::run("INSERT INTO stamped VALUES (3, NULL)").unwrap();
+        let who = Spi::get_one::<String>("SELECT created_by FROM stamped WHERE id = 3").unwrap();
+        assert_eq!(who.as_deref(), Some("other"));
+    }
+
+    #[pg_test(error = "no principal: this write needs a database role, JWT claims with a sub, or an API key")]
+    fn stamp_created_by_refuses_anonymous_writes() {
+        Spi::run(
+            "CREATE TABLE stamped2 (id int, created_by text);
+             CREATE TRIGGER s BEFORE INSERT ON stamped2
+                 FOR EACH ROW EXECUTE FUNCTION apikeys.stamp_created_by('created_by');
+             SELECT set_config('request.jwt.claims', '{\"role\":\"anon\"}', true);
+             INSERT INTO stamped2 VALUES (1, 'x');",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn authenticate_binds_the_key_until_the_transaction_ends() {
+        let ws = ws();
+        let (id, key) = mint(ws, "bound");
+        let headers = serde_json::json!({ "x-api-key": key }).to_string();
+        Spi::run_with_args("SELECT set_config('request.headers', $1, true)", &[headers.as_str().into()])
+            .unwrap();
+        Spi::run("SELECT apikeys.authenticate()").unwrap();
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT apikeys.current_key_id()").unwrap(), Some(id));
+        assert_eq!(Spi::get_one::<pgrx::Uuid>("SELECT apikeys.current_workspace()").unwrap(), Some(ws));
+        assert_eq!(Spi::get_one::<bool>("SELECT apikeys.has_scope('read')").unwrap(), Some(true));
+        // the binding lives in backend memory: no setting carries it
+        let settings = Spi::get_one_with_args::<i64>(
+            "SELECT count(*) FROM pg_settings WHERE setting LIKE '%' || $1 || '%'",
+            &[id.to_string().as_str().into()],
+        )
+        .unwrap();
+        assert_eq!(settings, Some(0));
     }
 }
