@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing pg_apikeys needs, skipping what is there:
-# Debian packages, cargo-pgrx 0.18.1, and `cargo pgrx init` for PostgreSQL 15.
+# Debian packages (and python3-venv for the client tests), cargo-pgrx 0.18.1,
+# and `cargo pgrx init` for PostgreSQL 15.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
@@ -12,6 +13,8 @@ missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# the client test suite (tests/client) runs in a Python venv
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -qq

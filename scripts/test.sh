@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run the test layers and print one closing summary.
-#   scripts/test.sh all|unit|pg|regress
+#   scripts/test.sh all|unit|pg|regress|client
 # unit    - plain Rust #[test]s (token format, rules, errors): no database
 # pg      - #[pg_test]s in a throw-away cluster (cargo pgrx test, as postgres)
 # regress - tests/pg_regress against the local cluster, as real roles
+# client  - tests/client: PostgREST's request sequence over a real connection
+#           (psycopg 3 over TCP), against the same cluster
 set -uo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -61,12 +63,21 @@ run_regress() {
     passed[regress]=$p; failed[regress]=$f; order+=(regress)
 }
 
+run_client() {
+    say "layer: client (tests/client, PostgREST request sequence over TCP)"
+    local p f
+    scripts/client.sh 2>&1 | tee target/test-client-run.log
+    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' target/test-client-run.log | tail -1)
+    passed[client]=${p:-0}; failed[client]=${f:-1}; order+=(client)
+}
+
 case "$what" in
     unit) run_unit ;;
     pg) run_pg ;;
     regress) run_regress ;;
-    all) run_unit; run_pg; run_regress ;;
-    *) echo "usage: $0 all|unit|pg|regress" >&2; exit 2 ;;
+    client) scripts/install.sh && scripts/cluster.sh start && run_client ;;
+    all) run_unit; run_pg; run_regress; run_client ;;
+    *) echo "usage: $0 all|unit|pg|regress|client" >&2; exit 2 ;;
 esac
 
 total_p=0; total_f=0

@@ -206,10 +206,18 @@ pub fn origin(raw: &str) -> Result<String, Invalid> {
         None => true,
         Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()),
     };
-    if scheme_ok && host_ok && port_ok {
-        Ok(o)
-    } else {
-        Err(Invalid::Origin)
+    if !(scheme_ok && host_ok && port_ok) {
+        return Err(Invalid::Origin);
+    }
+    // browsers omit a scheme's default port from Origin
+    let default_port = match scheme {
+        "https" => Some("443"),
+        "http" => Some("80"),
+        _ => None,
+    };
+    match (port, default_port) {
+        (Some(p), Some(d)) if p == d => Ok(o[..o.len() - p.len() - 1].to_owned()),
+        _ => Ok(o),
     }
 }
 
@@ -328,6 +336,10 @@ mod tests {
         assert_eq!(origin("https://App.Example.com").as_deref(), Ok("https://app.example.com"));
         assert_eq!(origin("http://localhost:3000").as_deref(), Ok("http://localhost:3000"));
         assert_eq!(origin("https://[::1]:8443").as_deref(), Ok("https://[::1]:8443"));
+        assert_eq!(origin("https://app.example.com:443").as_deref(), Ok("https://app.example.com"));
+        assert_eq!(origin("http://app.example.com:80").as_deref(), Ok("http://app.example.com"));
+        assert_eq!(origin("http://app.example.com:443").as_deref(), Ok("http://app.example.com:443"));
+        assert_eq!(origin("https://[::1]:443").as_deref(), Ok("https://[::1]"));
         for bad in [
             "",
             "example.com",

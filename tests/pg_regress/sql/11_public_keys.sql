@@ -8,10 +8,11 @@ SELECT regress.put('pk_any', id::text), regress.put('pk_any_key', public_key)
   FROM apikeys.create_public_key(regress.id('pws'));
 SELECT regress.put('pk_web', id::text), regress.put('pk_web_key', public_key)
   FROM apikeys.create_public_key(regress.id('pws'),
-                                 '{https://App.Example.com,http://localhost:3000,https://app.example.com}');
+                                 '{https://App.Example.com,http://localhost:3000,https://app.example.com:443}');
 SELECT regress.put('pk_gone', id::text), regress.put('pk_gone_key', public_key)
   FROM apikeys.create_public_key(regress.id('pws'));
--- the format: pk_ + 43 base62 + 6 check characters; origins normalised, deduplicated
+-- the format: pk_ + 43 base62 + 6 check characters; origins normalised (case,
+-- default port), deduplicated
 SELECT public_key ~ '^pk_[0-9A-Za-z]{49}$' AS shaped, allowed_origins, created_by
   FROM apikeys.public_keys WHERE id IN (regress.id('pk_any'), regress.id('pk_web')) ORDER BY cardinality(allowed_origins);
 -- bad origins and arguments: 22023
@@ -59,6 +60,7 @@ SELECT c.case, regress.resolves(c.pk, c.origin) AS resolves_to
     ('allowed origin',              regress.tok('pk_web_key'), 'https://app.example.com'),
     ('allowed origin, upper case',  regress.tok('pk_web_key'), 'HTTPS://APP.EXAMPLE.COM'),
     ('allowed origin with port',    regress.tok('pk_web_key'), 'http://localhost:3000'),
+    ('default port written out',    regress.tok('pk_web_key'), 'https://app.example.com:443'),
     ('other port',                  regress.tok('pk_web_key'), 'http://localhost:3001'),
     ('other scheme',                regress.tok('pk_web_key'), 'http://app.example.com'),
     ('suffix trick',                regress.tok('pk_web_key'), 'https://app.example.com.evil.io'),
