@@ -115,14 +115,8 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
 
 /// May `caller` (with `membership`) give a key `scopes`?
 pub fn authorize_scopes(caller: &Caller, role: Role, held: &[String], scopes: &[String]) -> ApiResult<()> {
-    if let Some(k) = &caller.key {
-        if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
-            return Err(ApiError::KeyCannotManage);
-        }
-        if !rules::missing(scopes, &k.scopes).is_empty() {
-            return Err(ApiError::ScopeEscalation);
-        }
-    }
+    caller.require_key_manage()?;
+    caller.require_key_scopes(scopes)?;
     if role == Role::Member && !rules::missing(scopes, held).is_empty() {
         return Err(ApiError::ScopeEscalation);
     }
@@ -453,8 +447,8 @@ fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
         manageable_key(client, &caller, key_id)?;
         if let Some(k) = &caller.key {
             // a key may always revoke itself; anything else needs apikeys:manage
-            if k.key_id != key_id && !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
-                return Err(ApiError::KeyCannotManage);
+            if k.key_id != key_id {
+                caller.require_key_manage()?;
             }
         }
         let set = client.update(
@@ -506,11 +500,7 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
             return Err(rules::Invalid::Grace.into());
         }
         let workspace_id = manageable_key(client, &caller, key_id)?;
-        if let Some(k) = &caller.key {
-            if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
-                return Err(ApiError::KeyCannotManage);
-            }
-        }
+        caller.require_key_manage()?;
         // lock the key: a concurrent revoke or rotation waits, then sees this one
         let row = client.update(
             "SELECT owner, name, prefix, scopes, metadata, expires_at, source, replaced_by IS NOT NULL,
@@ -538,11 +528,7 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
         if replaced {
             return Err(ApiError::KeyAlreadyRotated);
         }
-        if let Some(k) = &caller.key {
-            if !rules::missing(&scopes, &k.scopes).is_empty() {
-                return Err(ApiError::ScopeEscalation);
-            }
-        }
+        caller.require_key_scopes(&scopes)?;
         let new_id: Uuid = client
             .select("SELECT pg_catalog.gen_random_uuid()", Some(1), &[])?
             .first()
@@ -620,11 +606,7 @@ fn import_key_impl(
     check_future(expires_at)?;
     Spi::connect_mut(|client| {
         require_admin(client, &caller, workspace_id)?;
-        if let Some(k) = &caller.key {
-            if !rules::missing(&scopes, &k.scopes).is_empty() {
-                return Err(ApiError::ScopeEscalation);
-            }
-        }
+        caller.require_key_scopes(&scopes)?;
         let m = match membership(client, workspace_id, owner) {
             Ok(m) => m,
             Err(ApiError::NotMember) => return Err(ApiError::OwnerNotMember),

@@ -50,6 +50,28 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// A caller authenticated by an API key must hold `apikeys:manage` to
+    /// mint, rotate or administer ([`ApiError::KeyCannotManage`]).
+    pub fn require_key_manage(&self) -> ApiResult<()> {
+        match &self.key {
+            Some(k) if !k.scopes.iter().any(|s| s == crate::rules::MANAGE_SCOPE) => {
+                Err(ApiError::KeyCannotManage)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A caller authenticated by an API key never hands out scopes its key
+    /// lacks ([`ApiError::ScopeEscalation`]).
+    pub fn require_key_scopes(&self, scopes: &[String]) -> ApiResult<()> {
+        match &self.key {
+            Some(k) if !crate::rules::missing(scopes, &k.scopes).is_empty() => Err(ApiError::ScopeEscalation),
+            _ => Ok(()),
+        }
+    }
+}
+
 thread_local! {
     static BINDING: RefCell<Option<KeyBinding>> = const { RefCell::new(None) };
 }

@@ -88,11 +88,7 @@ fn revoke_public_key_impl(id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> 
         if m.role != Role::Admin {
             return Err(ApiError::NotAdmin);
         }
-        if let Some(k) = &caller.key {
-            if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
-                return Err(ApiError::KeyCannotManage);
-            }
-        }
+        caller.require_key_manage()?;
         let set = client.update(
             "UPDATE apikeys.public_keys SET revoked_at = pg_catalog.now()
               WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",

@@ -87,11 +87,7 @@ pub fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: 
     if m.role != Role::Admin {
         return Err(ApiError::NotAdmin);
     }
-    if let Some(k) = &caller.key {
-        if !k.scopes.iter().any(|s| s == rules::MANAGE_SCOPE) {
-            return Err(ApiError::KeyCannotManage);
-        }
-    }
+    caller.require_key_manage()?;
     Ok(())
 }
 
