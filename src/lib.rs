@@ -26,6 +26,9 @@ pub mod rules;
 pub mod token;
 pub mod workspaces;
 
+#[cfg(test)]
+mod fuzz;
+
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);

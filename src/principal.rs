@@ -192,7 +192,7 @@ fn principal_without_key() -> Option<String> {
 
 /// The key carried by the request's API-key header: `Ok(None)` when the
 /// request has no such header, `Err` when the request context is unusable.
-fn header_token(headers: Option<&str>, header: &str) -> ApiResult<Option<String>> {
+pub(crate) fn header_token(headers: Option<&str>, header: &str) -> ApiResult<Option<String>> {
     // PostgREST always sets request.headers to a JSON object; anything else
     // means the request context is broken, and authentication fails closed.
     let headers = headers.filter(|h| !h.trim().is_empty()).ok_or(ApiError::Unauthenticated)?;
