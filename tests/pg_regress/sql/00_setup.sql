@@ -49,11 +49,15 @@ $$;
 -- named ids and tokens, so statements inside try() can refer to them
 CREATE TABLE regress.vals (name text PRIMARY KEY, val text NOT NULL);
 GRANT ALL ON regress.vals TO PUBLIC;
-CREATE FUNCTION regress.put(name text, val text) RETURNS void LANGUAGE sql AS
+-- (search_path pinned: 17_hostile calls them under a hijacked path)
+CREATE FUNCTION regress.put(name text, val text) RETURNS void LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp AS
     $$ INSERT INTO regress.vals VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET val = EXCLUDED.val $$;
-CREATE FUNCTION regress.id(name text) RETURNS uuid LANGUAGE sql STABLE AS
+CREATE FUNCTION regress.id(name text) RETURNS uuid LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS
     $$ SELECT val::uuid FROM regress.vals WHERE name = $1 $$;
-CREATE FUNCTION regress.tok(name text) RETURNS text LANGUAGE sql STABLE AS
+CREATE FUNCTION regress.tok(name text) RETURNS text LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp AS
     $$ SELECT val FROM regress.vals WHERE name = $1 $$;
 -- does the token verify (as the current role)?
 CREATE FUNCTION regress.ok(name text, scopes text[] DEFAULT '{}') RETURNS boolean LANGUAGE sql AS

@@ -1,32 +1,7 @@
--- Privileges (design.md §6, §8): nothing for PUBLIC; grant_to(role) grants
--- what clients need; SECURITY DEFINER functions pin search_path.
+-- grant_to (design.md §6): what it grants and to whom; the search_path pin
+-- in definer code; verify_key's owner cache.
 \set SHOW_CONTEXT never
--- every function: definer or not, pinned search_path, EXECUTE for PUBLIC / a granted role / an ungranted role
-SELECT p.oid::regprocedure AS function,
-       p.prosecdef AS definer,
-       coalesce(array_to_string(p.proconfig, ','), '') AS config,
-       has_function_privilege('public', p.oid, 'EXECUTE') AS public,
-       has_function_privilege('app_user', p.oid, 'EXECUTE') AS app_user,
-       has_function_privilege('nobody', p.oid, 'EXECUTE') AS nobody
-  FROM pg_proc p
-  JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
-  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'pg_apikeys'
- ORDER BY p.oid::regprocedure::text;
--- every SECURITY DEFINER function pins search_path
-SELECT count(*) AS unpinned_definers FROM pg_proc
- WHERE pronamespace = 'apikeys'::regnamespace AND prosecdef
-   AND NOT coalesce(proconfig::text[] && ARRAY['search_path=pg_catalog, pg_temp'], false);
--- tables: owner and SELECT for PUBLIC / a granted role / an ungranted role
-SELECT c.oid::regclass AS relation, pg_get_userbyid(c.relowner) = 'postgres' AS owned_by_bootstrap,
-       has_table_privilege('public', c.oid, 'SELECT') AS public,
-       has_table_privilege('app_user', c.oid, 'SELECT') AS app_user_select,
-       has_table_privilege('app_user', c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') AS app_user_write,
-       has_table_privilege('nobody', c.oid, 'SELECT') AS nobody
-  FROM pg_class c WHERE c.relnamespace = 'apikeys'::regnamespace AND c.relkind IN ('r', 'S')
- ORDER BY c.oid::regclass::text;
-SELECT has_schema_privilege('public', 'apikeys', 'USAGE') AS public_usage,
-       has_schema_privilege('app_user', 'apikeys', 'USAGE') AS app_user_usage,
-       has_schema_privilege('public', 'apikeys', 'CREATE') AS public_create;
+-- the privilege snapshot of every extension object is 16_privileges
 
 -- a client cannot grant itself anything
 SET ROLE alice;
