@@ -182,6 +182,11 @@ DECLARE
     who text := apikeys.current_principal();
     replaces uuid;
 BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         IF NEW.source = 'imported' THEN
             INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
@@ -235,6 +240,11 @@ CREATE FUNCTION apikeys.audit_members() RETURNS trigger
 DECLARE
     who text := apikeys.current_principal();
 BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
         VALUES (NEW.workspace_id, who, 'member.added',
@@ -259,6 +269,11 @@ CREATE FUNCTION apikeys.audit_workspaces() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
     VALUES (NEW.id, apikeys.current_principal(), 'workspace.created',
             jsonb_build_object('name', NEW.name));
@@ -271,6 +286,11 @@ CREATE FUNCTION apikeys.audit_public_keys() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.created', NEW.id,
@@ -309,7 +329,10 @@ CREATE TRIGGER audit_log_guard BEFORE UPDATE ON apikeys.audit_log
     FOR EACH ROW EXECUTE FUNCTION apikeys.audit_log_guard();
 
 -- Audit triggers. The keys one skips updates of last_used_at alone, so
--- verify_key never writes an audit row.
+-- verify_key never writes an audit row. An INSERT of a row whose created_at
+-- lies before the transaction (what pg_restore and pg_dump's plain SQL do
+-- with every row) is not audited: the dump brings that row's audit rows
+-- with it, and a second set would collide with their ids.
 CREATE TRIGGER keys_audit AFTER INSERT ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.audit_keys();
 CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys

@@ -40,3 +40,23 @@ SELECT strpos(regress.try(format('SELECT apikeys.create_key(regress.id(%L), NULL
 SELECT strpos(regress.try(format('SELECT apikeys.add_member(regress.id(%L), %L, %L)', 'ews', 'x', regress.tok('ek'))),
               regress.tok('ek')) = 0 AS not_echoed;
 RESET ROLE;
+
+-- every function that writes refuses a READ ONLY transaction up front with
+-- PostgreSQL's 25006 (the same check answers on a hot standby, where SPI
+-- would otherwise fail with XX000; tests/ops/test_hot_standby.py), while
+-- verify_key and resolve_public_key keep working
+SET ROLE alice;
+BEGIN READ ONLY;
+SELECT f, regress.try(q) AS result FROM (VALUES
+    ('create_workspace', $$SELECT apikeys.create_workspace('ro')$$),
+    ('add_member', $$SELECT apikeys.add_member(regress.id('ews'), 'carol')$$),
+    ('remove_member', $$SELECT apikeys.remove_member(regress.id('ews'), 'carol')$$),
+    ('create_key', $$SELECT apikeys.create_key(regress.id('ews'), 'ro')$$),
+    ('revoke_key', $$SELECT apikeys.revoke_key('00000000-0000-4000-8000-000000000000')$$),
+    ('rotate_key', $$SELECT apikeys.rotate_key('00000000-0000-4000-8000-000000000000')$$),
+    ('import_key', $$SELECT apikeys.import_key(regress.id('ews'), 'alice', 'ro', repeat('a', 64))$$),
+    ('create_public_key', $$SELECT apikeys.create_public_key(regress.id('ews'))$$),
+    ('revoke_public_key', $$SELECT apikeys.revoke_public_key('00000000-0000-4000-8000-000000000000')$$)) AS t(f, q);
+SELECT count(*) AS still_verifies FROM apikeys.verify_key(regress.tok('ek'));
+COMMIT;
+RESET ROLE;
