@@ -34,6 +34,7 @@ impl SqlState {
     pub const CHECK_VIOLATION: SqlState = SqlState(*b"23514");
     pub const NOT_FOUND: SqlState = SqlState(*b"PT404");
     pub const UNAUTHENTICATED: SqlState = SqlState(*b"PT401");
+    pub const READ_ONLY: SqlState = SqlState(*b"25006");
     pub const INTERNAL: SqlState = SqlState(*b"XX000");
 
     /// PostgreSQL's `MAKE_SQLSTATE`.
@@ -96,6 +97,9 @@ pub enum ApiError {
     PublicKeyNotFound,
     /// PT401: `authenticate()` rejected the API key.
     Unauthenticated,
+    /// 25006: a function that writes was called in a read-only transaction
+    /// or on a hot standby.
+    ReadOnly,
     /// XX000: a bug (an SPI call failed in a way that cannot be the caller's fault).
     Internal,
 }
@@ -112,6 +116,7 @@ impl ApiError {
             NameTaken | WorkspaceExists | DigestTaken => SqlState::UNIQUE_VIOLATION,
             WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound => SqlState::NOT_FOUND,
             Unauthenticated => SqlState::UNAUTHENTICATED,
+            ReadOnly => SqlState::READ_ONLY,
             Internal => SqlState::INTERNAL,
         }
     }
@@ -173,6 +178,7 @@ impl ApiError {
             DigestTaken => c"a key with this digest is stored already",
             PublicKeyNotFound => c"public key not found",
             Unauthenticated => c"invalid API key",
+            ReadOnly => c"cannot change API keys, workspaces or members in a read-only transaction",
             Internal => c"internal error in pg_apikeys",
         }
     }
@@ -189,6 +195,7 @@ impl ApiError {
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),
             Unauthenticated => Some(c"send a valid, active API key, or none"),
+            ReadOnly => Some(c"call it in a read-write transaction on the primary (PostgREST: POST, not GET); verify_key and resolve_public_key work read-only"),
             _ => None,
         }
     }
@@ -207,6 +214,20 @@ impl From<pgrx::spi::SpiError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Refuse a write up front in a read-only transaction or on a hot standby,
+/// with PostgreSQL's own 25006. Without it a write path fails on a standby
+/// with XX000 "cannot assign TransactionIds during recovery", because SPI
+/// asks for a transaction id before PostgreSQL's read-only check runs.
+pub fn require_writable() -> ApiResult<()> {
+    // SAFETY: plain reads of backend-global state, valid inside any transaction
+    let read_only = unsafe { pgrx::pg_sys::XactReadOnly || pgrx::pg_sys::RecoveryInProgress() };
+    if read_only {
+        Err(ApiError::ReadOnly)
+    } else {
+        Ok(())
+    }
+}
 
 thread_local! {
     static PENDING: Cell<Option<ApiError>> = const { Cell::new(None) };
@@ -312,6 +333,7 @@ mod tests {
         assert_eq!(SqlState::CHECK_VIOLATION.code(), E::ERRCODE_CHECK_VIOLATION as c_int);
         assert_eq!(SqlState::INSUFFICIENT_PRIVILEGE.code(), E::ERRCODE_INSUFFICIENT_PRIVILEGE as c_int);
         assert_eq!(SqlState::INTERNAL.code(), E::ERRCODE_INTERNAL_ERROR as c_int);
+        assert_eq!(SqlState::READ_ONLY.code(), E::ERRCODE_READ_ONLY_SQL_TRANSACTION as c_int);
     }
 
     #[test]
@@ -345,5 +367,8 @@ mod tests {
             assert!(["22023", "42501", "23505", "23514", "PT404", "PT401"].contains(&s.as_str()), "{e:?}");
             assert!(!e.message().to_bytes().is_empty());
         }
+        // a write on a standby or in a READ ONLY transaction: PostgreSQL's
+        // own code for it, which PostgREST answers with 405
+        assert_eq!(ApiError::ReadOnly.sqlstate().as_str(), "25006");
     }
 }

@@ -132,6 +132,7 @@ fn create_key_impl(
     metadata: Option<JsonB>,
     prefix: Option<&str>,
 ) -> ApiResult<NewKey> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let name = name.map(rules::key_name).transpose()?;
@@ -441,6 +442,7 @@ pub fn manageable_key(client: &mut SpiClient<'_>, caller: &Caller, key_id: Uuid)
 }
 
 fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
     Spi::connect_mut(|client| {
@@ -487,6 +489,7 @@ fn token_prefix(display_prefix: &str, source: &str) -> String {
 }
 
 fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -> ApiResult<NewKey> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
     let grace = grace.ok_or(ApiError::NullArgument(c"grace must not be null"))?;
@@ -595,6 +598,7 @@ fn import_key_impl(
     scopes: Option<Vec<Option<String>>>,
     expires_at: Option<TimestampWithTimeZone>,
 ) -> ApiResult<Uuid> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let owner = owner.ok_or(ApiError::NullArgument(c"owner must not be null"))?;

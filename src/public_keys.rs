@@ -22,6 +22,7 @@ fn create_public_key_impl(
     workspace_id: Option<Uuid>,
     allowed_origins: Option<Vec<Option<String>>>,
 ) -> ApiResult<(Uuid, String)> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let origins = rules::origins(&allowed_origins.unwrap_or_default())?;
@@ -65,6 +66,7 @@ fn create_public_key(
 }
 
 fn revoke_public_key_impl(id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let id = id.ok_or(ApiError::NullArgument(c"id must not be null"))?;
     Spi::connect_mut(|client| {

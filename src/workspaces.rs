@@ -128,6 +128,7 @@ fn active_admins(client: &SpiClient<'_>, workspace_id: Uuid) -> ApiResult<i64> {
 }
 
 fn create_workspace_impl(name: Option<&str>, id: Option<Uuid>) -> ApiResult<Uuid> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     if caller.key.is_some() {
         // a key acts inside its own workspace only
@@ -161,6 +162,7 @@ fn add_member_impl(
     role: Option<&str>,
     scopes: Option<Vec<Option<String>>>,
 ) -> ApiResult<()> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
@@ -191,6 +193,7 @@ fn add_member_impl(
 }
 
 fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> ApiResult<()> {
+    crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
