@@ -5,14 +5,15 @@ PG_MAJOR ?= 15
 PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 export PG_MAJOR PG_CONFIG
 
-.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress test-client psql lint
+.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress test-isolation test-client test-ops psql lint
 
 ## make run: install what is missing, build and install the extension, start a
 ## local PostgreSQL $(PG_MAJOR) under target/pg, and walk through the main flow.
 run: install start
 	@scripts/demo.sh
 
-## make test: every test layer (Rust unit, #[pg_test], pg_regress, client), one summary.
+## make test: every test layer (Rust unit + fuzz, #[pg_test], pg_regress,
+## isolation, client, ops), one summary.
 test: bootstrap
 	@scripts/test.sh all
 
@@ -25,8 +26,14 @@ test-pg: bootstrap
 test-regress: bootstrap
 	@scripts/test.sh regress
 
+test-isolation: bootstrap
+	@scripts/test.sh isolation
+
 test-client: bootstrap
 	@scripts/test.sh client
+
+test-ops: bootstrap
+	@scripts/test.sh ops
 
 ## make lint: rustfmt and clippy, warnings as errors (not part of make test).
 lint:

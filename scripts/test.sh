@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Run the test layers and print one closing summary.
-#   scripts/test.sh all|unit|pg|regress|client
-# unit    - plain Rust #[test]s (token format, rules, errors): no database
-# pg      - #[pg_test]s in a throw-away cluster (cargo pgrx test, as postgres)
-# regress - tests/pg_regress against the local cluster, as real roles
-# client  - tests/client: PostgREST's request sequence over a real connection
-#           (psycopg 3 over TCP), against the same cluster
+#   scripts/test.sh all|unit|pg|regress|isolation|client|ops
+# unit      - plain Rust #[test]s (token format, rules, errors) and the
+#             proptest fuzzing of the parser and rules (src/fuzz.rs): no database
+# pg        - #[pg_test]s in a throw-away cluster (cargo pgrx test, as postgres)
+# regress   - tests/pg_regress against the local cluster, as real roles
+# isolation - tests/isolation: races under PostgreSQL's isolation tester,
+#             against the same cluster
+# client    - tests/client: PostgREST's request sequence over a real connection
+#             (psycopg 3 over TCP), against the same cluster
+# ops       - tests/ops: dump and restore, kill -9 crash recovery, a streaming
+#             hot standby, each in throw-away clusters of its own
 set -uo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 mkdir -p target
 
 what="${1:-all}"
-declare -A passed failed
+declare -A passed failed secs
 order=()
+# run one layer and note how long it took
+timed() {
+    local t0=$SECONDS
+    "$@"
+    secs[${order[-1]}]=$((SECONDS - t0))
+}
 started=$(date +%s)
 
 # Parse "test result: ok. N passed; M failed" lines from cargo's output.
@@ -63,6 +74,29 @@ run_regress() {
     passed[regress]=$p; failed[regress]=$f; order+=(regress)
 }
 
+run_isolation() {
+    say "layer: isolation (tests/isolation, pg_isolation_regress)"
+    local line p f
+    scripts/isolation.sh 2>&1 | tee target/test-isolation.log
+    line=$(grep -E 'tests (passed|failed)|All [0-9]+ tests passed' target/test-isolation.log | tail -1)
+    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
+        p=${BASH_REMATCH[1]}; f=0
+    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
+        f=${BASH_REMATCH[1]}; p=$((BASH_REMATCH[2] - f))
+    else
+        p=0; f=1
+    fi
+    passed[isolation]=$p; failed[isolation]=$f; order+=(isolation)
+}
+
+run_ops() {
+    say "layer: ops (tests/ops: dump/restore, crash, hot standby)"
+    local p f
+    scripts/ops.sh 2>&1 | tee target/test-ops-run.log
+    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' target/test-ops-run.log | tail -1)
+    passed[ops]=${p:-0}; failed[ops]=${f:-1}; order+=(ops)
+}
+
 run_client() {
     say "layer: client (tests/client, PostgREST request sequence over TCP)"
     local p f
@@ -72,19 +106,21 @@ run_client() {
 }
 
 case "$what" in
-    unit) run_unit ;;
-    pg) run_pg ;;
-    regress) run_regress ;;
-    client) scripts/install.sh && scripts/cluster.sh start && run_client ;;
-    all) run_unit; run_pg; run_regress; run_client ;;
-    *) echo "usage: $0 all|unit|pg|regress|client" >&2; exit 2 ;;
+    unit) timed run_unit ;;
+    pg) timed run_pg ;;
+    regress) timed run_regress ;;
+    isolation) scripts/install.sh && scripts/cluster.sh start && timed run_isolation ;;
+    client) scripts/install.sh && scripts/cluster.sh start && timed run_client ;;
+    ops) scripts/install.sh && timed run_ops ;;
+    all) timed run_unit; timed run_pg; timed run_regress; timed run_isolation; timed run_client; timed run_ops ;;
+    *) echo "usage: $0 all|unit|pg|regress|isolation|client|ops" >&2; exit 2 ;;
 esac
 
 total_p=0; total_f=0
 echo
 say "summary ($(( $(date +%s) - started ))s)"
 for layer in "${order[@]}"; do
-    printf '  %-8s %4d passed, %d failed\n' "$layer" "${passed[$layer]}" "${failed[$layer]}"
+    printf '  %-9s %4d passed, %d failed  (%ds)\n' "$layer" "${passed[$layer]}" "${failed[$layer]}" "${secs[$layer]:-0}"
     total_p=$((total_p + passed[$layer])); total_f=$((total_f + failed[$layer]))
 done
 echo "$total_p passed, $total_f failed"

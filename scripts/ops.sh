@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Ops tests (tests/ops): dump and restore, crash recovery (kill -9 under
+# load), hot standby, each in throw-away clusters of its own under
+# /tmp/pg_apikeys_ops on ports 28830-28839, against the installed extension.
+# Never touches the local cluster on $PGPORT.
+#   scripts/ops.sh [extra pytest arguments, e.g. -k standby]
+# Runs as root (the clusters then belong to `postgres`) or as a normal user.
+# Shares target/venv-client with scripts/client.sh (created on first use,
+# refreshed when tests/client/requirements.txt changes). Ends with
+# "N passed, N failed" and exits with pytest's status.
+set -uo pipefail
+. "$(dirname "$0")/env.sh"
+cd "$ROOT"
+export PGBIN
+. "$ROOT/scripts/pytest-lib.sh"
+ensure_venv || exit 1
+
+# the extension must be installed (make install); no running cluster needed
+if [ ! -f "$("$PG_CONFIG" --sharedir)/extension/pg_apikeys.control" ]; then
+    echo "pg_apikeys is not installed in this PostgreSQL: run make install (scripts/install.sh) first" >&2
+    exit 1
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "running as root needs the postgres user (initdb refuses root)" >&2
+    exit 1
+fi
+
+say "ops tests (tests/ops: dump/restore, crash recovery, hot standby; ports 28830-28839)"
+run_pytest "$ROOT/target/test-ops.log" tests/ops "$@"
