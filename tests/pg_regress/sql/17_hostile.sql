@@ -171,8 +171,8 @@ CREATE FUNCTION regress.leak(tbl text, val text) RETURNS boolean LANGUAGE plpgsq
 -- see is Acme's; Blue has keys, a public key and audit rows she must not
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'erin') THEN CREATE ROLE erin LOGIN; END IF;
+    IF NOT pg_has_role('erin', 'app_user', 'MEMBER') THEN GRANT app_user TO erin; END IF;
 END $$;
-GRANT app_user TO erin;
 SET ROLE alice;
 SELECT apikeys.add_member(regress.id('hws_a'), 'erin', 'admin');
 SET ROLE carol;
