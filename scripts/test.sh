@@ -35,6 +35,19 @@ cargo_counts() {
     echo "$p $f"
 }
 
+# Parse pg_regress's (and pg_isolation_regress's) closing line: "N P"
+pg_regress_counts() {
+    local line
+    line=$(grep -E 'tests (passed|failed)|All [0-9]+ tests passed' "$1" | tail -1)
+    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
+        echo "${BASH_REMATCH[1]} 0"
+    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
+        echo "$((BASH_REMATCH[2] - BASH_REMATCH[1])) ${BASH_REMATCH[1]}"
+    else
+        echo "0 1"
+    fi
+}
+
 run_unit() {
     say "layer: Rust unit tests"
     cargo test --lib -- --skip pg_tests:: 2>&1 | tee target/test-unit.log | grep -E '^test |^test result' || true
@@ -62,30 +75,16 @@ run_regress() {
     scripts/install.sh || { passed[regress]=0; failed[regress]=1; order+=(regress); return; }
     scripts/cluster.sh restart
     scripts/regress.sh 2>&1 | tee target/test-regress.log
-    local line p f
-    line=$(grep -E 'tests (passed|failed)|All [0-9]+ tests passed' target/test-regress.log | tail -1)
-    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
-        p=${BASH_REMATCH[1]}; f=0
-    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
-        f=${BASH_REMATCH[1]}; p=$((BASH_REMATCH[2] - f))
-    else
-        p=0; f=1
-    fi
+    local p f
+    read -r p f < <(pg_regress_counts target/test-regress.log)
     passed[regress]=$p; failed[regress]=$f; order+=(regress)
 }
 
 run_isolation() {
     say "layer: isolation (tests/isolation, pg_isolation_regress)"
-    local line p f
+    local p f
     scripts/isolation.sh 2>&1 | tee target/test-isolation.log
-    line=$(grep -E 'tests (passed|failed)|All [0-9]+ tests passed' target/test-isolation.log | tail -1)
-    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
-        p=${BASH_REMATCH[1]}; f=0
-    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
-        f=${BASH_REMATCH[1]}; p=$((BASH_REMATCH[2] - f))
-    else
-        p=0; f=1
-    fi
+    read -r p f < <(pg_regress_counts target/test-isolation.log)
     passed[isolation]=$p; failed[isolation]=$f; order+=(isolation)
 }
 
