@@ -5,7 +5,7 @@ PG_MAJOR ?= 15
 PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
 export PG_MAJOR PG_CONFIG
 
-.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress test-isolation test-client test-ops psql lint
+.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress test-isolation test-client test-ops psql lint bench
 
 ## make run: install what is missing, build and install the extension, start a
 ## local PostgreSQL $(PG_MAJOR) under target/pg, and walk through the main flow.
@@ -39,6 +39,11 @@ test-ops: bootstrap
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
+
+## make bench: pgbench harness (bench/README.md) in a throw-away cluster of its
+## own on port 28840; 10 k and 1 M keys, about 15 minutes (not part of make test).
+bench: install
+	@bench/run.sh
 
 bootstrap:
 	@scripts/bootstrap.sh
