@@ -71,8 +71,9 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     exit 1
 fi
 
-# shared_buffers: about 1.2 kB per key (tables, indexes, tokens, audit log),
-# at least 1 GB, at most half the machine's memory
+# shared_buffers: the verify path (keys, key_hashes, bench.tokens and their
+# indexes) takes about 0.8 kB a key; allow 1.2 kB a key + 512 MB, at least
+# 1 GB, at most half the machine's memory
 mem_mb=$(awk '/^MemTotal/ {print int($2/1024)}' /proc/meminfo)
 sb_mb=$(( MAX_N * 12 / 10 / 1024 + 512 ))
 [ "$sb_mb" -lt 1024 ] && sb_mb=1024
@@ -270,6 +271,8 @@ bench_size() {
     # -- warm every other key once (steady state: every key used within the
     # interval), in big statements, as the client role
     say "$n keys: warming the other $((n - c2)) keys (one verify each)"
+    local log0
+    log0=$(wc -c <"$LOG")
     t0=$(now)
     awk -v from=$((c2 + 1)) -v n="$n" -v b="$BATCH" 'BEGIN {
         for (a = from; a <= n; a += b) {
@@ -278,12 +281,18 @@ bench_size() {
         }
     }' </dev/null | parallel_sql bench_client "$db" "$LOAD_JOBS"
     fact "$n" warm_s "$(elapsed "$t0")"
+    # lock waits over 1 ms while warming (logged by log_lock_waits), all and
+    # those on extending a relation (not a row lock: SKIP LOCKED cannot skip it)
+    fact "$n" warm_lock_waits "$(tail -c +"$((log0 + 1))" "$LOG" | grep -c 'still waiting for' || true)"
+    fact "$n" warm_lock_waits_extension "$(tail -c +"$((log0 + 1))" "$LOG" | grep 'still waiting for' | grep -c 'on extension of relation' || true)"
     local unused
     unused=$((n - $(used_keys "$db" 1 "$n")))
     fact "$n" unused_after_warm "$unused"
     [ "$unused" = 0 ] || { echo "$unused keys were not warmed" >&2; return 1; }
     t0=$(now)
-    psql_b postgres "$db" -c "VACUUM (ANALYZE) apikeys.keys, apikeys.key_hashes, bench.tokens" -c "CHECKPOINT"
+    # the whole database, catalogs included, so autovacuum has nothing left to
+    # do (and no WAL of its own to add) during the measured runs
+    psql_b postgres "$db" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
     psql_b postgres "$db" -At -f "$BENCH_SRC/prewarm.sql" >/dev/null
     fact "$n" vacuum_prewarm_s "$(elapsed "$t0")"
     fact "$n" db_bytes "$(q "$db" "SELECT pg_database_size(current_database())")"
@@ -361,42 +370,47 @@ role_of() {
 }
 
 # ---------------------------------------------------------------- main
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-T_ALL=$(now)
-say "pg_apikeys bench: sizes $SIZES; $ROUNDS rounds x ${SECS} s; $CLIENTS clients; port $PORT; $DIR"
-cluster_start
-psql_b postgres postgres -f "$BENCH_SRC/roles.sql" >/dev/null
-fact 0 pg_version "\"$(q postgres "SHOW server_version")\""
-fact 0 extension_version "$(q postgres "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_apikeys'")"
-fact 0 cpus "$(nproc)"
-fact 0 cpu_model "\"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo | tr -d ',"')\""
-fact 0 mem_total_mb "$mem_mb"
-fact 0 load_avg_at_start "$(cut -d' ' -f1 /proc/loadavg)"
-fact 0 shared_buffers "$SHARED_BUFFERS"
-fact 0 clients "$CLIENTS"
-fact 0 jobs "$JOBS"
-fact 0 seconds "$SECS"
-fact 0 mint_seconds "$MINT_SECS"
-fact 0 rounds "$ROUNDS"
-fact 0 last_used_interval "$(q postgres "SELECT current_setting('apikeys.last_used_interval', true)")"
+# (one function, read whole before it runs: editing this file during a run is safe)
+main() {
+    trap cleanup EXIT
+    trap 'exit 130' INT TERM
+    T_ALL=$(now)
+    say "pg_apikeys bench: sizes $SIZES; $ROUNDS rounds x ${SECS} s; $CLIENTS clients; port $PORT; $DIR"
+    cluster_start
+    psql_b postgres postgres -f "$BENCH_SRC/roles.sql" >/dev/null
+    fact 0 pg_version "\"$(q postgres "SHOW server_version")\""
+    fact 0 extension_version "$(q postgres "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_apikeys'")"
+    fact 0 cpus "$(nproc)"
+    fact 0 cpu_model "\"$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo | tr -d ',"')\""
+    fact 0 mem_total_mb "$mem_mb"
+    fact 0 load_avg_at_start "$(cut -d' ' -f1 /proc/loadavg)"
+    fact 0 shared_buffers "$SHARED_BUFFERS"
+    fact 0 clients "$CLIENTS"
+    fact 0 jobs "$JOBS"
+    fact 0 seconds "$SECS"
+    fact 0 mint_seconds "$MINT_SECS"
+    fact 0 rounds "$ROUNDS"
+    fact 0 last_used_interval "$(q postgres "SELECT current_setting('apikeys.last_used_interval', true)")"
 
-for n in $SIZES; do
-    bench_size "$n"
-done
-fact 0 load_avg_at_end "$(cut -d' ' -f1 /proc/loadavg)"
-fact 0 total_s "$(elapsed "$T_ALL")"
+    for n in $SIZES; do
+        bench_size "$n"
+    done
+    fact 0 load_avg_at_end "$(cut -d' ' -f1 /proc/loadavg)"
+    fact 0 total_s "$(elapsed "$T_ALL")"
 
-# ---------------------------------------------------------------- report
-say "report"
-export PYTHONDONTWRITEBYTECODE=1 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-PY=python3
-if ensure_bench_venv; then
-    PY="$ROOT/target/venv-bench/bin/python"
-else
-    echo "no venv with matplotlib (python3-venv missing?): summary without a chart" >&2
-fi
-chart_args=(--chart "$OUT/performance.png")
-[ "${BENCH_PUBLISH:-}" = 1 ] && chart_args+=(--publish "$ROOT/docs/performance.png")
-"$PY" "$BENCH_SRC/report.py" --runs "$RUNS" --facts "$FACTS" --json "$OUT/results.json" "${chart_args[@]}" \
-    | tee "$OUT/summary.txt"
+    # ---------------------------------------------------------------- report
+    say "report"
+    export PYTHONDONTWRITEBYTECODE=1 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+    PY=python3
+    if ensure_bench_venv; then
+        PY="$ROOT/target/venv-bench/bin/python"
+    else
+        echo "no venv with matplotlib (python3-venv missing?): summary without a chart" >&2
+    fi
+    chart_args=(--chart "$OUT/performance.png")
+    [ "${BENCH_PUBLISH:-}" = 1 ] && chart_args+=(--publish "$ROOT/docs/performance.png")
+    "$PY" "$BENCH_SRC/report.py" --runs "$RUNS" --facts "$FACTS" --json "$OUT/results.json" "${chart_args[@]}" \
+        | tee "$OUT/summary.txt"
+}
+
+main "$@"; exit $?
