@@ -88,21 +88,16 @@ run_isolation() {
     passed[isolation]=$p; failed[isolation]=$f; order+=(isolation)
 }
 
-run_ops() {
-    say "layer: ops (tests/ops: dump/restore, crash, hot standby)"
-    local p f
-    scripts/ops.sh 2>&1 | tee target/test-ops-run.log
-    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' target/test-ops-run.log | tail -1)
-    passed[ops]=${p:-0}; failed[ops]=${f:-1}; order+=(ops)
+# A pytest layer: its script ends with "N passed, N failed" (scripts/pytest-lib.sh)
+run_pytest_layer() {
+    local layer="$1" title="$2" p f
+    say "layer: $layer ($title)"
+    scripts/$layer.sh 2>&1 | tee "target/test-$layer-run.log"
+    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "target/test-$layer-run.log" | tail -1)
+    passed[$layer]=${p:-0}; failed[$layer]=${f:-1}; order+=("$layer")
 }
-
-run_client() {
-    say "layer: client (tests/client, PostgREST request sequence over TCP)"
-    local p f
-    scripts/client.sh 2>&1 | tee target/test-client-run.log
-    read -r p f < <(sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' target/test-client-run.log | tail -1)
-    passed[client]=${p:-0}; failed[client]=${f:-1}; order+=(client)
-}
+run_ops() { run_pytest_layer ops "tests/ops: dump/restore, crash, hot standby"; }
+run_client() { run_pytest_layer client "tests/client, PostgREST request sequence over TCP"; }
 
 case "$what" in
     unit) timed run_unit ;;
