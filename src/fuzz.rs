@@ -127,6 +127,17 @@ proptest! {
         let _ = token::base62_decode(&noise, 4);
     }
 
+    /// The parser's canonical-body test (a string comparison with
+    /// `MAX_BODY`) agrees with decoding: a 43-character base62 body is
+    /// accepted exactly when it decodes to 32 bytes.
+    #[test]
+    fn body_bound_matches_decoding(body in "[0-9A-Za-z]{43}", high in "[x-z][0-9A-Za-z]{42}") {
+        for b in [&body, &high] {
+            let fits = token::base62_decode(b, BODY_BYTES).is_some();
+            prop_assert_eq!(b.as_str() <= token::MAX_BODY, fits);
+        }
+    }
+
     /// The input rules answer every string, and what they accept satisfies
     /// the documented shape and is stable under a second pass.
     #[test]

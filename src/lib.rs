@@ -9,7 +9,9 @@
 //! * [`principal`]: `current_principal()`, `authenticate()`, the per-transaction
 //!   key binding and its helpers
 //! * [`workspaces`]: `create_workspace`, `add_member`, `remove_member`
-//! * [`keys`]: `create_key`, `verify_key`, `revoke_key`, `rotate_key`, `import_key`
+//! * [`keys`]: `create_key`, `revoke_key`, `rotate_key`, `import_key`
+//! * [`verify`]: `verify_key` and the check behind `authenticate()`: the hot
+//!   path, reading the two unique indexes directly
 //! * [`public_keys`]: `create_public_key`, `revoke_public_key`, `resolve_public_key`
 //!
 //! The DDL lives in `sql/*.sql` (tables, functions, triggers, policies,
@@ -24,6 +26,7 @@ pub mod principal;
 pub mod public_keys;
 pub mod rules;
 pub mod token;
+pub mod verify;
 pub mod workspaces;
 
 #[cfg(test)]
@@ -45,7 +48,7 @@ entry_points! {
     apikeys_add_member / pg_finfo_apikeys_add_member => workspaces::add_member_wrapper;
     apikeys_remove_member / pg_finfo_apikeys_remove_member => workspaces::remove_member_wrapper;
     apikeys_create_key / pg_finfo_apikeys_create_key => keys::create_key_wrapper;
-    apikeys_verify_key / pg_finfo_apikeys_verify_key => keys::verify_key_wrapper;
+    apikeys_verify_key / pg_finfo_apikeys_verify_key => verify::verify_key_wrapper;
     apikeys_revoke_key / pg_finfo_apikeys_revoke_key => keys::revoke_key_wrapper;
     apikeys_rotate_key / pg_finfo_apikeys_rotate_key => keys::rotate_key_wrapper;
     apikeys_import_key / pg_finfo_apikeys_import_key => keys::import_key_wrapper;
@@ -68,7 +71,7 @@ pub extern "C-unwind" fn _PG_init() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
     principal::init();
-    keys::init();
+    verify::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

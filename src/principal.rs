@@ -216,7 +216,7 @@ fn authenticate_impl() -> ApiResult<()> {
         // no API key: the JWT or anonymous flow goes on untouched
         return Ok(());
     };
-    let key = crate::keys::verify(&token, &[])?.ok_or(ApiError::Unauthenticated)?;
+    let key = crate::verify::verify(&token)?.ok_or(ApiError::Unauthenticated)?;
     bind_key(key.key_id, key.workspace_id, key.owner, key.scopes);
     if let Some(role) = gucs::KEY_ROLE.get() {
         let role = role.to_string_lossy().into_owned();

@@ -66,6 +66,12 @@ pub fn base62_decode(s: &str, len: usize) -> Option<Vec<u8>> {
     Some(num)
 }
 
+/// The largest body, 2^256 - 1. Digits are in ASCII order and bodies have a
+/// fixed width, so a body is the canonical encoding of 32 bytes exactly when
+/// it sorts at or below this string (checked against [`base62_decode`] by the
+/// unit tests and the fuzz properties).
+pub const MAX_BODY: &str = "yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp1";
+
 /// Encode 32 bytes as a fixed-width base62 body.
 pub fn encode_body(bytes: &[u8; BODY_BYTES]) -> String {
     base62_fixed(bytes, BODY_LEN)
@@ -97,8 +103,18 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 /// The six check characters for `<prefix>_<body>`.
 pub fn check_chars(prefix_and_body: &str) -> String {
-    let crc = crc32(prefix_and_body.as_bytes());
-    base62_fixed(&crc.to_be_bytes(), CHECK_LEN)
+    check_bytes(prefix_and_body.as_bytes()).iter().map(|&c| char::from(c)).collect()
+}
+
+/// [`check_chars`] without allocating (the verify hot path).
+fn check_bytes(prefix_and_body: &[u8]) -> [u8; CHECK_LEN] {
+    let mut crc = u64::from(crc32(prefix_and_body));
+    let mut out = [b'0'; CHECK_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = ALPHABET[(crc % 62) as usize];
+        crc /= 62;
+    }
+    out
 }
 
 /// Whether `prefix` is a valid token prefix: `^[a-z][a-z0-9]{1,15}(_[a-z0-9]{1,16})?$`.
@@ -178,11 +194,11 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, ParseError> {
     if !body.bytes().all(|c| c.is_ascii_alphanumeric()) {
         return Err(ParseError::Body);
     }
-    // the body must be a canonical encoding of 32 bytes
-    if base62_decode(body, BODY_BYTES).is_none() {
+    // the body must be a canonical encoding of 32 bytes (see MAX_BODY)
+    if body > MAX_BODY {
         return Err(ParseError::Body);
     }
-    if check_chars(&token[..token.len() - CHECK_LEN]) != check {
+    if check_bytes(&token.as_bytes()[..token.len() - CHECK_LEN]) != check.as_bytes() {
         return Err(ParseError::Checksum);
     }
     Ok(Parsed { prefix, body })
@@ -256,6 +272,9 @@ mod tests {
         assert_eq!(encode_body(&[0u8; 32]), "0".repeat(BODY_LEN));
         // the largest value needs all 43 digits and decodes back
         let max = encode_body(&[0xff; 32]);
+        assert_eq!(max, MAX_BODY);
+        // one above the largest body does not fit in 32 bytes
+        assert_eq!(base62_decode("yhjskwdA6OZ1AL1YmHWZWm8LLG7HjnuCA2j5rOw8Xp2", 32), None);
         assert_ne!(max.as_bytes()[0], b'0');
         assert_eq!(check_chars("x").len(), CHECK_LEN);
         assert_eq!(base62_fixed(&u32::MAX.to_be_bytes(), CHECK_LEN), "4gfFC3");

@@ -1,0 +1,641 @@
+//! The hot path (design.md §3, §9): `verify_key` and the check behind
+//! `authenticate()`.
+//!
+//! A verify reads two unique indexes directly, the way PostgreSQL's own
+//! catalog look-ups do (`systable_beginscan`), instead of running a query:
+//!
+//! 1. the token's shape and checksum are checked in Rust; a mistyped token
+//!    never reaches a table;
+//! 2. `key_hashes` is probed through its unique index on `hash`, giving the
+//!    key's id;
+//! 3. `keys` is probed through its primary key, and the row is tested in Rust
+//!    with `verify_key`'s predicates (not revoked, not expired), then the
+//!    required scopes;
+//! 4. `verify_key` hands the row's own datums to a one-row tuplestore
+//!    (materialize mode, with the caller's expected row type), so nothing is
+//!    converted to Rust values and back;
+//! 5. only when `last_used_at` is older than `apikeys.last_used_interval` does
+//!    a prepared `UPDATE ... SKIP LOCKED` run, through SPI.
+//!
+//! Visibility is that of any volatile function: every verify takes a fresh
+//! snapshot after a command-counter increment, exactly as SPI does for a
+//! read-write statement. A revoke that has committed, in any backend, is seen
+//! by the next verify; nothing about a key is cached, only the OIDs and
+//! column numbers of the two tables and their indexes, which a relcache
+//! invalidation callback forgets on any change to them (ALTER, REINDEX
+//! CONCURRENTLY, DROP EXTENSION).
+//!
+//! Reading the tables directly is what a SECURITY DEFINER function owned by
+//! the extension owner would do: the caller needs EXECUTE on `verify_key`
+//! (granted roles only), not access to the tables, and row-level security is
+//! not consulted (`key_hashes` has no policy at all). Only the `UPDATE` runs
+//! as a statement, as the owner of `key_hashes` ([`AsOwner`]), fully
+//! schema-qualified, so no caller's `search_path` can redirect it.
+
+use std::cell::{Cell, OnceCell};
+use std::ffi::{c_char, CStr};
+use std::mem::MaybeUninit;
+
+use pgrx::pg_sys::{self, Datum, Oid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::tupdesc::PgTupleDesc;
+use pgrx::{PgBuiltInOids, PgOid, Uuid};
+
+use crate::errors::{deferred, ApiError, ApiResult};
+use crate::{gucs, token};
+
+// ---------------------------------------------------------------------------
+// The two tables, found once per backend
+
+/// Most columns a row of `keys` may have here (it has 13).
+const MAX_COLS: usize = 32;
+
+/// 0-based column positions in `apikeys.keys`.
+#[derive(Clone, Copy)]
+struct KeyCols {
+    id: usize,
+    workspace_id: usize,
+    owner: usize,
+    scopes: usize,
+    metadata: usize,
+    expires_at: usize,
+    revoked_at: usize,
+    last_used_at: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Rels {
+    keys: Oid,
+    /// unique btree index on `keys (id)`
+    keys_by_id: Oid,
+    keys_id_attno: i16,
+    k: KeyCols,
+    hashes: Oid,
+    /// unique btree index on `key_hashes (hash)`
+    hashes_by_hash: Oid,
+    hash_attno: i16,
+    /// 0-based position of `key_hashes.key_id`
+    hash_key_id: usize,
+    /// owner of `key_hashes`: the role the `last_used_at` update runs as
+    owner: Oid,
+}
+
+thread_local! {
+    static RELS: Cell<Option<Rels>> = const { Cell::new(None) };
+    static TOUCH_PLAN: OnceCell<OwnedPreparedStatement> = const { OnceCell::new() };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_rels(_arg: Datum, relid: Oid) {
+    RELS.with(|r| {
+        if let Some(x) = r.get() {
+            if relid == pg_sys::InvalidOid
+                || [x.keys, x.keys_by_id, x.hashes, x.hashes_by_hash].contains(&relid)
+            {
+                r.set(None);
+            }
+        }
+    });
+}
+
+/// Register the relcache callback; called once from `_PG_init`.
+pub fn init() {
+    // SAFETY: registering a static callback
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_rels), Datum::from(0usize)) };
+}
+
+fn rels() -> ApiResult<Rels> {
+    if let Some(r) = RELS.with(Cell::get) {
+        return Ok(r);
+    }
+    // SAFETY: catalog look-ups by name and relcache reads of two tables this
+    // extension owns, under AccessShareLock (kept to the end of the
+    // transaction, like any query's)
+    let r = unsafe { resolve()? };
+    RELS.with(|c| c.set(Some(r)));
+    Ok(r)
+}
+
+/// 0-based position of column `name` in `rel`.
+unsafe fn column(rel: pg_sys::Relation, name: &CStr) -> ApiResult<usize> {
+    // SAFETY: the relation is open; the descriptor outlives this call
+    let desc = unsafe { PgTupleDesc::from_pg_unchecked((*rel).rd_att) };
+    if desc.len() > MAX_COLS {
+        return Err(ApiError::Internal);
+    }
+    desc.iter()
+        .position(|a| !a.attisdropped && unsafe { CStr::from_ptr(a.attname.data.as_ptr()) } == name)
+        .ok_or(ApiError::Internal)
+}
+
+/// A valid, unique, non-partial btree index on exactly column `attno` of `rel`.
+unsafe fn unique_index_on(rel: pg_sys::Relation, attno: i16) -> ApiResult<Oid> {
+    // SAFETY: reads the open relation's index list and each index's
+    // pg_index row, as the planner does
+    unsafe {
+        let list = pg_sys::RelationGetIndexList(rel);
+        let mut found = pg_sys::InvalidOid;
+        let n = if list.is_null() { 0 } else { (*list).length as usize };
+        for i in 0..n {
+            let oid = (*(*list).elements.add(i)).oid_value;
+            let irel = pg_sys::index_open(oid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let idx = (*irel).rd_index;
+            let fits = (*idx).indisunique
+                && (*idx).indisvalid
+                && (*idx).indnkeyatts == 1
+                && (*idx).indkey.values.as_slice(1)[0] == attno
+                && (*(*irel).rd_rel).relam == pg_sys::BTREE_AM_OID
+                && pg_sys::RelationGetIndexPredicate(irel).is_null();
+            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            if fits {
+                found = oid;
+                break;
+            }
+        }
+        pg_sys::list_free(list);
+        if found == pg_sys::InvalidOid {
+            return Err(ApiError::Internal);
+        }
+        Ok(found)
+    }
+}
+
+unsafe fn resolve() -> ApiResult<Rels> {
+    // SAFETY: see rels()
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"apikeys".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            return Err(ApiError::Internal);
+        }
+        let keys = pg_sys::get_relname_relid(c"keys".as_ptr(), ns);
+        let hashes = pg_sys::get_relname_relid(c"key_hashes".as_ptr(), ns);
+        if keys == pg_sys::InvalidOid || hashes == pg_sys::InvalidOid {
+            return Err(ApiError::Internal);
+        }
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+        let krel = pg_sys::table_open(keys, lock);
+        let k = KeyCols {
+            id: column(krel, c"id")?,
+            workspace_id: column(krel, c"workspace_id")?,
+            owner: column(krel, c"owner")?,
+            scopes: column(krel, c"scopes")?,
+            metadata: column(krel, c"metadata")?,
+            expires_at: column(krel, c"expires_at")?,
+            revoked_at: column(krel, c"revoked_at")?,
+            last_used_at: column(krel, c"last_used_at")?,
+        };
+        let keys_id_attno = (k.id + 1) as i16;
+        let keys_by_id = unique_index_on(krel, keys_id_attno)?;
+        pg_sys::table_close(krel, pg_sys::NoLock as pg_sys::LOCKMODE);
+
+        let hrel = pg_sys::table_open(hashes, lock);
+        let hash_key_id = column(hrel, c"key_id")?;
+        let hash_attno = (column(hrel, c"hash")? + 1) as i16;
+        let hashes_by_hash = unique_index_on(hrel, hash_attno)?;
+        let owner = (*(*hrel).rd_rel).relowner;
+        pg_sys::table_close(hrel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        Ok(Rels { keys, keys_by_id, keys_id_attno, k, hashes, hashes_by_hash, hash_attno, hash_key_id, owner })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The look-up
+
+/// A live key's row, valid while the look-up holds its buffer.
+pub struct Row<'a> {
+    values: &'a [Datum],
+    nulls: &'a [bool],
+    k: KeyCols,
+}
+
+impl Row<'_> {
+    fn datum(&self, col: usize) -> Option<Datum> {
+        (!self.nulls[col]).then(|| self.values[col])
+    }
+
+    fn uuid(&self, col: usize) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if let Some(d) = self.datum(col) {
+            // SAFETY: a non-null uuid column points at 16 bytes
+            unsafe { out.copy_from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)) };
+        }
+        out
+    }
+
+    /// A varlena column, detoasted if it was stored out of line or
+    /// compressed (the copy lives in the current memory context).
+    fn varlena(&self, col: usize) -> Option<Datum> {
+        // SAFETY: a non-null varlena column of a pinned heap tuple
+        self.datum(col).map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr())) })
+    }
+
+    fn owner_text(&self) -> String {
+        match self.varlena(self.k.owner) {
+            // SAFETY: a detoasted text datum
+            Some(d) => unsafe {
+                String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(d.cast_mut_ptr())).into_owned()
+            },
+            None => String::new(),
+        }
+    }
+}
+
+/// What a successful look-up gives besides the caller's result.
+struct Hit<R> {
+    result: R,
+    key_id: [u8; 16],
+    stale: bool,
+}
+
+/// A bytea of 32 bytes on the stack (4-byte header), for the scan key.
+#[repr(C, align(4))]
+struct Digest {
+    header: [u8; 4],
+    bytes: [u8; 32],
+}
+
+/// One probe of a unique index: the visible row or none. The scan stays open
+/// (and the tuple's buffer pinned) until [`Probe::end`].
+struct Probe {
+    rel: pg_sys::Relation,
+    scan: pg_sys::SysScanDesc,
+    tuple: pg_sys::HeapTuple,
+}
+
+impl Probe {
+    unsafe fn start(
+        relid: Oid,
+        index: Oid,
+        attno: i16,
+        eq: pg_sys::RegProcedure,
+        arg: Datum,
+        snapshot: pg_sys::Snapshot,
+    ) -> Probe {
+        // SAFETY: opens a table by OID under AccessShareLock and scans one of
+        // its indexes with an MVCC snapshot, as systable_* callers do
+        unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let mut key = MaybeUninit::<pg_sys::ScanKeyData>::zeroed();
+            pg_sys::ScanKeyInit(
+                key.as_mut_ptr(),
+                attno,
+                pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+                eq,
+                arg,
+            );
+            let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, 1, key.as_mut_ptr());
+            let tuple = pg_sys::systable_getnext(scan);
+            Probe { rel, scan, tuple }
+        }
+    }
+
+    /// Deform the row found into `values`/`nulls`; false when none was found.
+    unsafe fn deform(&self, values: &mut [Datum; MAX_COLS], nulls: &mut [bool; MAX_COLS]) -> bool {
+        if self.tuple.is_null() {
+            return false;
+        }
+        // SAFETY: the descriptor has at most MAX_COLS columns (checked in resolve)
+        unsafe { pg_sys::heap_deform_tuple(self.tuple, (*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+        true
+    }
+
+    unsafe fn end(self) {
+        // SAFETY: ends what start began; the lock is kept to the end of the
+        // transaction, as the executor keeps it
+        unsafe {
+            pg_sys::systable_endscan(self.scan);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
+/// Find the live key whose token hashes to `digest`, and run `f` on its row
+/// while the row is pinned. `None` when there is no such key, it is revoked
+/// or expired, or `f` says no.
+fn find<R>(digest: &[u8; 32], interval: i32, f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<Hit<R>>> {
+    let r = rels()?;
+    let mut hash = Digest { header: [0; 4], bytes: *digest };
+    // SAFETY: writes the varlena header of a 36-byte bytea
+    unsafe { pgrx::varlena::set_varsize_4b(hash.header.as_mut_ptr().cast(), (4 + 32) as i32) };
+    let mut values = [Datum::from(0usize); MAX_COLS];
+    let mut nulls = [true; MAX_COLS];
+
+    // SAFETY: as a volatile function's statement would: a new command id and
+    // a fresh snapshot, then two index probes with it
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        let snapshot = pg_sys::GetTransactionSnapshot();
+
+        let p = Probe::start(
+            r.hashes,
+            r.hashes_by_hash,
+            r.hash_attno,
+            pg_sys::Oid::from(pg_sys::F_BYTEAEQ),
+            Datum::from(std::ptr::addr_of_mut!(hash)),
+            snapshot,
+        );
+        let found = p.deform(&mut values, &mut nulls) && !nulls[r.hash_key_id];
+        let mut key_id = [0u8; 16];
+        if found {
+            key_id.copy_from_slice(std::slice::from_raw_parts(values[r.hash_key_id].cast_mut_ptr::<u8>(), 16));
+        }
+        p.end();
+        if !found {
+            return Ok(None);
+        }
+
+        let p = Probe::start(
+            r.keys,
+            r.keys_by_id,
+            r.keys_id_attno,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            Datum::from(key_id.as_mut_ptr()),
+            snapshot,
+        );
+        nulls = [true; MAX_COLS];
+        if !p.deform(&mut values, &mut nulls) {
+            p.end();
+            return Ok(None);
+        }
+        let k = r.k;
+        let now = pg_sys::GetCurrentTransactionStartTimestamp();
+        let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
+        let live = nulls[k.revoked_at] && ts(k.expires_at).is_none_or(|e| e > now);
+        if !live {
+            p.end();
+            return Ok(None);
+        }
+        let window = i64::from(interval.max(0)) * 1_000_000;
+        let stale = ts(k.last_used_at).is_none_or(|u| u <= now.saturating_sub(window));
+        let row = Row { values: &values, nulls: &nulls, k };
+        let result = f(&row);
+        p.end();
+        Ok(result.map(|result| Hit { result, key_id, stale }))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Scopes
+
+/// The elements of a text[] datum as byte strings; `None` for a NULL element.
+unsafe fn text_elems<'a>(array: Datum) -> Vec<Option<&'a [u8]>> {
+    // SAFETY: a text[] datum; detoasted (4-byte header) before reading
+    unsafe {
+        let arr = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        let mut elems: *mut Datum = std::ptr::null_mut();
+        let mut nulls: *mut bool = std::ptr::null_mut();
+        let mut n: std::ffi::c_int = 0;
+        pg_sys::deconstruct_array(
+            arr,
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as c_char,
+            &mut elems,
+            &mut nulls,
+            &mut n,
+        );
+        (0..n as usize)
+            .map(|i| {
+                (!*nulls.add(i)).then(|| pgrx::varlena::varlena_to_byte_slice((*elems.add(i)).cast_mut_ptr()))
+            })
+            .collect()
+    }
+}
+
+/// Whether a text[] datum is empty, without deconstructing it.
+unsafe fn array_is_empty(array: Datum) -> bool {
+    // SAFETY: a text[] datum; its header is read after detoasting
+    unsafe {
+        let arr = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+        (*arr).ndim == 0
+    }
+}
+
+/// Does the key (its `scopes` column) hold every scope of `required`?
+/// A NULL required scope is never held.
+unsafe fn holds(row: &Row<'_>, required: Option<Datum>) -> bool {
+    let Some(required) = required else { return true };
+    // SAFETY: text[] datums (the argument, and the row's scopes column)
+    unsafe {
+        if array_is_empty(required) {
+            return true;
+        }
+        let held = match row.varlena(row.k.scopes) {
+            Some(s) => text_elems(s),
+            None => Vec::new(),
+        };
+        text_elems(required).into_iter().all(|w| w.is_some() && held.contains(&w))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// last_used_at
+
+// Lock the row only if nobody else holds it, so a verify never waits.
+const TOUCH_SQL: &str = "\
+UPDATE apikeys.keys k SET last_used_at = pg_catalog.now()
+ WHERE k.id OPERATOR(pg_catalog.=) (
+       SELECT c.id FROM apikeys.keys c
+        WHERE c.id OPERATOR(pg_catalog.=) $1 AND c.revoked_at IS NULL
+          AND (c.last_used_at IS NULL
+               OR c.last_used_at OPERATOR(pg_catalog.<=)
+                  (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $2)))
+          FOR NO KEY UPDATE SKIP LOCKED)";
+
+const TOUCH_ARGS: [PgOid; 2] =
+    [PgOid::BuiltIn(PgBuiltInOids::UUIDOID), PgOid::BuiltIn(PgBuiltInOids::FLOAT8OID)];
+
+/// Runs as the table owner while alive; restores the caller's user id and
+/// security context when dropped (also when unwinding from an error; an
+/// aborted (sub)transaction restores them as well).
+struct AsOwner {
+    uid: Oid,
+    ctx: std::ffi::c_int,
+}
+
+impl AsOwner {
+    fn enter(owner: Oid) -> AsOwner {
+        let mut uid = pg_sys::InvalidOid;
+        let mut ctx: std::ffi::c_int = 0;
+        // SAFETY: plain reads and writes of the backend's current user id, as
+        // fmgr_security_definer does for SECURITY DEFINER functions
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
+            pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as std::ffi::c_int);
+        }
+        AsOwner { uid, ctx }
+    }
+}
+
+impl Drop for AsOwner {
+    fn drop(&mut self) {
+        // SAFETY: restores exactly what `enter` saved
+        unsafe { pg_sys::SetUserIdAndSecContext(self.uid, self.ctx) };
+    }
+}
+
+/// Whether this transaction may write `last_used_at` at all.
+fn may_touch() -> bool {
+    // SAFETY: reads backend-local transaction state
+    unsafe {
+        !pg_sys::XactReadOnly
+            && !pg_sys::RecoveryInProgress()
+            && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
+    }
+}
+
+/// Stamp `last_used_at` unless another transaction holds the row.
+fn touch(key_id: [u8; 16], interval: i32) -> ApiResult<()> {
+    let owner = rels()?.owner;
+    Spi::connect_mut(|client: &mut SpiClient<'_>| {
+        let _as_owner = AsOwner::enter(owner);
+        TOUCH_PLAN.with(|c| {
+            if c.get().is_none() {
+                let plan = client.prepare(TOUCH_SQL, &TOUCH_ARGS)?.keep();
+                let _ = c.set(plan);
+            }
+            let plan = c.get().ok_or(ApiError::Internal)?;
+            client.update(plan, None, &[Uuid::from_bytes(key_id).into(), f64::from(interval).into()])?;
+            Ok(())
+        })
+    })
+}
+
+/// Check a token and, if good, run `f` on its key's row; `None` for every
+/// kind of failure. Stamps `last_used_at` when due.
+fn check<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<R>> {
+    // a non-UTF-8 string (only possible in a database of another encoding)
+    // is no token of any shape
+    let Ok(token_text) = std::str::from_utf8(token_bytes) else { return Ok(None) };
+    // this extension's tokens with a bad checksum, empty and oversized
+    // strings never reach a table; other shapes may be imported keys
+    match token::shape(token_text) {
+        token::Shape::Own | token::Shape::Foreign => {}
+        token::Shape::Mistyped | token::Shape::Rejected => return Ok(None),
+    }
+    let digest = token::digest(token_text);
+    let interval = gucs::LAST_USED_INTERVAL.get();
+    let Some(hit) = find(&digest, interval, f)? else { return Ok(None) };
+    if hit.stale && interval >= 0 && may_touch() {
+        touch(hit.key_id, interval)?;
+    }
+    Ok(Some(hit.result))
+}
+
+// ---------------------------------------------------------------------------
+// Entry points
+
+/// A key verified for `authenticate()`.
+pub struct Verified {
+    pub key_id: Uuid,
+    pub workspace_id: Uuid,
+    pub owner: String,
+    pub scopes: Vec<String>,
+}
+
+/// Check a token for `authenticate()` (no required scopes).
+pub fn verify(token_text: &str) -> ApiResult<Option<Verified>> {
+    check(token_text.as_bytes(), |row| {
+        let scopes = match row.varlena(row.k.scopes) {
+            // SAFETY: the row's text[] scopes column
+            Some(s) => unsafe { text_elems(s) }
+                .into_iter()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect(),
+            None => Vec::new(),
+        };
+        Some(Verified {
+            key_id: Uuid::from_bytes(row.uuid(row.k.id)),
+            workspace_id: Uuid::from_bytes(row.uuid(row.k.workspace_id)),
+            owner: row.owner_text(),
+            scopes,
+        })
+    })
+}
+
+/// `verify_key`'s columns, in order, and their types.
+const OUT_TYPES: [Oid; 6] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::JSONBOID,
+    pg_sys::TIMESTAMPTZOID,
+];
+
+/// The row type `verify_key`'s caller expects, if it is exactly `OUT_TYPES`.
+unsafe fn expected_desc(rsinfo: *mut pg_sys::ReturnSetInfo) -> Option<pg_sys::TupleDesc> {
+    // SAFETY: the executor's descriptor for this call, read only
+    unsafe {
+        let desc = (*rsinfo).expectedDesc;
+        if desc.is_null() {
+            return None;
+        }
+        let d = PgTupleDesc::from_pg_unchecked(desc);
+        let ok = d.len() == OUT_TYPES.len() && d.iter().zip(OUT_TYPES).all(|(a, t)| a.atttypid == t);
+        ok.then_some(desc)
+    }
+}
+
+unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
+    // SAFETY: called by the function manager with a ReturnSetInfo (SQL
+    // declares verify_key RETURNS TABLE); arguments read per fmgr rules
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        if rsinfo.is_null()
+            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
+            || (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32 == 0
+        {
+            return Err(ApiError::Internal);
+        }
+        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+        // zero rows unless a row is stored below
+        (*rsinfo).setResult = std::ptr::null_mut();
+        let Some(desc) = expected_desc(rsinfo) else { return Err(ApiError::Internal) };
+
+        let Some(key) = pgrx::fcinfo::pg_getarg_datum(fcinfo, 0) else { return Ok(()) };
+        let required = if (*fcinfo).nargs > 1 { pgrx::fcinfo::pg_getarg_datum(fcinfo, 1) } else { None };
+        let key = pg_sys::pg_detoast_datum_packed(key.cast_mut_ptr());
+        let key = pgrx::varlena::varlena_to_byte_slice(key);
+
+        check(key, |row| {
+            if !holds(row, required) {
+                return None;
+            }
+            let k = row.k;
+            let mut values = [Datum::from(0usize); 6];
+            let mut nulls = [false; 6];
+            for (i, col) in [k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at].into_iter().enumerate() {
+                let v = if i >= 2 && i <= 4 { row.varlena(col) } else { row.datum(col) };
+                match v {
+                    Some(v) => values[i] = v,
+                    None => nulls[i] = true,
+                }
+            }
+            let econtext = (*rsinfo).econtext;
+            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
+            let random = (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
+            let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            (*rsinfo).setResult = store;
+            Some(())
+        })?;
+        Ok(())
+    }
+}
+
+/// The C function behind `apikeys.verify_key(text, text[])` (see lib.rs
+/// `entry_points!`, which raises a parked error with its SQLSTATE).
+///
+/// # Safety
+/// Called by PostgreSQL's function manager only.
+#[pg_guard]
+pub unsafe extern "C-unwind" fn verify_key_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    // SAFETY: see verify_key_srf
+    deferred(unsafe { verify_key_srf(fcinfo) });
+    Datum::from(0usize)
+}
