@@ -317,7 +317,7 @@ fn find<R>(digest: &[u8; 32], interval: i32, f: impl FnOnce(&Row<'_>) -> Option<
     let r = rels()?;
     let mut hash = Digest { header: [0; 4], bytes: *digest };
     // SAFETY: writes the varlena header of a 36-byte bytea
-    unsafe { pgrx::varlena::set_varsize_4b(hash.header.as_mut_ptr().cast(), (4 + 32) as i32) };
+    unsafe { pgrx::varlena::set_varsize_4b(hash.header.as_mut_ptr().cast(), 4 + 32) };
     let mut values = [Datum::from(0usize); MAX_COLS];
     let mut nulls = [true; MAX_COLS];
 
@@ -493,11 +493,14 @@ fn touch(key_id: [u8; 16], interval: i32) -> ApiResult<()> {
         let _as_owner = AsOwner::enter(owner);
         TOUCH_PLAN.with(|c| {
             if c.get().is_none() {
-                let plan = client.prepare(TOUCH_SQL, &TOUCH_ARGS)?.keep();
+                // prepare_mut: run read-write without asking for a
+                // transaction id first (pgrx's `update` does), so an update
+                // that SKIP LOCKED turns into no write assigns none
+                let plan = client.prepare_mut(TOUCH_SQL, &TOUCH_ARGS)?.keep();
                 let _ = c.set(plan);
             }
             let plan = c.get().ok_or(ApiError::Internal)?;
-            client.update(plan, None, &[Uuid::from_bytes(key_id).into(), f64::from(interval).into()])?;
+            client.select(plan, None, &[Uuid::from_bytes(key_id).into(), f64::from(interval).into()])?;
             Ok(())
         })
     })
@@ -609,7 +612,7 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
             let mut values = [Datum::from(0usize); 6];
             let mut nulls = [false; 6];
             for (i, col) in [k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at].into_iter().enumerate() {
-                let v = if i >= 2 && i <= 4 { row.varlena(col) } else { row.datum(col) };
+                let v = if (2..=4).contains(&i) { row.varlena(col) } else { row.datum(col) };
                 match v {
                     Some(v) => values[i] = v,
                     None => nulls[i] = true,
