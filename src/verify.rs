@@ -195,7 +195,17 @@ unsafe fn resolve() -> ApiResult<Rels> {
         let hashes_by_hash = unique_index_on(hrel, hash_attno)?;
         let owner = (*(*hrel).rd_rel).relowner;
         pg_sys::table_close(hrel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        Ok(Rels { keys, keys_by_id, keys_id_attno, k, hashes, hashes_by_hash, hash_attno, hash_key_id, owner })
+        Ok(Rels {
+            keys,
+            keys_by_id,
+            keys_id_attno,
+            k,
+            hashes,
+            hashes_by_hash,
+            hash_attno,
+            hash_key_id,
+            owner,
+        })
     }
 }
 
@@ -296,7 +306,9 @@ impl Probe {
             return false;
         }
         // SAFETY: the descriptor has at most MAX_COLS columns (checked in resolve)
-        unsafe { pg_sys::heap_deform_tuple(self.tuple, (*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+        unsafe {
+            pg_sys::heap_deform_tuple(self.tuple, (*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr())
+        };
         true
     }
 
@@ -313,7 +325,11 @@ impl Probe {
 /// Find the live key whose token hashes to `digest`, and run `f` on its row
 /// while the row is pinned. `None` when there is no such key, it is revoked
 /// or expired, or `f` says no.
-fn find<R>(digest: &[u8; 32], interval: i32, f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<Hit<R>>> {
+fn find<R>(
+    digest: &[u8; 32],
+    interval: i32,
+    f: impl FnOnce(&Row<'_>) -> Option<R>,
+) -> ApiResult<Option<Hit<R>>> {
     let r = rels()?;
     let mut hash = Digest { header: [0; 4], bytes: *digest };
     // SAFETY: writes the varlena header of a 36-byte bytea
@@ -338,7 +354,8 @@ fn find<R>(digest: &[u8; 32], interval: i32, f: impl FnOnce(&Row<'_>) -> Option<
         let found = p.deform(&mut values, &mut nulls) && !nulls[r.hash_key_id];
         let mut key_id = [0u8; 16];
         if found {
-            key_id.copy_from_slice(std::slice::from_raw_parts(values[r.hash_key_id].cast_mut_ptr::<u8>(), 16));
+            key_id
+                .copy_from_slice(std::slice::from_raw_parts(values[r.hash_key_id].cast_mut_ptr::<u8>(), 16));
         }
         p.end();
         if !found {
@@ -463,7 +480,10 @@ impl AsOwner {
         // fmgr_security_definer does for SECURITY DEFINER functions
         unsafe {
             pg_sys::GetUserIdAndSecContext(&mut uid, &mut ctx);
-            pg_sys::SetUserIdAndSecContext(owner, ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as std::ffi::c_int);
+            pg_sys::SetUserIdAndSecContext(
+                owner,
+                ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as std::ffi::c_int,
+            );
         }
         AsOwner { uid, ctx }
     }
@@ -611,7 +631,9 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
             let k = row.k;
             let mut values = [Datum::from(0usize); 6];
             let mut nulls = [false; 6];
-            for (i, col) in [k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at].into_iter().enumerate() {
+            for (i, col) in
+                [k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at].into_iter().enumerate()
+            {
                 let v = if (2..=4).contains(&i) { row.varlena(col) } else { row.datum(col) };
                 match v {
                     Some(v) => values[i] = v,
@@ -620,7 +642,8 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
             }
             let econtext = (*rsinfo).econtext;
             let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
-            let random = (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
+            let random =
+                (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
             let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
             pg_sys::MemoryContextSwitchTo(old);
             pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
