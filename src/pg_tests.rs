@@ -1,6 +1,9 @@
 //! In-backend tests (`cargo pgrx test`): SPI and trigger code, run as the
 //! superuser. They prove what holds even for the superuser (triggers, the
 //! token never stored); RLS and roles are proven by tests/pg_regress.
+//!
+//! Compiled only for tests (`cfg(any(test, feature = "pg_test"))`): every
+//! `unwrap()`/`expect()` here is an assertion, never on a client's path.
 
 #[pgrx::pg_schema]
 mod tests {

@@ -252,6 +252,8 @@ pub fn sha256_hex(raw: &str) -> Result<[u8; 32], Invalid> {
 
 #[cfg(test)]
 mod tests {
+    // unwrap() here is a test assertion: this module is compiled only for
+    // `cargo test`, so no client can reach it.
     use super::*;
 
     fn strs(v: &[&str]) -> Vec<Option<String>> {

@@ -421,12 +421,13 @@ unsafe fn text_elems<'a>(array: Datum) -> Vec<Option<&'a [u8]>> {
     }
 }
 
-/// Whether a text[] datum is empty, without deconstructing it.
-unsafe fn array_is_empty(array: Datum) -> bool {
+/// A text[] datum with a 4-byte header (detoasted once; `text_elems` then
+/// finds nothing left to do), and whether it is empty.
+unsafe fn detoast_array(array: Datum) -> (Datum, bool) {
     // SAFETY: a text[] datum; its header is read after detoasting
     unsafe {
         let arr = pg_sys::pg_detoast_datum(array.cast_mut_ptr()) as *mut pg_sys::ArrayType;
-        (*arr).ndim == 0
+        (Datum::from(arr), (*arr).ndim == 0)
     }
 }
 
@@ -436,7 +437,8 @@ unsafe fn holds(row: &Row<'_>, required: Option<Datum>) -> bool {
     let Some(required) = required else { return true };
     // SAFETY: text[] datums (the argument, and the row's scopes column)
     unsafe {
-        if array_is_empty(required) {
+        let (required, empty) = detoast_array(required);
+        if empty {
             return true;
         }
         let held = match row.varlena(row.k.scopes) {
