@@ -77,6 +77,51 @@ pub extern "C-unwind" fn _PG_init() {
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 
+/// Release bookkeeping that a build can check without a database: the
+/// control file names this crate's version, and every released version has
+/// an upgrade script to it (docs/reference.md, "Upgrading").
+#[cfg(test)]
+mod release {
+    const CONTROL: &str = include_str!("../pg_apikeys.control");
+    /// Every version that shipped, oldest first.
+    const RELEASED: &[&str] = &["0.1.0"];
+
+    fn sql_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql")
+    }
+
+    #[test]
+    fn control_file_names_the_crate_version() {
+        let line = format!("default_version = '{}'", env!("CARGO_PKG_VERSION"));
+        assert!(CONTROL.lines().any(|l| l == line), "pg_apikeys.control must say {line}");
+    }
+
+    #[test]
+    fn every_released_version_has_its_install_script_and_an_upgrade_path() {
+        let current = env!("CARGO_PKG_VERSION");
+        for v in RELEASED {
+            assert!(sql_dir().join(format!("pg_apikeys--{v}.sql")).is_file(), "sql/pg_apikeys--{v}.sql");
+            if *v == current {
+                continue;
+            }
+            // follow the chain of upgrade scripts from v to the current version
+            let mut at = v.to_string();
+            let mut steps = 0;
+            while at != current {
+                let next = std::fs::read_dir(sql_dir())
+                    .expect("sql/ is readable") // ok: a test, not backend code
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .find_map(|n| {
+                        n.strip_prefix(&format!("pg_apikeys--{at}--"))?.strip_suffix(".sql").map(str::to_owned)
+                    });
+                at = next.unwrap_or_else(|| panic!("no upgrade script from {at} towards {current}"));
+                steps += 1;
+                assert!(steps < 100, "upgrade scripts loop");
+            }
+        }
+    }
+}
+
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
 pub mod pg_test {
