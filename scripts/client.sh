@@ -24,5 +24,5 @@ if ! "$PGBIN/psql" -X -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Atc \
     exit 1
 fi
 
-say "client tests (tests/client, PostgREST request sequence, port $PGPORT)"
-run_pytest "$ROOT/target/test-client.log" tests/client "$@"
+say "client tests on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence, port $PGPORT)"
+run_pytest "$ROOT/target/test-client-pg$PG_MAJOR-pytest.log" tests/client "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop or wipe the local PostgreSQL cluster under target/pg.
 #   scripts/cluster.sh start|stop|restart|wipe|status
-# The cluster runs as `postgres` when we are root, listens on a Unix socket in
+# PG_MAJOR picks the cluster (scripts/env.sh): 15 in target/pg on port 28815,
+# 18 in target/pg18 on port 28818. The cluster runs as `postgres` when we are root, listens on a Unix socket in
 # target/pg/sock and on 127.0.0.1:$PGPORT, and trusts local connections
 # (a development cluster: never expose it).
 set -euo pipefail
@@ -9,12 +10,12 @@ set -euo pipefail
 
 start() {
     mkdir -p "$ROOT/target"
-    if [ "$(id -u)" = 0 ] && [ ! -e "$ROOT/target/pg" ] && ! runuser -u postgres -- test -x "$ROOT/target"; then
+    if [ "$(id -u)" = 0 ] && [ ! -e "$PG_LINK" ] && ! runuser -u postgres -- test -x "$ROOT/target"; then
         # the postgres user cannot traverse this checkout (say, under /root):
-        # keep the cluster in /tmp and link it as target/pg
-        local alt="/tmp/pg_apikeys-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+        # keep the cluster in /tmp and link it as target/pg (or target/pg18)
+        local alt="/tmp/pg_apikeys-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)-$PG_MAJOR"
         mkdir -p "$alt"
-        ln -sfn "$alt" "$ROOT/target/pg"
+        ln -sfn "$alt" "$PG_LINK"
         . "$(dirname "$0")/env.sh"
     fi
     mkdir -p "$PG_ROOT"
@@ -62,7 +63,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     restart) stop; start ;;
-    wipe) stop; rm -rf "$PG_ROOT" "$ROOT/target/pg" ;;
+    wipe) stop; rm -rf "$PG_ROOT" "$PG_LINK" ;;
     status) as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status ;;
     *) echo "usage: $0 start|stop|restart|wipe|status" >&2; exit 2 ;;
 esac

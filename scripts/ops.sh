@@ -3,7 +3,9 @@
 # load), hot standby, each in throw-away clusters of its own under
 # /tmp/pg_apikeys_ops on ports 28830-28839, against the installed extension.
 # Never touches the local cluster on $PGPORT.
-#   scripts/ops.sh [extra pytest arguments, e.g. -k standby]
+#   scripts/ops.sh [ops|upgrade] [extra pytest arguments, e.g. -k standby]
+# `ops` (the default) runs every module but test_upgrade.py; `upgrade` runs
+# test_upgrade.py alone (make test shows it as a layer of its own).
 # Runs as root (the clusters then belong to `postgres`) or as a normal user.
 # Shares target/venv-client with scripts/client.sh (created on first use,
 # refreshed when tests/client/requirements.txt changes). Ends with
@@ -25,5 +27,10 @@ if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
     exit 1
 fi
 
-say "ops tests (tests/ops: dump/restore, crash recovery, hot standby; ports 28830-28839)"
-run_pytest "$ROOT/target/test-ops.log" tests/ops "$@"
+case "${1:-ops}" in
+    upgrade) shift; what=upgrade; sel=(tests/ops/test_upgrade.py) ;;
+    ops) [ "$#" -gt 0 ] && shift; what=ops; sel=(tests/ops --ignore=tests/ops/test_upgrade.py) ;;
+    *) what=ops; sel=(tests/ops) ;;   # bare pytest arguments: every module
+esac
+say "$what tests on PostgreSQL $PG_MAJOR (tests/ops; ports 28830-28839)"
+run_pytest "$ROOT/target/test-$what-pg$PG_MAJOR-pytest.log" "${sel[@]}" "$@"

@@ -7,6 +7,13 @@
 -- bounded time: any path that got slow (hashing 100 MB, a scan per byte)
 -- would fail here with 57014 instead of passing slowly
 SET statement_timeout = '20s';
+-- zero-width and direction-override characters shown as <U+XXXX>: psql's
+-- column widths for them differ between PostgreSQL versions
+CREATE FUNCTION regress.visible(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(CASE WHEN c ~ '[\u200B-\u200F\u202A-\u202E\u2060-\u2064\uFEFF]'
+                           THEN format('<U+%s>', upper(to_hex(ascii(c)))) ELSE c END, '' ORDER BY i)
+      FROM unnest(string_to_array(t, NULL)) WITH ORDINALITY AS s(c, i)
+$$;
 
 -- two tenants: Acme (alice admin, bob member) and Blue (carol admin)
 SET ROLE alice;
@@ -263,13 +270,13 @@ SELECT t.label, (SELECT count(*) FROM apikeys.verify_key(t.tok)) AS verifies
                ('emoji',                  'sk_' || repeat(U&'\+01F511', 49)),
                ('control chars',          'sk_' || repeat(E'\x07', 49))) AS t(label, tok);
 -- invalid prefixes
-SELECT left(p, 12) AS prefix, regress.try(format('SELECT apikeys.create_key(%L, NULL, %L, NULL, %L, %L)',
+SELECT regress.visible(left(p, 12)) AS prefix, regress.try(format('SELECT apikeys.create_key(%L, NULL, %L, NULL, %L, %L)',
                                        regress.id('hws_a'), '{}', '{}', p)) AS result
   FROM unnest(ARRAY['', 'SK', 'pk', 'pk_live', 's', 'sk_', 'sk__live', 'sk-live', '1sk', 'sk_live_x',
                     'ѕk', 'sk' || U&'\200B', E'sk\n', repeat('s', 17)]) AS p;
 SELECT regress.try($$SELECT apikeys.create_key(regress.id('hws_a'), NULL, '{}', NULL, '{}', repeat('s', 100 * 1024 * 1024))$$) AS hundred_mb_prefix;
 -- names: unicode, control characters, giant
-SELECT left(n, 24) AS name, length(n) AS len,
+SELECT regress.visible(left(n, 24)) AS name, length(n) AS len,
        regress.try(format('SELECT apikeys.create_key(%L, %L)', regress.id('hws_a'), n)) AS result
   FROM unnest(ARRAY['ключ', 'caf' || U&'\00E9', U&'key\200Bname', U&'\202Ekey', E'tab\tname', E'bell\x07',
                     U&'\+01F511', repeat('b', 65)]) AS n;
@@ -291,7 +298,8 @@ SELECT regress.try(format('SELECT apikeys.create_key(%L, NULL, %L)', regress.id(
 -- giant objects are refused; a NUL escape is refused by jsonb itself
 SELECT regress.put('hmeta', id::text) FROM apikeys.create_key(regress.id('hws_a'), 'unicode-meta', '{}', NULL,
        jsonb_build_object('name', U&'caf\00E9 \+01F511', 'ctl', E'\x01\x1f', 'rtl', U&'\202E'));
-SELECT metadata, metadata = jsonb_build_object('name', U&'caf\00E9 \+01F511', 'ctl', E'\x01\x1f', 'rtl', U&'\202E') AS exact
+SELECT regress.visible(metadata::text) AS metadata,
+       metadata = jsonb_build_object('name', U&'caf\00E9 \+01F511', 'ctl', E'\x01\x1f', 'rtl', U&'\202E') AS exact
   FROM apikeys.keys WHERE id = regress.id('hmeta');
 SELECT regress.try($$SELECT apikeys.create_key(regress.id('hws_a'), NULL, '{}', NULL,
        jsonb_build_object('big', repeat('x', 100 * 1024 * 1024)))$$) AS hundred_mb_metadata;
