@@ -63,7 +63,17 @@ CREATE FUNCTION apikeys.add_member(workspace_id uuid, principal text,
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_add_member';
 COMMENT ON FUNCTION apikeys.add_member(uuid, text, text, text[]) IS
-    'Admin only: add a member, or update an existing member''s role and scopes.';
+    'Admin only: invite a principal (who joins with accept_invitation), or update an existing member''s role and scopes.';
+
+-- The invitee, as themself, turns an invitation into a membership: nobody
+-- becomes a member without their consent.
+CREATE FUNCTION apikeys.accept_invitation(workspace_id uuid)
+    RETURNS text
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_accept_invitation';
+COMMENT ON FUNCTION apikeys.accept_invitation(uuid) IS
+    'Join a workspace you were invited to (add_member), with the invitation''s role and scopes; returns the role.';
 
 CREATE FUNCTION apikeys.remove_member(workspace_id uuid, principal text)
     RETURNS void
@@ -71,7 +81,7 @@ CREATE FUNCTION apikeys.remove_member(workspace_id uuid, principal text)
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_remove_member';
 COMMENT ON FUNCTION apikeys.remove_member(uuid, text) IS
-    'Admin only: remove a member (never the last admin); their active keys are revoked.';
+    'Admin only: remove a member (never the last admin; their active keys are revoked), or withdraw an open invitation.';
 
 CREATE FUNCTION apikeys.create_key(workspace_id uuid,
                                    name text DEFAULT NULL,
@@ -111,7 +121,7 @@ CREATE FUNCTION apikeys.rotate_key(key_id uuid, grace interval DEFAULT '0')
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_rotate_key';
 COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval) IS
-    'Replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
+    'Owner only: replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
 
 CREATE FUNCTION apikeys.import_key(workspace_id uuid, owner text, name text, sha256_hex text,
                                    scopes text[] DEFAULT '{}', expires_at timestamptz DEFAULT NULL)
@@ -120,7 +130,7 @@ CREATE FUNCTION apikeys.import_key(workspace_id uuid, owner text, name text, sha
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_import_key';
 COMMENT ON FUNCTION apikeys.import_key(uuid, text, text, text, text[], timestamptz) IS
-    'Admin only: import a key from another keystore by the SHA-256 of its token.';
+    'Admin only: import a key from another keystore by the SHA-256 of its token; for another owner only with the apikeys_importer role.';
 
 -- PostgREST's db-pre-request hook. SECURITY INVOKER for the same reason as
 -- verify_key (it verifies through the same owner-run plans), and because
@@ -155,11 +165,14 @@ CREATE FUNCTION apikeys.resolve_public_key(public_key text, origin text DEFAULT 
 COMMENT ON FUNCTION apikeys.resolve_public_key(text, text) IS
     'The workspace of an active public key used from an allowed origin; zero rows otherwise.';
 
--- A trigger function for application tables (design.md §6):
+-- A trigger function for application tables:
 --   CREATE TRIGGER t BEFORE INSERT OR UPDATE ON app.items
 --       FOR EACH ROW EXECUTE FUNCTION apikeys.stamp_created_by('created_by');
 -- INSERT: the column becomes current_principal(), whatever the client sent.
 -- UPDATE: the column keeps its old value. No principal: the write is refused.
+-- An UPDATE that would move the row to another partition is refused (23514):
+-- the move deletes the row and inserts it into the other partition, where it
+-- would be stamped anew as an INSERT by whoever moved it.
 -- SECURITY INVOKER: it only changes NEW, and current_principal() reads the
 -- outer role anyway; writers need EXECUTE on current_principal() (grant_to).
 CREATE FUNCTION apikeys.stamp_created_by() RETURNS trigger
@@ -167,9 +180,10 @@ CREATE FUNCTION apikeys.stamp_created_by() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 DECLARE
-    col  text;
-    typ  oid;
-    who  text;
+    col   text;
+    typ   oid;
+    who   text;
+    stays boolean;
 BEGIN
     IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
         RAISE EXCEPTION 'apikeys.stamp_created_by must be a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger (on %)',
@@ -202,6 +216,18 @@ BEGIN
         END IF;
         NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col, who));
     ELSE
+        IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID) THEN
+            -- the partition's own constraint (its ancestors' included), on NEW
+            EXECUTE pg_catalog.format('SELECT (%s) IS NOT FALSE FROM (SELECT ($1).*) s',
+                                      coalesce(pg_catalog.pg_get_partition_constraintdef(TG_RELID), 'true'))
+               INTO stays USING NEW;
+            IF NOT stays THEN
+                RAISE EXCEPTION 'apikeys.stamp_created_by: this update would move the row out of partition %, and the move would stamp it anew',
+                                TG_TABLE_NAME
+                    USING ERRCODE = 'check_violation',
+                          HINT = 'insert a new row and keep the old one, or move it as the table owner with the trigger disabled';
+            END IF;
+        END IF;
         NEW := pg_catalog.jsonb_populate_record(NEW,
                    pg_catalog.jsonb_build_object(col, pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.->) col));
     END IF;

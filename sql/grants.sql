@@ -1,4 +1,4 @@
--- pg_apikeys: privileges (design.md §6, §8). Nothing is granted to PUBLIC;
+-- pg_apikeys: privileges (docs/security.md). Nothing is granted to PUBLIC;
 -- apikeys.grant_to(role) grants a client role exactly what clients need.
 
 REVOKE ALL ON SCHEMA apikeys FROM PUBLIC;
@@ -14,13 +14,14 @@ BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
-        apikeys.public_keys, apikeys.audit_log TO %s', role);
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
         apikeys.create_workspace(text, uuid),
         apikeys.add_member(uuid, text, text, text[]),
         apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
         apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
         apikeys.verify_key(text, text[]),
         apikeys.revoke_key(uuid),
@@ -40,3 +41,28 @@ $$;
 REVOKE ALL ON FUNCTION apikeys.grant_to(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_to(regrole) IS
     'Grant a client role what clients need: schema usage, SELECT on the RLS tables, EXECUTE on the public functions.';
+
+-- Importing a key for another owner (a migration) needs the role
+-- apikeys_importer, never just workspace admin: the digest's token, which the
+-- importer may know, would act as that owner. The role is cluster-wide (made
+-- once, kept by DROP EXTENSION); a superuser grants it with grant_importer.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer') THEN
+        CREATE ROLE apikeys_importer NOLOGIN;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION apikeys.grant_importer(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT apikeys_importer TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
+    'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';

@@ -14,10 +14,250 @@
 --   audit_log, unless a comment line starting "-- rewrite:" right above the
 --   statement says why (the upgrade test enforces this);
 -- * new columns go at the end of their table, in the fresh install too;
--- * a new function is granted to the client roles that already hold USAGE
---   on schema apikeys (what grant_to gave them), as grant_to would.
+-- * nothing is granted to client roles here (a GRANT in an extension script
+--   becomes an initial privilege that pg_dump omits): the operator runs
+--   grant_to(role) again after the update, and the script says so.
 
 \echo Use "ALTER EXTENSION pg_apikeys UPDATE TO '0.2.0'" to load this file. \quit
 
--- 0.2.0 changes nothing in the schema yet: the C symbols of 0.1.0's
--- functions are all still exported by the 0.2.0 library.
+-- The 0.2.0 library still exports every C symbol 0.1.0's functions name, so
+-- a database keeps working between the library's install and this update.
+
+-- 1. Invitations: membership needs the member's consent.
+CREATE TABLE apikeys.invitations (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id  uuid        NOT NULL REFERENCES apikeys.workspaces (id),
+    principal     text        NOT NULL,
+    role          text        NOT NULL CHECK (role IN ('admin', 'member')),
+    scopes        text[]      NOT NULL DEFAULT '{}',
+    invited_by    text        NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    accepted_at   timestamptz,
+    withdrawn_at  timestamptz,
+    CHECK (accepted_at IS NULL OR withdrawn_at IS NULL)
+);
+CREATE UNIQUE INDEX invitations_open
+    ON apikeys.invitations (workspace_id, principal) WHERE accepted_at IS NULL AND withdrawn_at IS NULL;
+CREATE INDEX invitations_principal
+    ON apikeys.invitations (principal) WHERE accepted_at IS NULL AND withdrawn_at IS NULL;
+COMMENT ON TABLE apikeys.invitations IS
+    'Membership invitations: a principal joins a workspace only by accepting one as themself.';
+SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
+
+CREATE FUNCTION apikeys.invitations_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF (OLD.accepted_at IS NOT NULL OR OLD.withdrawn_at IS NOT NULL) AND NEW IS DISTINCT FROM OLD THEN
+        RAISE EXCEPTION 'an accepted or withdrawn invitation is history and cannot change'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.principal IS DISTINCT FROM OLD.principal
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'id, workspace_id, principal and created_at of an invitation are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
+CREATE FUNCTION apikeys.audit_invitations() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'member.invited',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.withdrawn_at IS DISTINCT FROM OLD.withdrawn_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'invitation.withdrawn',
+                jsonb_build_object('principal', NEW.principal));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER invitations_guard BEFORE UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.invitations_guard();
+CREATE TRIGGER invitations_guard_final AFTER UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.invitations_guard();
+CREATE TRIGGER invitations_audit AFTER INSERT OR UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_invitations();
+CREATE TRIGGER invitations_no_delete BEFORE DELETE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER invitations_no_truncate BEFORE TRUNCATE ON apikeys.invitations
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_guard;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_guard_final;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_audit;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_delete;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_truncate;
+
+ALTER TABLE apikeys.invitations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.invitations FORCE ROW LEVEL SECURITY;
+CREATE POLICY invitations_visible ON apikeys.invitations FOR SELECT
+    USING ((principal = apikeys.current_principal() AND apikeys.current_key_id() IS NULL)
+           OR apikeys.member_role(workspace_id) = 'admin');
+
+CREATE FUNCTION apikeys.accept_invitation(workspace_id uuid)
+    RETURNS text
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_accept_invitation';
+COMMENT ON FUNCTION apikeys.accept_invitation(uuid) IS
+    'Join a workspace you were invited to (add_member), with the invitation''s role and scopes; returns the role.';
+
+-- 2. Changed descriptions of add_member, remove_member, rotate_key, import_key.
+COMMENT ON FUNCTION apikeys.add_member(uuid, text, text, text[]) IS
+    'Admin only: invite a principal (who joins with accept_invitation), or update an existing member''s role and scopes.';
+COMMENT ON FUNCTION apikeys.remove_member(uuid, text) IS
+    'Admin only: remove a member (never the last admin; their active keys are revoked), or withdraw an open invitation.';
+COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval) IS
+    'Owner only: replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
+COMMENT ON FUNCTION apikeys.import_key(uuid, text, text, text, text[], timestamptz) IS
+    'Admin only: import a key from another keystore by the SHA-256 of its token; for another owner only with the apikeys_importer role.';
+
+-- 3. stamp_created_by refuses an update that moves a row to another partition.
+CREATE OR REPLACE FUNCTION apikeys.stamp_created_by() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    col   text;
+    typ   oid;
+    who   text;
+    stays boolean;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by must be a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger (on %)',
+                        TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_NARGS <> 1 THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by takes one argument, the column name (trigger % on %)',
+                        TG_NAME, TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    col := TG_ARGV[0];
+    SELECT a.atttypid INTO typ
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = TG_RELID AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: table % has no column %', TG_TABLE_NAME, pg_catalog.quote_ident(col)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF typ NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: column %.% must be of type text, not %',
+                        TG_TABLE_NAME, pg_catalog.quote_ident(col), pg_catalog.format_type(typ, NULL)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        who := apikeys.current_principal();
+        IF who IS NULL THEN
+            RAISE EXCEPTION 'no principal: this write needs a database role, JWT claims with a sub, or an API key'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col, who));
+    ELSE
+        IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID) THEN
+            -- the partition's own constraint (its ancestors' included), on NEW
+            EXECUTE pg_catalog.format('SELECT (%s) IS NOT FALSE FROM (SELECT ($1).*) s',
+                                      coalesce(pg_catalog.pg_get_partition_constraintdef(TG_RELID), 'true'))
+               INTO stays USING NEW;
+            IF NOT stays THEN
+                RAISE EXCEPTION 'apikeys.stamp_created_by: this update would move the row out of partition %, and the move would stamp it anew',
+                                TG_TABLE_NAME
+                    USING ERRCODE = 'check_violation',
+                          HINT = 'insert a new row and keep the old one, or move it as the table owner with the trigger disabled';
+            END IF;
+        END IF;
+        NEW := pg_catalog.jsonb_populate_record(NEW,
+                   pg_catalog.jsonb_build_object(col, pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.->) col));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+-- 4. grant_to grants the invitations table and accept_invitation too.
+CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        apikeys.current_principal(),
+        apikeys.member_role(uuid),
+        apikeys.create_workspace(text, uuid),
+        apikeys.add_member(uuid, text, text, text[]),
+        apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
+        apikeys.verify_key(text, text[]),
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by()
+        TO %s', role);
+END
+$$;
+
+-- 5. Importing for another owner needs the apikeys_importer role.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer') THEN
+        CREATE ROLE apikeys_importer NOLOGIN;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION apikeys.grant_importer(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT apikeys_importer TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
+    'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
+
+-- 6. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- schema from PUBLIC). Client roles get the new table and function by
+-- running grant_to again after the update: a GRANT made inside this script
+-- would be recorded as the extension's own initial privilege, which pg_dump
+-- leaves out, so a restored database would silently lose it.
+REVOKE ALL ON apikeys.invitations FROM PUBLIC;
+REVOKE ALL ON SEQUENCE apikeys.invitations_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.invitations_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.audit_invitations() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.accept_invitation(uuid) FROM PUBLIC;
+DO $$
+BEGIN
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations and apikeys.accept_invitation(uuid) for clients'
+        USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
+END
+$$;

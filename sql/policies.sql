@@ -1,4 +1,4 @@
--- pg_apikeys: row-level security (design.md §8). Enabled and forced on every
+-- pg_apikeys: row-level security (docs/security.md). Enabled and forced on every
 -- table. Clients only ever SELECT; there are no write policies, so a direct
 -- INSERT/UPDATE/DELETE is refused (it is not granted either).
 
@@ -14,6 +14,8 @@ ALTER TABLE apikeys.public_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.public_keys FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.audit_log  ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.audit_log  FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.invitations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.invitations FORCE ROW LEVEL SECURITY;
 -- key_hashes has no policy at all: no row is visible to any role subject to RLS.
 
 -- Members see the workspaces they belong to.
@@ -41,3 +43,10 @@ CREATE POLICY public_keys_visible ON apikeys.public_keys FOR SELECT
 -- Admins read their workspaces' audit trail; nobody else reads any of it.
 CREATE POLICY audit_log_visible ON apikeys.audit_log FOR SELECT
     USING (apikeys.member_role(workspace_id) = 'admin');
+
+-- Invitees see their own invitations (to accept them; an API-key request,
+-- which acts in its key's workspace only, sees none); admins see their
+-- workspaces' invitations.
+CREATE POLICY invitations_visible ON apikeys.invitations FOR SELECT
+    USING ((principal = apikeys.current_principal() AND apikeys.current_key_id() IS NULL)
+           OR apikeys.member_role(workspace_id) = 'admin');

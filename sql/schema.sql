@@ -1,4 +1,4 @@
--- pg_apikeys: tables and indexes (design.md §1-§3).
+-- pg_apikeys: tables and indexes (docs/reference.md, "Tables").
 -- Every object lives in schema apikeys. Client roles never write these tables
 -- directly: all writes go through the functions in functions.sql.
 
@@ -65,7 +65,7 @@ CREATE TABLE apikeys.key_hashes (
 );
 COMMENT ON TABLE apikeys.key_hashes IS 'SHA-256 of each token; readable by no client role.';
 
--- Public (publishable) keys for browsers and widgets (design.md §4). The
+-- Public (publishable) keys for browsers and widgets. The
 -- public_key is not a secret and is stored as is.
 CREATE TABLE apikeys.public_keys (
     id               uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
@@ -94,8 +94,31 @@ CREATE INDEX audit_log_workspace ON apikeys.audit_log (workspace_id, at);
 CREATE INDEX audit_log_key ON apikeys.audit_log (key_id) WHERE key_id IS NOT NULL;
 COMMENT ON TABLE apikeys.audit_log IS 'Append-only audit trail: who changed which key, member or public key, and when.';
 
--- pg_dump keeps the rows of these tables (design.md §8: dump and restore
--- keeps keys verifiable).
+-- Invitations: add_member for a principal who is not a member yet makes an
+-- invitation; only the invitee, acting as themself, turns it into a
+-- membership (accept_invitation). An admin may withdraw an open invitation
+-- (remove_member). Accepted and withdrawn rows stay as history.
+CREATE TABLE apikeys.invitations (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id  uuid        NOT NULL REFERENCES apikeys.workspaces (id),
+    principal     text        NOT NULL,
+    role          text        NOT NULL CHECK (role IN ('admin', 'member')),
+    scopes        text[]      NOT NULL DEFAULT '{}',
+    invited_by    text        NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    accepted_at   timestamptz,
+    withdrawn_at  timestamptz,
+    CHECK (accepted_at IS NULL OR withdrawn_at IS NULL)
+);
+CREATE UNIQUE INDEX invitations_open
+    ON apikeys.invitations (workspace_id, principal) WHERE accepted_at IS NULL AND withdrawn_at IS NULL;
+CREATE INDEX invitations_principal
+    ON apikeys.invitations (principal) WHERE accepted_at IS NULL AND withdrawn_at IS NULL;
+COMMENT ON TABLE apikeys.invitations IS
+    'Membership invitations: a principal joins a workspace only by accepting one as themself.';
+
+-- pg_dump keeps the rows of these tables (dump and restore keep keys
+-- verifiable; docs/reference.md, "Decisions").
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.members', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.members_id_seq', '');
@@ -104,3 +127,5 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.key_hashes', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.public_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');

@@ -155,6 +155,30 @@ BEGIN
 END
 $$;
 
+-- invitations: an accepted or withdrawn invitation is history and never
+-- changes again; an open one may change its role, scopes and inviter (an
+-- admin inviting again) and be accepted or withdrawn once; id,
+-- workspace_id, principal and created_at are write-once.
+CREATE FUNCTION apikeys.invitations_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF (OLD.accepted_at IS NOT NULL OR OLD.withdrawn_at IS NOT NULL) AND NEW IS DISTINCT FROM OLD THEN
+        RAISE EXCEPTION 'an accepted or withdrawn invitation is history and cannot change'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.principal IS DISTINCT FROM OLD.principal
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
+        RAISE EXCEPTION 'id, workspace_id, principal and created_at of an invitation are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
 -- audit_log: rows are written once and never changed.
 CREATE FUNCTION apikeys.audit_log_guard() RETURNS trigger
     LANGUAGE plpgsql
@@ -304,6 +328,31 @@ BEGIN
 END
 $$;
 
+-- invitations: made or renewed by an admin, withdrawn by an admin; an
+-- acceptance shows as the member.added row the new membership writes.
+CREATE FUNCTION apikeys.audit_invitations() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- a row created before this transaction is history arriving with its
+    -- own audit rows (pg_restore, a superuser's backfill), not a new event
+    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'member.invited',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.withdrawn_at IS DISTINCT FROM OLD.withdrawn_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'invitation.withdrawn',
+                jsonb_build_object('principal', NEW.principal));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER keys_guard BEFORE UPDATE ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER keys_guard_final AFTER UPDATE ON apikeys.keys
@@ -404,3 +453,19 @@ ALTER TABLE apikeys.public_keys ENABLE ALWAYS TRIGGER public_keys_no_truncate;
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_guard;
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_no_delete;
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_no_truncate;
+
+CREATE TRIGGER invitations_guard BEFORE UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.invitations_guard();
+CREATE TRIGGER invitations_guard_final AFTER UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.invitations_guard();
+CREATE TRIGGER invitations_audit AFTER INSERT OR UPDATE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_invitations();
+CREATE TRIGGER invitations_no_delete BEFORE DELETE ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER invitations_no_truncate BEFORE TRUNCATE ON apikeys.invitations
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_guard;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_guard_final;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_audit;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_delete;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_truncate;

@@ -93,6 +93,18 @@ pub enum ApiError {
     KeyAlreadyRotated,
     /// 23505: `import_key` got a digest that is stored already.
     DigestTaken,
+    /// 42501: only a key's owner may rotate it (the new token acts as the owner).
+    NotKeyOwner,
+    /// 42501: importing a key for another principal without the importer role.
+    ImportForOthers,
+    /// 42501: a request authenticated by an API key tried to make, change or
+    /// remove an admin.
+    KeyCannotManageAdmins,
+    /// PT404: no open invitation to this workspace for the caller.
+    InvitationNotFound,
+    /// 42501: a request authenticated by an API key tried to act outside
+    /// the key's workspace (join another workspace).
+    KeyOutsideWorkspace,
     /// PT404: no such public key, or not the caller's to see.
     PublicKeyNotFound,
     /// PT401: `authenticate()` rejected the API key.
@@ -109,12 +121,21 @@ impl ApiError {
         use ApiError::*;
         match self {
             Invalid(_) | ExpiryNotFuture | NullArgument(_) | OwnerNotMember => SqlState::INVALID_PARAMETER,
-            NoPrincipal | NotMember | NotAdmin | ScopeEscalation | KeyCannotManage | OwnerScopeEscalation => {
-                SqlState::INSUFFICIENT_PRIVILEGE
-            }
+            NoPrincipal
+            | NotMember
+            | NotAdmin
+            | ScopeEscalation
+            | KeyCannotManage
+            | OwnerScopeEscalation
+            | NotKeyOwner
+            | ImportForOthers
+            | KeyCannotManageAdmins
+            | KeyOutsideWorkspace => SqlState::INSUFFICIENT_PRIVILEGE,
             LastAdmin | KeyNotActive | KeyAlreadyRotated => SqlState::CHECK_VIOLATION,
             NameTaken | WorkspaceExists | DigestTaken => SqlState::UNIQUE_VIOLATION,
-            WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound => SqlState::NOT_FOUND,
+            WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound | InvitationNotFound => {
+                SqlState::NOT_FOUND
+            }
             Unauthenticated => SqlState::UNAUTHENTICATED,
             ReadOnly => SqlState::READ_ONLY,
             Internal => SqlState::INTERNAL,
@@ -147,7 +168,7 @@ impl ApiError {
                     c"invalid workspace name: use 1-128 characters, no control characters"
                 }
                 crate::rules::Invalid::Metadata => {
-                    c"invalid metadata: use a JSON object of at most 16 kB"
+                    c"invalid metadata: use a JSON object of at most 16 kB, nested at most 64 levels deep"
                 }
                 crate::rules::Invalid::Origin => {
                     c"invalid origin: use scheme://host[:port] as a browser sends it, with no path"
@@ -156,7 +177,10 @@ impl ApiError {
                 crate::rules::Invalid::Digest => {
                     c"invalid sha256_hex: use the 64 hexadecimal characters of a SHA-256 digest"
                 }
-                crate::rules::Invalid::Grace => c"invalid grace: use an interval of zero or more",
+                crate::rules::Invalid::Grace => c"invalid grace: use an interval from zero to 100 years",
+                crate::rules::Invalid::Subject => {
+                    c"invalid JWT sub: use 1-256 characters, no control characters or surrounding spaces"
+                }
             },
             ExpiryNotFuture => c"invalid expires_at: it must lie in the future",
             NullArgument(m) => m,
@@ -176,6 +200,17 @@ impl ApiError {
             KeyNotActive => c"a revoked or expired key cannot be rotated",
             KeyAlreadyRotated => c"this key was rotated already: rotate its replacement",
             DigestTaken => c"a key with this digest is stored already",
+            NotKeyOwner => c"permission denied: only the key's owner can rotate it",
+            ImportForOthers => {
+                c"permission denied: importing a key for another principal needs the apikeys_importer role"
+            }
+            KeyCannotManageAdmins => {
+                c"permission denied: a request authenticated by an API key cannot make, change or remove admins"
+            }
+            InvitationNotFound => c"invitation not found",
+            KeyOutsideWorkspace => {
+                c"permission denied: a request authenticated by an API key acts only in the key's workspace"
+            }
             PublicKeyNotFound => c"public key not found",
             Unauthenticated => c"invalid API key",
             ReadOnly => c"cannot change API keys, workspaces or members in a read-only transaction",
@@ -189,9 +224,14 @@ impl ApiError {
             NoPrincipal => {
                 Some(c"anonymous callers may only verify keys, authenticate and resolve public keys")
             }
-            ScopeEscalation => {
-                Some(c"members may grant only scopes they hold themselves; admins may grant any")
-            }
+            ScopeEscalation => Some(
+                c"members grant only scopes they hold; admins any scope, but through an API key only the key's scopes",
+            ),
+            NotKeyOwner => Some(c"an admin can revoke the key; its owner rotates it"),
+            ImportForOthers => Some(
+                c"import keys for yourself, or run the migration as a role a superuser granted apikeys.grant_importer()",
+            ),
+            InvitationNotFound => Some(c"an admin invites you with apikeys.add_member(); accept as yourself"),
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),
             Unauthenticated => Some(c"send a valid, active API key, or none"),
@@ -361,6 +401,12 @@ mod tests {
             ApiError::KeyAlreadyRotated,
             ApiError::DigestTaken,
             ApiError::PublicKeyNotFound,
+            ApiError::NotKeyOwner,
+            ApiError::ImportForOthers,
+            ApiError::KeyCannotManageAdmins,
+            ApiError::InvitationNotFound,
+            ApiError::KeyOutsideWorkspace,
+            ApiError::Invalid(Invalid::Subject),
         ];
         for e in all {
             let s = e.sqlstate();

@@ -203,6 +203,12 @@ proptest! {
             prop_assert_eq!(got, Ok(None));
         }
         let claims = serde_json::json!({ "sub": val.clone() }).to_string();
-        prop_assert_eq!(principal_from_claims(&claims), Some(if val.is_empty() { None } else { Some(val) }));
+        // a sub is the principal when it is a valid one, an error otherwise
+        let want = if val.is_empty() {
+            Ok(Some(None))
+        } else {
+            crate::rules::subject(&val).map(|_| Some(Some(val.clone())))
+        };
+        prop_assert_eq!(principal_from_claims(&claims), want);
     }
 }

@@ -18,6 +18,14 @@ pub static HEADER: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::
 /// switches to after accepting an API key. Unset: the role stays as is.
 pub static KEY_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// `apikeys.claims_roles` (default `authenticator`): `request.jwt.claims`
+/// name the caller only when the session's login user is a superuser or a
+/// member of one of these roles (a comma-separated list). PostgREST and
+/// Supabase log in as `authenticator`; claims set by any other login are
+/// ignored, and the caller is its role. Superuser-only (`SUSET`).
+pub static CLAIMS_ROLES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"authenticator"));
+
 pub fn init() {
     GucRegistry::define_int_guc(
         c"apikeys.last_used_interval",
@@ -42,6 +50,14 @@ pub fn init() {
         c"Role apikeys.authenticate() switches to after accepting an API key.",
         c"Unset: the request keeps its role.",
         &KEY_ROLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apikeys.claims_roles",
+        c"Login roles whose sessions may name the caller through request.jwt.claims.",
+        c"Comma-separated role names; a superuser session always may. Claims set by any other session are ignored.",
+        &CLAIMS_ROLES,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -1,11 +1,16 @@
-//! Secret keys (design.md §3): `create_key`, `verify_key`, `revoke_key`,
-//! `rotate_key`, `import_key`.
+//! Secret keys: `create_key`, `revoke_key`, `rotate_key`, `import_key`
+//! (`verify_key` is the hot path, in verify.rs).
+//!
+//! Only P ever holds a token that acts as P: `create_key` mints for the
+//! caller, `rotate_key` only for the key's owner, and `import_key` for
+//! another owner only with the `apikeys_importer` role (docs/security.md).
 
 use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{AnyElement, DatumWithOid};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 use rand::RngCore;
 
 use crate::errors::{deferred, ApiError, ApiResult};
@@ -37,12 +42,13 @@ fn random_body() -> ApiResult<[u8; token::BODY_BYTES]> {
     Ok(bytes)
 }
 
-/// `expires_at` must lie in the future (after the transaction's `now()`).
+/// `expires_at` must lie in the future (after the statement's start, the
+/// clock verify_key judges expiry by).
 fn check_future(expires_at: Option<TimestampWithTimeZone>) -> ApiResult<()> {
     if let Some(t) = expires_at {
         let at: pg_sys::TimestampTz = t.into();
-        // SAFETY: reads the current transaction's start time
-        let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        // SAFETY: reads the current statement's start time
+        let now = unsafe { pg_sys::GetCurrentStatementStartTimestamp() };
         if at <= now {
             return Err(ApiError::ExpiryNotFuture);
         }
@@ -59,9 +65,58 @@ pub struct KeySpec {
     /// `None`: `key-<first 8 of body>`.
     pub name: Option<String>,
     pub scopes: Vec<String>,
-    pub metadata: serde_json::Value,
+    pub metadata: Metadata,
     pub expires_at: Option<TimestampWithTimeZone>,
     pub prefix: String,
+}
+
+/// A new key's metadata. Never converted to a Rust value: the jsonb datum
+/// goes into the table as given, so numbers, key order and depth are kept
+/// exactly as PostgreSQL's jsonb holds them.
+#[derive(Clone, Copy)]
+pub enum Metadata {
+    /// `{}`.
+    Empty,
+    /// The caller's jsonb argument, checked by [`check_metadata`].
+    Given(AnyElement),
+    /// The metadata of another key (rotation).
+    CopyOf(Uuid),
+}
+
+impl Metadata {
+    /// The `$6` (jsonb) and `$9` (key id to copy from) arguments of the mint.
+    fn args(self) -> (DatumWithOid<'static>, DatumWithOid<'static>) {
+        let no_json = DatumWithOid::null_oid(pg_sys::JSONBOID);
+        let no_id = DatumWithOid::null_oid(pg_sys::UUIDOID);
+        match self {
+            Metadata::Empty => (no_json, no_id),
+            // SAFETY: the datum is the caller's jsonb argument, alive for the call
+            Metadata::Given(j) => (unsafe { DatumWithOid::new(j, pg_sys::JSONBOID) }, no_id),
+            Metadata::CopyOf(id) => (no_json, id.into()),
+        }
+    }
+}
+
+/// Check metadata given as a jsonb argument: an object, at most 16 KiB as
+/// text, nested at most 64 levels (rules::metadata_text). It is measured in
+/// its text form; what is stored is the datum itself.
+pub fn check_metadata(client: &mut SpiClient<'_>, metadata: AnyElement) -> ApiResult<()> {
+    // SAFETY: the datum is the caller's jsonb argument, alive for the call
+    let arg = unsafe { DatumWithOid::new(metadata, pg_sys::JSONBOID) };
+    let row = client.select(
+        "SELECT pg_catalog.jsonb_typeof(j) = 'object',
+                CASE WHEN pg_catalog.octet_length(t) <= $2 THEN t END
+           FROM (SELECT $1 AS j, $1::pg_catalog.text AS t) s",
+        Some(1),
+        &[arg, (rules::MAX_METADATA_BYTES as i32).into()],
+    )?;
+    let row = row.first();
+    let object: bool = row.get(1)?.unwrap_or(false);
+    let text: Option<String> = row.get(2)?;
+    match text {
+        Some(t) if object => Ok(rules::metadata_text(&t)?),
+        _ => Err(rules::Invalid::Metadata.into()),
+    }
 }
 
 /// Insert a key row and its hash. The only place a token is made.
@@ -70,9 +125,12 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
     for _ in 0..4 {
         let minted = token::build(&spec.prefix, &random_body()?);
         let name = spec.name.clone().unwrap_or_else(|| minted.default_name.clone());
+        let (metadata, copy_of) = spec.metadata.args();
         let inserted = client.update(
             "INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, expires_at)
-             VALUES (coalesce($8, pg_catalog.gen_random_uuid()), $1, $2, $3, $4, $5, $6, $7)
+             VALUES (coalesce($8, pg_catalog.gen_random_uuid()), $1, $2, $3, $4, $5,
+                     coalesce($6, (SELECT c.metadata FROM apikeys.keys c WHERE c.id = $9), '{}'::pg_catalog.jsonb),
+                     $7)
              ON CONFLICT DO NOTHING
              RETURNING id",
             None,
@@ -82,9 +140,10 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
                 name.as_str().into(),
                 minted.display_prefix.as_str().into(),
                 spec.scopes.clone().into(),
-                JsonB(spec.metadata.clone()).into(),
+                metadata,
                 spec.expires_at.into(),
                 spec.id.into(),
+                copy_of,
             ],
         )?;
         if inserted.is_empty() {
@@ -127,7 +186,7 @@ fn create_key_impl(
     name: Option<&str>,
     scopes: Option<Vec<Option<String>>>,
     expires_at: Option<TimestampWithTimeZone>,
-    metadata: Option<JsonB>,
+    metadata: Option<AnyElement>,
     prefix: Option<&str>,
 ) -> ApiResult<NewKey> {
     crate::errors::require_writable()?;
@@ -136,12 +195,17 @@ fn create_key_impl(
     let name = name.map(rules::key_name).transpose()?;
     let scopes = rules::scopes(&scopes.unwrap_or_default())?;
     check_future(expires_at)?;
-    let metadata = metadata.map(|j| j.0).unwrap_or_else(|| serde_json::json!({}));
-    rules::metadata(&metadata)?;
     let prefix = prefix.unwrap_or("sk");
     rules::key_prefix(prefix)?;
 
     Spi::connect_mut(|client| {
+        let metadata = match metadata {
+            Some(m) => {
+                check_metadata(client, m)?;
+                Metadata::Given(m)
+            }
+            None => Metadata::Empty,
+        };
         let m = caller_membership(client, &caller, workspace_id)?;
         authorize_scopes(&caller, m.role, &m.scopes, &scopes)?;
         let spec = KeySpec {
@@ -164,7 +228,7 @@ fn create_key(
     name: Option<&str>,
     scopes: Option<Vec<Option<String>>>,
     expires_at: Option<TimestampWithTimeZone>,
-    metadata: Option<JsonB>,
+    metadata: Option<AnyElement>,
     prefix: Option<&str>,
 ) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
 {
@@ -255,19 +319,20 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
     let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
     let grace = grace.ok_or(ApiError::NullArgument(c"grace must not be null"))?;
     Spi::connect_mut(|client| {
-        let negative: bool = client
-            .select("SELECT $1 < interval '0'", Some(1), &[grace.into()])?
+        // 0 to 100 years: a longer one could overflow now() + grace
+        let out_of_range: bool = client
+            .select("SELECT $1 < interval '0' OR $1 > interval '100 years'", Some(1), &[grace.into()])?
             .first()
             .get(1)?
             .unwrap_or(true);
-        if negative {
+        if out_of_range {
             return Err(rules::Invalid::Grace.into());
         }
         let workspace_id = manageable_key(client, &caller, key_id)?;
         caller.require_key_manage()?;
         // lock the key: a concurrent revoke or rotation waits, then sees this one
         let row = client.update(
-            "SELECT owner, name, prefix, scopes, metadata, expires_at, source, replaced_by IS NOT NULL,
+            "SELECT owner, name, prefix, scopes, expires_at, source, replaced_by IS NOT NULL,
                     revoked_at IS NOT NULL OR (expires_at IS NOT NULL AND expires_at <= pg_catalog.now())
                FROM apikeys.keys WHERE id = $1 FOR UPDATE",
             Some(1),
@@ -281,11 +346,14 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
         let name: String = row.get(2)?.ok_or(ApiError::Internal)?;
         let display: String = row.get(3)?.ok_or(ApiError::Internal)?;
         let scopes: Vec<String> = row.get(4)?.unwrap_or_default();
-        let metadata: JsonB = row.get(5)?.unwrap_or(JsonB(serde_json::json!({})));
-        let expires_at: Option<TimestampWithTimeZone> = row.get(6)?;
-        let source: String = row.get(7)?.ok_or(ApiError::Internal)?;
-        let replaced: bool = row.get(8)?.unwrap_or(false);
-        let dead: bool = row.get(9)?.unwrap_or(true);
+        let expires_at: Option<TimestampWithTimeZone> = row.get(5)?;
+        let source: String = row.get(6)?.ok_or(ApiError::Internal)?;
+        let replaced: bool = row.get(7)?.unwrap_or(false);
+        let dead: bool = row.get(8)?.unwrap_or(true);
+        if owner != caller.principal {
+            // the new token would act as the owner: only the owner gets one
+            return Err(ApiError::NotKeyOwner);
+        }
         if dead {
             return Err(ApiError::KeyNotActive);
         }
@@ -319,7 +387,7 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
             owner,
             name: Some(name),
             scopes,
-            metadata: metadata.0,
+            metadata: Metadata::CopyOf(key_id),
             expires_at,
             prefix: token_prefix(&display, &source),
         };
@@ -350,6 +418,21 @@ fn imported_prefix() -> ApiResult<String> {
     Ok(format!("imported:{}", &body[..token::DISPLAY_BODY_CHARS]))
 }
 
+/// Whether the role the caller acts as holds the privileges of
+/// `apikeys_importer` (granted by `apikeys.grant_importer`; superusers hold
+/// every role's): the one way to import a key for another principal.
+fn is_importer() -> bool {
+    // SAFETY: a role look-up by name and a membership check, both cached
+    unsafe {
+        let user = pg_sys::GetOuterUserId();
+        if pg_sys::superuser_arg(user) {
+            return true;
+        }
+        let role = pg_sys::get_role_oid(c"apikeys_importer".as_ptr(), true);
+        role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(user, role)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn import_key_impl(
     workspace_id: Option<Uuid>,
@@ -372,6 +455,15 @@ fn import_key_impl(
     Spi::connect_mut(|client| {
         require_admin(client, &caller, workspace_id)?;
         caller.require_key_scopes(&scopes)?;
+        // (a database still on 0.1.0's schema, before ALTER EXTENSION
+        // UPDATE, keeps 0.1.0's rule: any admin)
+        if owner != caller.principal
+            && crate::workspaces::has_invitations(client)?
+            && (caller.key.is_some() || !is_importer())
+        {
+            // a digest the caller chose would act as someone else
+            return Err(ApiError::ImportForOthers);
+        }
         let m = match membership(client, workspace_id, owner) {
             Ok(m) => m,
             Err(ApiError::NotMember) => return Err(ApiError::OwnerNotMember),
@@ -417,11 +509,18 @@ fn import_key_impl(
                 continue;
             }
             let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
-            client.update(
-                "INSERT INTO apikeys.key_hashes (key_id, hash) VALUES ($1, $2)",
+            // a concurrent import of the same digest that committed first
+            // (the check above could not see it yet): the same 23505, never
+            // PostgreSQL's own unique-violation message with the hash in it
+            let stored = client.update(
+                "INSERT INTO apikeys.key_hashes (key_id, hash) VALUES ($1, $2)
+                 ON CONFLICT (hash) DO NOTHING RETURNING key_id",
                 None,
                 &[id.into(), digest.as_slice().into()],
             )?;
+            if stored.is_empty() {
+                return Err(ApiError::DigestTaken);
+            }
             return Ok(id);
         }
         Err(ApiError::Internal)

@@ -8,7 +8,8 @@
 //! * [`gucs`]: every `apikeys.*` setting
 //! * [`principal`]: `current_principal()`, `authenticate()`, the per-transaction
 //!   key binding and its helpers
-//! * [`workspaces`]: `create_workspace`, `add_member`, `remove_member`
+//! * [`workspaces`]: `create_workspace`, `add_member` (an invitation for a
+//!   newcomer), `accept_invitation`, `remove_member`
 //! * [`keys`]: `create_key`, `revoke_key`, `rotate_key`, `import_key`
 //! * [`verify`]: `verify_key` and the check behind `authenticate()`: the hot
 //!   path, reading the two unique indexes directly
@@ -47,6 +48,7 @@ entry_points! {
     apikeys_create_workspace / pg_finfo_apikeys_create_workspace => workspaces::create_workspace_wrapper;
     apikeys_add_member / pg_finfo_apikeys_add_member => workspaces::add_member_wrapper;
     apikeys_remove_member / pg_finfo_apikeys_remove_member => workspaces::remove_member_wrapper;
+    apikeys_accept_invitation / pg_finfo_apikeys_accept_invitation => workspaces::accept_invitation_wrapper;
     apikeys_create_key / pg_finfo_apikeys_create_key => keys::create_key_wrapper;
     apikeys_verify_key / pg_finfo_apikeys_verify_key => verify::verify_key_wrapper;
     apikeys_revoke_key / pg_finfo_apikeys_revoke_key => keys::revoke_key_wrapper;
@@ -112,7 +114,9 @@ mod release {
                     .expect("sql/ is readable") // ok: a test, not backend code
                     .filter_map(|e| e.ok()?.file_name().into_string().ok())
                     .find_map(|n| {
-                        n.strip_prefix(&format!("pg_apikeys--{at}--"))?.strip_suffix(".sql").map(str::to_owned)
+                        n.strip_prefix(&format!("pg_apikeys--{at}--"))?
+                            .strip_suffix(".sql")
+                            .map(str::to_owned)
                     });
                 at = next.unwrap_or_else(|| panic!("no upgrade script from {at} towards {current}"));
                 steps += 1;

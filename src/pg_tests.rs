@@ -13,6 +13,22 @@ mod tests {
         Spi::get_one::<pgrx::Uuid>("SELECT apikeys.create_workspace('t')").unwrap().unwrap()
     }
 
+    /// `add_member`, then the invitee accepts as themself (through JWT
+    /// claims, as a PostgREST request would): membership needs consent.
+    fn add_member(ws: pgrx::Uuid, who: &str, role: &str, scopes: &[&str]) {
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        Spi::run_with_args(
+            "SELECT apikeys.add_member($1, $2, $3, $4)",
+            &[ws.into(), who.into(), role.into(), scopes.into()],
+        )
+        .unwrap();
+        let claims = format!(r#"{{"sub":"{who}"}}"#);
+        Spi::run_with_args("SELECT set_config('request.jwt.claims', $1, true)", &[claims.as_str().into()])
+            .unwrap();
+        Spi::run_with_args("SELECT apikeys.accept_invitation($1)", &[ws.into()]).unwrap();
+        Spi::run("SELECT set_config('request.jwt.claims', '', true)").unwrap();
+    }
+
     fn mint(ws: pgrx::Uuid, name: &str) -> (pgrx::Uuid, String) {
         Spi::connect(|c| {
             let t = c
@@ -119,7 +135,7 @@ mod tests {
     #[pg_test(error = "a removed membership is history and cannot change")]
     fn removed_membership_is_a_latch() {
         let ws = ws();
-        Spi::run_with_args("SELECT apikeys.add_member($1, 'bob')", &[ws.into()]).unwrap();
+        add_member(ws, "bob", "member", &[]);
         Spi::run_with_args("SELECT apikeys.remove_member($1, 'bob')", &[ws.into()]).unwrap();
         Spi::run("UPDATE apikeys.members SET removed_at = NULL WHERE principal = 'bob'").unwrap();
     }
@@ -127,7 +143,7 @@ mod tests {
     #[pg_test]
     fn removing_a_member_revokes_their_keys() {
         let ws = ws();
-        Spi::run_with_args("SELECT apikeys.add_member($1, 'carol', 'admin')", &[ws.into()]).unwrap();
+        add_member(ws, "carol", "admin", &[]);
         // mint a key owned by carol by acting as her through JWT claims
         Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"carol\"}', true)").unwrap();
         let (_, key) = mint(ws, "carols");
@@ -140,8 +156,7 @@ mod tests {
     #[pg_test]
     fn narrowing_a_member_narrows_their_keys() {
         let ws = ws();
-        Spi::run_with_args("SELECT apikeys.add_member($1, 'dave', 'member', '{read,write}')", &[ws.into()])
-            .unwrap();
+        add_member(ws, "dave", "member", &["read", "write"]);
         Spi::run("SELECT set_config('request.jwt.claims', '{\"sub\":\"dave\"}', true)").unwrap();
         let key = Spi::get_one_with_args::<String>(
             "SELECT key FROM apikeys.create_key($1, 'rw', '{write,read}')",

@@ -1,8 +1,12 @@
 //! Who is calling (design.md §2): `apikeys.current_principal()`.
 //!
 //! 1. an API key bound to this transaction by `apikeys.authenticate()`: its owner;
-//! 2. else `request.jwt.claims` when set: its `sub` (claims without a string
-//!    `sub`, or claims that are not JSON, mean anonymous);
+//! 2. else `request.jwt.claims` when set *and* the session's login user is a
+//!    superuser or a member of a role in `apikeys.claims_roles` (default
+//!    `authenticator`, the role PostgREST logs in as): its `sub` (claims
+//!    without a string `sub`, or claims that are not JSON, mean anonymous; a
+//!    `sub` that is no valid principal is an error, 22023). Claims set by any
+//!    other session are ignored: anyone can `set_config` them;
 //! 3. else the role the session acts as: PostgreSQL's *outer* user id, which
 //!    `SET ROLE` and `set_config('role', …)` change but entering a SECURITY
 //!    DEFINER function does not. So definer code still sees its caller.
@@ -12,14 +16,14 @@
 //! prepare (and at abort of the subtransaction that made it).
 
 use std::cell::RefCell;
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_void, CStr, CString};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use serde::Deserialize;
 
 use crate::errors::{deferred, ApiError, ApiResult};
 use crate::gucs;
+use crate::rules::Invalid;
 
 /// An API key accepted by `authenticate()` in this transaction.
 #[derive(Clone, Debug)]
@@ -41,12 +45,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The current caller, or `None` for an anonymous one.
-    pub fn current() -> Option<Caller> {
+    /// The current caller, or `None` for an anonymous one; an error for
+    /// claims whose `sub` is no valid principal.
+    pub fn current() -> ApiResult<Option<Caller>> {
         if let Some(k) = bound_key() {
-            return Some(Caller { principal: k.owner.clone(), key: Some(k) });
+            return Ok(Some(Caller { principal: k.owner.clone(), key: Some(k) }));
         }
-        principal_without_key().map(|principal| Caller { principal, key: None })
+        Ok(principal_without_key()?.map(|principal| Caller { principal, key: None }))
     }
 }
 
@@ -136,23 +141,52 @@ pub fn init() {
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    #[serde(default)]
-    sub: Option<serde_json::Value>,
-}
-
-/// The principal named by JWT claims text: `Some(Some(sub))`, `Some(None)` for
-/// anonymous claims, `None` when no claims are set.
-pub fn principal_from_claims(claims: &str) -> Option<Option<String>> {
+/// The principal named by JWT claims text: `Ok(Some(Some(sub)))`,
+/// `Ok(Some(None))` for anonymous claims, `Ok(None)` when no claims are set,
+/// and [`Invalid::Subject`] for a `sub` that is no valid principal (over 256
+/// characters, control characters, surrounding spaces).
+///
+/// The claims are read as a JSON object in which a key given twice counts
+/// once, with its last value: the same `sub` PostgreSQL's
+/// `current_setting('request.jwt.claims')::jsonb ->> 'sub'` gives.
+pub fn principal_from_claims(claims: &str) -> Result<Option<Option<String>>, Invalid> {
     if claims.trim().is_empty() {
-        return None;
+        return Ok(None);
     }
-    let sub = match serde_json::from_str::<Claims>(claims) {
-        Ok(Claims { sub: Some(serde_json::Value::String(s)) }) if !s.is_empty() => Some(s),
+    let sub = match serde_json::from_str::<serde_json::Value>(claims) {
+        Ok(serde_json::Value::Object(m)) => match m.get("sub") {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        },
         _ => None,
     };
-    Some(sub)
+    if let Some(s) = &sub {
+        crate::rules::subject(s)?;
+    }
+    Ok(Some(sub))
+}
+
+/// Whether this session may name the caller through `request.jwt.claims`:
+/// its login user is a superuser, or a member of a role listed in
+/// `apikeys.claims_roles`.
+fn claims_trusted() -> bool {
+    // SAFETY: reads of backend-global session state and of the role caches
+    unsafe {
+        let session = pg_sys::GetSessionUserId();
+        if pg_sys::superuser_arg(session) {
+            return true;
+        }
+        let Some(list) = gucs::CLAIMS_ROLES.get() else { return false };
+        list.to_string_lossy().split(',').any(|name| {
+            let name = name.trim().trim_matches('"');
+            let Ok(name) = CString::new(name) else { return false };
+            if name.is_empty() {
+                return false;
+            }
+            let role = pg_sys::get_role_oid(name.as_ptr(), true);
+            role != pg_sys::InvalidOid && pg_sys::is_member_of_role(session, role)
+        })
+    }
 }
 
 /// Read a setting, `None` when it is unset or unknown.
@@ -169,10 +203,12 @@ pub fn setting(name: &CStr) -> Option<String> {
     }
 }
 
-fn principal_without_key() -> Option<String> {
+fn principal_without_key() -> ApiResult<Option<String>> {
     if let Some(claims) = setting(c"request.jwt.claims") {
-        if let Some(from_claims) = principal_from_claims(&claims) {
-            return from_claims;
+        if let Some(from_claims) = principal_from_claims(&claims)? {
+            if claims_trusted() {
+                return Ok(from_claims);
+            }
         }
     }
     // SAFETY: GetOuterUserId is always valid in a backend; GetUserNameFromId
@@ -180,9 +216,9 @@ fn principal_without_key() -> Option<String> {
     unsafe {
         let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), true);
         if name.is_null() {
-            None
+            Ok(None)
         } else {
-            Some(CStr::from_ptr(name).to_string_lossy().into_owned())
+            Ok(Some(CStr::from_ptr(name).to_string_lossy().into_owned()))
         }
     }
 }
@@ -269,7 +305,7 @@ fn has_scope(scope: Option<&str>) -> bool {
 /// `apikeys.current_principal()`: see the module documentation.
 #[pg_extern(sql = false)]
 fn current_principal() -> Option<String> {
-    Caller::current().map(|c| c.principal)
+    deferred(Caller::current()).flatten().map(|c| c.principal)
 }
 
 #[cfg(test)]
@@ -294,13 +330,34 @@ mod tests {
 
     #[test]
     fn claims_give_sub_or_anonymous() {
-        assert_eq!(principal_from_claims(r#"{"sub":"u1","role":"authenticated"}"#), Some(Some("u1".into())));
-        assert_eq!(principal_from_claims(r#"{"role":"anon"}"#), Some(None));
-        assert_eq!(principal_from_claims(r#"{"sub":""}"#), Some(None));
-        assert_eq!(principal_from_claims(r#"{"sub":42}"#), Some(None));
-        assert_eq!(principal_from_claims("not json"), Some(None));
-        assert_eq!(principal_from_claims("[1]"), Some(None));
-        assert_eq!(principal_from_claims(""), None);
-        assert_eq!(principal_from_claims("  "), None);
+        let some = |s: &str| Ok(Some(Some(s.to_owned())));
+        assert_eq!(principal_from_claims(r#"{"sub":"u1","role":"authenticated"}"#), some("u1"));
+        assert_eq!(principal_from_claims(r#"{"role":"anon"}"#), Ok(Some(None)));
+        assert_eq!(principal_from_claims(r#"{"sub":""}"#), Ok(Some(None)));
+        assert_eq!(principal_from_claims(r#"{"sub":42}"#), Ok(Some(None)));
+        assert_eq!(principal_from_claims("not json"), Ok(Some(None)));
+        assert_eq!(principal_from_claims("[1]"), Ok(Some(None)));
+        assert_eq!(principal_from_claims(""), Ok(None));
+        assert_eq!(principal_from_claims("  "), Ok(None));
+    }
+
+    #[test]
+    fn duplicate_sub_keys_read_as_postgres_does_the_last_one() {
+        assert_eq!(
+            principal_from_claims(r#"{"sub":"alice","sub":"mallory"}"#),
+            Ok(Some(Some("mallory".into())))
+        );
+        assert_eq!(principal_from_claims(r#"{"sub":"alice","sub":7}"#), Ok(Some(None)));
+    }
+
+    #[test]
+    fn an_invalid_sub_is_an_error_not_a_principal() {
+        use crate::rules::Invalid;
+        let long = format!(r#"{{"sub":"{}"}}"#, "s".repeat(9_600));
+        assert_eq!(principal_from_claims(&long), Err(Invalid::Subject));
+        assert_eq!(principal_from_claims(r#"{"sub":" alice"}"#), Err(Invalid::Subject));
+        assert_eq!(principal_from_claims(r#"{"sub":"al\nice"}"#), Err(Invalid::Subject));
+        let max = format!(r#"{{"sub":"{}"}}"#, "s".repeat(256));
+        assert!(principal_from_claims(&max).is_ok());
     }
 }

@@ -17,6 +17,8 @@ pub const MAX_PRINCIPAL_LEN: usize = 256;
 pub const MAX_WORKSPACE_NAME_LEN: usize = 128;
 /// Largest key metadata, as jsonb text.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
+/// Deepest nesting of arrays and objects in key metadata.
+pub const MAX_METADATA_DEPTH: usize = 64;
 /// The scope a key needs to mint or rotate keys on its owner's behalf.
 pub const MANAGE_SCOPE: &str = "apikeys:manage";
 
@@ -37,6 +39,8 @@ pub enum Invalid {
     TooManyOrigins,
     Digest,
     Grace,
+    /// A JWT `sub` that is no valid principal.
+    Subject,
 }
 
 /// Normalise and check a key name: ASCII lower-cased, then
@@ -159,16 +163,48 @@ pub fn workspace_name(n: &str) -> Result<(), Invalid> {
     }
 }
 
-/// Check key metadata: a JSON object of at most 16 KiB.
-pub fn metadata(v: &serde_json::Value) -> Result<(), Invalid> {
-    if !v.is_object() {
-        return Err(Invalid::Metadata);
-    }
-    let size = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
-    if size > MAX_METADATA_BYTES {
+/// Check key metadata from its jsonb text form (as PostgreSQL prints it):
+/// at most 16 KiB and nested at most 64 levels. The text is only measured,
+/// never re-encoded: metadata is stored exactly as the jsonb given. That it
+/// is an object is checked by the caller (`jsonb_typeof`).
+pub fn metadata_text(text: &str) -> Result<(), Invalid> {
+    if text.len() > MAX_METADATA_BYTES || json_depth(text) > MAX_METADATA_DEPTH {
         return Err(Invalid::Metadata);
     }
     Ok(())
+}
+
+/// How deeply arrays and objects nest in a JSON text (brackets inside
+/// strings do not count).
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Check a JWT `sub` as a principal: the rules of [`principal`], reported
+/// as [`Invalid::Subject`].
+pub fn subject(sub: &str) -> Result<(), Invalid> {
+    principal(sub).map_err(|_| Invalid::Subject)
 }
 
 /// Most origins a public key may list.
@@ -333,11 +369,21 @@ mod tests {
         assert!(workspace_name("a\tb").is_err());
         assert!(workspace_name(&"w".repeat(129)).is_err());
 
-        assert!(metadata(&serde_json::json!({"team": "ops", "n": 1})).is_ok());
-        assert!(metadata(&serde_json::json!([1, 2])).is_err());
-        assert!(metadata(&serde_json::json!("x")).is_err());
-        let big = "x".repeat(MAX_METADATA_BYTES);
-        assert!(metadata(&serde_json::json!({ "a": big })).is_err());
+        assert!(metadata_text(r#"{"n": 1, "team": "ops"}"#).is_ok());
+        let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_METADATA_BYTES));
+        assert_eq!(metadata_text(&big), Err(Invalid::Metadata));
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(metadata_text(&format!(r#"{{"a": {}}}"#, deep(MAX_METADATA_DEPTH - 1))).is_ok());
+        assert_eq!(
+            metadata_text(&format!(r#"{{"a": {}}}"#, deep(MAX_METADATA_DEPTH))),
+            Err(Invalid::Metadata)
+        );
+        // brackets in strings, escaped quotes: not nesting
+        assert_eq!(json_depth(r#"{"a": "[[[{{\"[[", "b": [1]}"#), 2);
+
+        assert!(subject("user-1").is_ok());
+        assert_eq!(subject(&"s".repeat(257)), Err(Invalid::Subject));
+        assert_eq!(subject("a\u{0}b"), Err(Invalid::Subject));
     }
 
     #[test]

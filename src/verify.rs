@@ -17,10 +17,15 @@
 //! 5. only when `last_used_at` is older than `apikeys.last_used_interval` does
 //!    a prepared `UPDATE ... SKIP LOCKED` run, through SPI.
 //!
-//! Visibility is that of any volatile function: every verify takes a fresh
-//! snapshot after a command-counter increment, exactly as SPI does for a
-//! read-write statement. A revoke that has committed, in any backend, is seen
-//! by the next verify; nothing about a key is cached, only the OIDs and
+//! Visibility is the latest committed state, in every isolation level: every
+//! verify increments the command counter and reads with a fresh snapshot
+//! ([`ReadSnapshot`]): under READ COMMITTED the statement's own, as a volatile
+//! function's statement takes; under REPEATABLE READ and SERIALIZABLE, whose
+//! transaction snapshot is older, the latest one, as PostgreSQL's own
+//! foreign-key checks do. A revoke that has committed, in any backend, is
+//! seen by the next verify, and expiry is judged by the statement's clock
+//! (`statement_timestamp()`), not the transaction's start. Nothing about a
+//! key is cached, only the OIDs and
 //! column numbers of the two tables and their indexes, which a relcache
 //! invalidation callback forgets on any change to them (ALTER, REINDEX
 //! CONCURRENTLY, DROP EXTENSION).
@@ -322,6 +327,77 @@ impl Probe {
     }
 }
 
+/// The snapshot a verify reads with: the latest committed state (see the
+/// module documentation). A snapshot taken from `GetLatestSnapshot` is
+/// registered for the probes' duration and released on drop.
+struct ReadSnapshot {
+    snapshot: pg_sys::Snapshot,
+    registered: bool,
+}
+
+impl ReadSnapshot {
+    unsafe fn take() -> ReadSnapshot {
+        // SAFETY: as a volatile function's statement would: a new command id
+        // (so this transaction's own earlier changes are seen), then a fresh
+        // snapshot
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+                ReadSnapshot { snapshot, registered: true }
+            } else {
+                ReadSnapshot { snapshot: pg_sys::GetTransactionSnapshot(), registered: false }
+            }
+        }
+    }
+}
+
+impl Drop for ReadSnapshot {
+    fn drop(&mut self) {
+        if self.registered {
+            // SAFETY: releases exactly what take() registered
+            unsafe { pg_sys::UnregisterSnapshot(self.snapshot) };
+        }
+    }
+}
+
+/// The clock expiry is judged by: the statement's start.
+fn statement_now() -> pg_sys::TimestampTz {
+    // SAFETY: reads backend-local statement state
+    unsafe { pg_sys::GetCurrentStatementStartTimestamp() }
+}
+
+/// Whether a deformed `keys` row is live at `now`: not revoked, not expired.
+fn live(values: &[Datum], nulls: &[bool], k: KeyCols, now: pg_sys::TimestampTz) -> bool {
+    nulls[k.revoked_at] && (nulls[k.expires_at] || values[k.expires_at].value() as i64 > now)
+}
+
+/// Whether the key `key_id` is live now (not revoked, not expired), read as
+/// a verify reads. For a request bound to a key by `authenticate()`: a revoke
+/// that commits later in the request's transaction ends what the key may do.
+pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
+    let r = rels()?;
+    let mut id = *key_id.as_bytes();
+    let mut values = [Datum::from(0usize); MAX_COLS];
+    let mut nulls = [true; MAX_COLS];
+    // SAFETY: one probe of the primary key of `keys`, as in find()
+    unsafe {
+        let snap = ReadSnapshot::take();
+        let p = Probe::start(
+            r.keys,
+            r.keys_by_id,
+            r.keys_id_attno,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            Datum::from(id.as_mut_ptr()),
+            snap.snapshot,
+        );
+        let found = p.deform(&mut values, &mut nulls) && live(&values, &nulls, r.k, statement_now());
+        p.end();
+        drop(snap);
+        Ok(found)
+    }
+}
+
 /// Find the live key whose token hashes to `digest`, and run `f` on its row
 /// while the row is pinned. `None` when there is no such key, it is revoked
 /// or expired, or `f` says no.
@@ -337,11 +413,10 @@ fn find<R>(
     let mut values = [Datum::from(0usize); MAX_COLS];
     let mut nulls = [true; MAX_COLS];
 
-    // SAFETY: as a volatile function's statement would: a new command id and
-    // a fresh snapshot, then two index probes with it
+    // SAFETY: two index probes with the latest snapshot
     unsafe {
-        pg_sys::CommandCounterIncrement();
-        let snapshot = pg_sys::GetTransactionSnapshot();
+        let snap = ReadSnapshot::take();
+        let snapshot = snap.snapshot;
 
         let p = Probe::start(
             r.hashes,
@@ -376,13 +451,12 @@ fn find<R>(
             return Ok(None);
         }
         let k = r.k;
-        let now = pg_sys::GetCurrentTransactionStartTimestamp();
-        let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
-        let live = nulls[k.revoked_at] && ts(k.expires_at).is_none_or(|e| e > now);
-        if !live {
+        let now = statement_now();
+        if !live(&values, &nulls, k, now) {
             p.end();
             return Ok(None);
         }
+        let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
         let window = i64::from(interval.max(0)) * 1_000_000;
         let stale = ts(k.last_used_at).is_none_or(|u| u <= now.saturating_sub(window));
         let row = Row { values: &values, nulls: &nulls, k };

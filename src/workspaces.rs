@@ -1,5 +1,16 @@
-//! Workspaces and members (design.md §2): `create_workspace`, `add_member`,
-//! `remove_member`, and the membership look-ups every other module uses.
+//! Workspaces and members: `create_workspace`, `add_member`,
+//! `accept_invitation`, `remove_member`, and the membership look-ups every
+//! other module uses.
+//!
+//! Membership needs the member's consent: `add_member` for a principal who
+//! is not yet a member makes (or renews) an invitation, and only the invitee,
+//! acting as themself, turns it into a membership with `accept_invitation`.
+//! Changing an existing member's role or scopes needs no consent.
+//!
+//! Roles and scopes never escalate: an admin holds every scope of its
+//! workspace, but through an API key only the key's scopes, and a request
+//! authenticated by a key never makes, changes or removes an admin
+//! (docs/security.md, "Who can hold which token").
 //!
 //! Every SQL text here is a constant with `$n` parameters; nothing is built
 //! from caller input.
@@ -18,9 +29,18 @@ pub struct Membership {
     pub scopes: Vec<String>,
 }
 
-/// The caller, or [`ApiError::NoPrincipal`].
+/// The caller of a function that changes something, or
+/// [`ApiError::NoPrincipal`]. A caller bound to an API key by
+/// `authenticate()` acts only while that key is live: a revoke or expiry
+/// that commits after `authenticate()` ends it ([`ApiError::Unauthenticated`]).
 pub fn caller() -> ApiResult<Caller> {
-    Caller::current().ok_or(ApiError::NoPrincipal)
+    let caller = Caller::current()?.ok_or(ApiError::NoPrincipal)?;
+    if let Some(k) = &caller.key {
+        if !crate::verify::key_is_live(k.key_id)? {
+            return Err(ApiError::Unauthenticated);
+        }
+    }
+    Ok(caller)
 }
 
 /// The membership of `principal` in `workspace_id`, locked `FOR SHARE` so
@@ -170,12 +190,39 @@ fn add_member_impl(
     let role = Role::parse(role.unwrap_or("member"))?;
     let scopes = rules::scopes(&scopes.unwrap_or_default())?;
     Spi::connect_mut(|client| {
-        let Some(was) = admin_sees_member(client, &caller, workspace_id, principal)? else {
+        let was = admin_sees_member(client, &caller, workspace_id, principal)?;
+        // through an API key: only the key's scopes, and never an admin
+        caller.require_key_scopes(&scopes)?;
+        if caller.key.is_some() && (role == Role::Admin || was == Some(Role::Admin)) {
+            return Err(ApiError::KeyCannotManageAdmins);
+        }
+        let Some(was) = was else {
+            if !has_invitations(client)? {
+                // a database still on 0.1.0's schema (the library was updated,
+                // ALTER EXTENSION UPDATE not yet run): members join at once,
+                // as 0.1.0 did, until the update brings invitations
+                client.update(
+                    "INSERT INTO apikeys.members (workspace_id, principal, role, scopes)
+                     VALUES ($1, $2, $3, $4)",
+                    None,
+                    &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
+                )?;
+                return Ok(());
+            }
+            // not a member yet: an invitation, which only the invitee accepts
             client.update(
-                "INSERT INTO apikeys.members (workspace_id, principal, role, scopes)
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO apikeys.invitations (workspace_id, principal, role, scopes, invited_by)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (workspace_id, principal) WHERE accepted_at IS NULL AND withdrawn_at IS NULL
+                 DO UPDATE SET role = EXCLUDED.role, scopes = EXCLUDED.scopes, invited_by = EXCLUDED.invited_by",
                 None,
-                &[workspace_id.into(), principal.into(), role.as_str().into(), scopes.into()],
+                &[
+                    workspace_id.into(),
+                    principal.into(),
+                    role.as_str().into(),
+                    scopes.into(),
+                    caller.principal.as_str().into(),
+                ],
             )?;
             return Ok(());
         };
@@ -192,14 +239,86 @@ fn add_member_impl(
     })
 }
 
+/// Whether this database has the invitations table, that is, 0.2.0's schema
+/// or later (before ALTER EXTENSION UPDATE a database keeps 0.1.0's).
+pub fn has_invitations(client: &SpiClient<'_>) -> ApiResult<bool> {
+    Ok(client
+        .select("SELECT pg_catalog.to_regclass('apikeys.invitations') IS NOT NULL", Some(1), &[])?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false))
+}
+
+/// `accept_invitation`: the caller, as themself, joins a workspace it was
+/// invited to, with the invitation's role and scopes. Returns the role.
+fn accept_invitation_impl(workspace_id: Option<Uuid>) -> ApiResult<String> {
+    crate::errors::require_writable()?;
+    let caller = caller()?;
+    if caller.key.is_some() {
+        // a key acts inside its own workspace only, and never joins another
+        return Err(ApiError::KeyOutsideWorkspace);
+    }
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    Spi::connect_mut(|client| {
+        // serialised with the workspace's other membership changes; a
+        // missing workspace and a missing invitation look the same
+        lock_workspace(client, workspace_id).map_err(|_| ApiError::InvitationNotFound)?;
+        let invitation = client.update(
+            "UPDATE apikeys.invitations SET accepted_at = pg_catalog.now()
+              WHERE workspace_id = $1 AND principal = $2 AND accepted_at IS NULL AND withdrawn_at IS NULL
+              RETURNING role, scopes",
+            Some(1),
+            &[workspace_id.into(), caller.principal.as_str().into()],
+        )?;
+        if invitation.is_empty() {
+            return Err(ApiError::InvitationNotFound);
+        }
+        let row = invitation.first();
+        let role: String = row.get(1)?.ok_or(ApiError::Internal)?;
+        let scopes: Vec<String> = row.get(2)?.unwrap_or_default();
+        let member = client.select(
+            "SELECT role FROM apikeys.members
+              WHERE workspace_id = $1 AND principal = $2 AND removed_at IS NULL",
+            Some(1),
+            &[workspace_id.into(), caller.principal.as_str().into()],
+        )?;
+        if !member.is_empty() {
+            // a member already (an admin changed them in the meantime): the
+            // invitation is used up, the membership stays as it is
+            return member.first().get(1)?.ok_or(ApiError::Internal);
+        }
+        client.update(
+            "INSERT INTO apikeys.members (workspace_id, principal, role, scopes) VALUES ($1, $2, $3, $4)",
+            None,
+            &[workspace_id.into(), caller.principal.as_str().into(), role.as_str().into(), scopes.into()],
+        )?;
+        Ok(role)
+    })
+}
+
 fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> ApiResult<()> {
     crate::errors::require_writable()?;
     let caller = caller()?;
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let principal = principal.ok_or(ApiError::NullArgument(c"principal must not be null"))?;
     Spi::connect_mut(|client| {
-        let was =
-            admin_sees_member(client, &caller, workspace_id, principal)?.ok_or(ApiError::MemberNotFound)?;
+        let Some(was) = admin_sees_member(client, &caller, workspace_id, principal)? else {
+            if !has_invitations(client)? {
+                return Err(ApiError::MemberNotFound);
+            }
+            // not a member: withdraw an open invitation, if there is one
+            let withdrawn = client.update(
+                "UPDATE apikeys.invitations SET withdrawn_at = pg_catalog.now()
+                  WHERE workspace_id = $1 AND principal = $2 AND accepted_at IS NULL AND withdrawn_at IS NULL
+                  RETURNING id",
+                None,
+                &[workspace_id.into(), principal.into()],
+            )?;
+            return if withdrawn.is_empty() { Err(ApiError::MemberNotFound) } else { Ok(()) };
+        };
+        if caller.key.is_some() && was == Role::Admin {
+            return Err(ApiError::KeyCannotManageAdmins);
+        }
         if was == Role::Admin && active_admins(client, workspace_id)? <= 1 {
             return Err(ApiError::LastAdmin);
         }
@@ -227,6 +346,11 @@ fn add_member(
     scopes: Option<Vec<Option<String>>>,
 ) {
     deferred(add_member_impl(workspace_id, principal, role, scopes));
+}
+
+#[pg_extern(sql = false)]
+fn accept_invitation(workspace_id: Option<Uuid>) -> Option<String> {
+    deferred(accept_invitation_impl(workspace_id))
 }
 
 #[pg_extern(sql = false)]

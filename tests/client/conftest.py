@@ -168,10 +168,12 @@ class World:
         # alice creates two workspaces through the API, as a JWT user
         self.ws_a = ok(rpc(conn, "create_workspace", {"name": "Acme"}, claims=ALICE))[0]["create_workspace"]
         self.ws_b = ok(rpc(conn, "create_workspace", {"name": "Beta"}, claims=ALICE))[0]["create_workspace"]
-        ok(rpc(conn, "add_member", {"workspace_id": self.ws_a, "principal": "bob",
-                                    "role": "member", "scopes": ["read"]}, claims=ALICE))
-        ok(rpc(conn, "add_member", {"workspace_id": self.ws_a, "principal": "carol",
-                                    "role": "member", "scopes": ["read"]}, claims=ALICE))
+        # alice invites bob and carol; each joins by accepting as themself
+        for who in ("bob", "carol"):
+            ok(rpc(conn, "add_member", {"workspace_id": self.ws_a, "principal": who,
+                                        "role": "member", "scopes": ["read"]}, claims=ALICE))
+            ok(rpc(conn, "accept_invitation", {"workspace_id": self.ws_a},
+                   claims={"sub": who, "role": "authenticated"}))
         # the application's rows (written by its own back office)
         with su.cursor() as cur:
             for ws, names in ((self.ws_a, ["a-one", "a-two"]), (self.ws_b, ["b-one", "b-two", "b-three"])):

@@ -38,6 +38,14 @@ BEGIN
     INSERT INTO iso.vals VALUES (label, r.id::text), (label || '.tok', r.key);
 END
 $$;
+-- create_key with scopes as the current role; keeps id and token as mint does
+CREATE FUNCTION iso.mint_scoped(label text, key_name text, scopes text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE r record;
+BEGIN
+    SELECT * INTO r FROM apikeys.create_key(iso.id('w'), key_name, scopes);
+    INSERT INTO iso.vals VALUES (label, r.id::text), (label || '.tok', r.key);
+END
+$$;
 -- rotate_key as the current role; keeps id as <label>, token as <label>.tok
 CREATE FUNCTION iso.rotate(label text, key_label text, grace interval) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE r record;

@@ -229,9 +229,18 @@ def populate(c: Cluster, db: str = "src", version: str | None = None) -> Source:
     workspace("acme", "alice", "Acme")
     workspace("beta", "alice", "Beta")
     workspace("gamma", "carol", "Gamma")  # alice is no member of gamma
-    call(su, "alice", "SELECT apikeys.add_member(%s, 'bob', 'member', '{read}')", (s.ws["acme"],))
-    call(su, "alice", "SELECT apikeys.add_member(%s, 'carol', 'member', '{read,write}')", (s.ws["acme"],))
-    call(su, "alice", "SELECT apikeys.add_member(%s, 'dave', 'admin', '{}')", (s.ws["beta"],))
+    # from 0.2.0 on, add_member invites and the invitee accepts as themself;
+    # 0.1.0 (the upgrade test) added members at once
+    consent = one(su, None, "SELECT to_regprocedure('apikeys.accept_invitation(uuid)') IS NOT NULL AS c")["c"]
+
+    def add_member(ws: str, who: str, role: str, scopes: str) -> None:
+        call(su, "alice", "SELECT apikeys.add_member(%s, %s, %s, %s)", (s.ws[ws], who, role, scopes))
+        if consent:
+            call(su, who, "SELECT apikeys.accept_invitation(%s)", (s.ws[ws],))
+
+    add_member("acme", "bob", "member", "{read}")
+    add_member("acme", "carol", "member", "{read,write}")
+    add_member("beta", "dave", "admin", "{}")
 
     mint("alice_live", "alice", "acme", "live", ["read", "write"], metadata={"env": "prod"}, prefix="sk_live")
     mint("alice_future", "alice", "acme", "future", ["read"],
@@ -253,8 +262,14 @@ def populate(c: Cluster, db: str = "src", version: str | None = None) -> Source:
     mint("dave_beta", "dave", "beta", "beta-key", ["billing:read"])
     # imported from another keystore: verifies by SHA-256 of the raw token
     legacy = Secret("legacy-" + secrets.token_hex(24))
+    # a migration for bob: from 0.2.0 on, importing for another owner needs
+    # the apikeys_importer role
+    if consent:
+        call(su, None, "SELECT apikeys.grant_importer('alice')")
     s.ids["imported"] = one(su, "alice", "SELECT apikeys.import_key(%s, 'bob', 'legacy', %s, '{read}') AS id",
                             (s.ws["acme"], hashlib.sha256(legacy.encode()).hexdigest()))["id"]
+    if consent:
+        call(su, None, "REVOKE apikeys_importer FROM alice")
     s.tokens["imported"] = legacy
     s.tokens["malformed"] = Secret("sk_notatoken")
     good = str(s.tokens["alice_live"])

@@ -77,6 +77,7 @@ def pair(clusters) -> Pair:
         su.execute("SELECT apikeys.grant_to('app'), apikeys.grant_to('anon')")
         pr.ws = one(su, "alice", "SELECT apikeys.create_workspace('hs') AS id")["id"]
         call(su, "alice", "SELECT apikeys.add_member(%s, 'bob', 'member', '{read}')", (pr.ws,))
+        call(su, "bob", "SELECT apikeys.accept_invitation(%s)", (pr.ws,))
 
         def mint(label: str, role: str, scopes: list[str]) -> None:
             r = one(su, role, "SELECT id, key FROM apikeys.create_key(%s::uuid, %s::text, %s::text[])",
@@ -242,6 +243,7 @@ def test_writes_on_the_standby_are_refused_as_read_only(pair: Pair):
     calls = {
         "create_workspace": ("SELECT apikeys.create_workspace('nope')", None),
         "add_member": ("SELECT apikeys.add_member(%s, 'carol')", (ws,)),
+        "accept_invitation": ("SELECT apikeys.accept_invitation(%s)", (ws,)),
         "remove_member": ("SELECT apikeys.remove_member(%s, 'bob')", (ws,)),
         "create_key": ("SELECT * FROM apikeys.create_key(%s, 'nope')", (ws,)),
         "revoke_key": ("SELECT apikeys.revoke_key(%s)", (key,)),

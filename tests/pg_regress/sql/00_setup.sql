@@ -21,6 +21,10 @@ BEGIN
         IF NOT pg_has_role(r, 'app_user', 'MEMBER') THEN
             EXECUTE format('GRANT app_user TO %I', r);
         END IF;
+        -- a run stopped half-way may have left an importer grant behind
+        IF pg_has_role(r, 'apikeys_importer', 'MEMBER') THEN
+            EXECUTE format('REVOKE apikeys_importer FROM %I', r);
+        END IF;
     END LOOP;
 END
 $$;
@@ -65,3 +69,23 @@ CREATE FUNCTION regress.ok(name text, scopes text[] DEFAULT '{}') RETURNS boolea
 -- act as a PostgREST request would: role and claims, local to the transaction
 CREATE FUNCTION regress.as_jwt(role text, claims text) RETURNS void LANGUAGE sql AS
     $$ SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true) $$;
+-- membership needs the invitee's consent: add_member invites, and the
+-- invitee accepts as themself. For files about something else, this does
+-- both steps: add_member as the caller, then accept_invitation as `who` (as
+-- a PostgREST request with sub = who would; nothing to accept when `who`
+-- was a member already and add_member only changed them).
+CREATE FUNCTION regress.add_member(ws uuid, who text, role text DEFAULT 'member', scopes text[] DEFAULT '{}')
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    saved text := current_setting('request.jwt.claims', true);
+BEGIN
+    PERFORM apikeys.add_member(ws, who, role, scopes);
+    PERFORM set_config('request.jwt.claims', json_build_object('sub', who)::text, true);
+    BEGIN
+        PERFORM apikeys.accept_invitation(ws);
+    EXCEPTION WHEN SQLSTATE 'PT404' THEN
+        NULL;
+    END;
+    PERFORM set_config('request.jwt.claims', coalesce(saved, ''), true);
+END
+$$;

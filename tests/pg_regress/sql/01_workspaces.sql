@@ -1,6 +1,6 @@
--- Workspaces and members (design.md §2): the creator is the first admin;
--- add_member and remove_member are admin-only and never leave a workspace
--- without an admin.
+-- Workspaces and members: the creator is the first admin; add_member and
+-- remove_member are admin-only and never leave a workspace without an admin;
+-- nobody becomes a member without accepting an invitation as themself.
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT apikeys.current_principal();
@@ -13,9 +13,34 @@ SELECT name, created_by FROM apikeys.workspaces WHERE id = regress.id('acme');
 SELECT apikeys.create_workspace('Fixed', '00000000-0000-4000-8000-000000000001');
 SELECT regress.try($$SELECT apikeys.create_workspace('Again', '00000000-0000-4000-8000-000000000001')$$);
 
--- add members; adding an existing member updates role and scopes
-SELECT apikeys.add_member(regress.id('acme'), 'bob', 'member', '{read,write}');
+-- add members: add_member invites; nobody is a member until they accept
+SELECT apikeys.add_member(regress.id('acme'), 'bob', 'member', '{read}');
 SELECT apikeys.add_member(regress.id('acme'), 'carol');
+-- inviting again renews the open invitation with the new role and scopes
+SELECT apikeys.add_member(regress.id('acme'), 'bob', 'member', '{read,write}');
+SELECT principal, role, scopes FROM apikeys.members
+ WHERE workspace_id = regress.id('acme') AND removed_at IS NULL ORDER BY principal;
+SELECT principal, role, scopes, invited_by, accepted_at IS NULL AND withdrawn_at IS NULL AS open
+  FROM apikeys.invitations WHERE workspace_id = regress.id('acme') ORDER BY principal;
+RESET ROLE;
+-- the invitee sees their invitation, and accepts it as themself
+SET ROLE bob;
+SELECT principal, role, scopes FROM apikeys.invitations WHERE workspace_id = regress.id('acme');
+SELECT apikeys.accept_invitation(regress.id('acme')) AS joined_as;
+-- once only; and nobody accepts an invitation that is not theirs
+SELECT regress.try($$SELECT apikeys.accept_invitation(regress.id('acme'))$$);
+SELECT regress.try($$SELECT apikeys.accept_invitation('00000000-0000-4000-8000-0000000000ff')$$);
+SELECT regress.try($$SELECT apikeys.accept_invitation(NULL)$$);
+RESET ROLE;
+SET ROLE mallory;
+SELECT regress.try($$SELECT apikeys.accept_invitation(regress.id('acme'))$$);
+SELECT count(*) AS invitations_mallory_sees FROM apikeys.invitations;
+RESET ROLE;
+SET ROLE carol;
+SELECT apikeys.accept_invitation(regress.id('acme')) AS joined_as;
+RESET ROLE;
+SET ROLE alice;
+-- adding an existing member updates role and scopes (no invitation)
 SELECT principal, role, scopes FROM apikeys.members
  WHERE workspace_id = regress.id('acme') AND removed_at IS NULL ORDER BY principal;
 SELECT apikeys.add_member(regress.id('acme'), 'carol', 'admin', '{read}');
@@ -70,8 +95,8 @@ SET ROLE alice;
 SELECT regress.put('solo', apikeys.create_workspace('Solo')::text);
 SELECT regress.try($$SELECT apikeys.remove_member(regress.id('solo'), 'alice')$$);
 SELECT regress.try($$SELECT apikeys.add_member(regress.id('solo'), 'alice', 'member')$$);
--- with a second admin, the first may step down
-SELECT apikeys.add_member(regress.id('solo'), 'bob', 'admin');
+-- with a second admin (who accepted), the first may step down
+SELECT regress.add_member(regress.id('solo'), 'bob', 'admin');
 SELECT apikeys.remove_member(regress.id('solo'), 'alice');
 RESET ROLE;
 SET ROLE bob;
@@ -79,14 +104,28 @@ SELECT principal, role, removed_at IS NOT NULL AS removed FROM apikeys.members
  WHERE workspace_id = regress.id('solo') ORDER BY principal;
 RESET ROLE;
 
--- remove_member: an absent member is PT404; a removed member can be added back
+-- remove_member: an absent member is PT404; an open invitation is
+-- withdrawn (and can no longer be accepted); a removed member can be added back
 SET ROLE alice;
 SELECT regress.try($$SELECT apikeys.remove_member(regress.id('acme'), 'nobody-here')$$);
 SELECT apikeys.add_member(regress.id('acme'), 'mallory');
 SELECT apikeys.remove_member(regress.id('acme'), 'mallory');
 SELECT regress.try($$SELECT apikeys.remove_member(regress.id('acme'), 'mallory')$$);
-SELECT apikeys.add_member(regress.id('acme'), 'mallory');
+RESET ROLE;
+SET ROLE mallory;
+SELECT regress.try($$SELECT apikeys.accept_invitation(regress.id('acme'))$$) AS withdrawn;
+RESET ROLE;
+SET ROLE alice;
+SELECT regress.add_member(regress.id('acme'), 'mallory');
+SELECT apikeys.remove_member(regress.id('acme'), 'mallory');
+SELECT regress.add_member(regress.id('acme'), 'mallory');
 SELECT count(*) AS mallory_rows, count(*) FILTER (WHERE removed_at IS NULL) AS active
   FROM apikeys.members WHERE workspace_id = regress.id('acme') AND principal = 'mallory';
+SELECT principal, role, accepted_at IS NOT NULL AS accepted, withdrawn_at IS NOT NULL AS withdrawn
+  FROM apikeys.invitations WHERE workspace_id = regress.id('acme') AND principal = 'mallory' ORDER BY id;
 SELECT apikeys.remove_member(regress.id('acme'), 'mallory');
 RESET ROLE;
+-- history: accepted and withdrawn invitations never change, none is deleted
+SELECT regress.try($$UPDATE apikeys.invitations SET role = 'admin' WHERE principal = 'mallory'$$);
+SELECT regress.try($$DELETE FROM apikeys.invitations WHERE principal = 'mallory'$$);
+SELECT regress.try($$TRUNCATE apikeys.invitations$$);

@@ -4,8 +4,8 @@
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT regress.put('ws', apikeys.create_workspace('Keys Inc')::text);
-SELECT apikeys.add_member(regress.id('ws'), 'bob', 'member', '{read,write}');
-SELECT apikeys.add_member(regress.id('ws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('ws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('ws'), 'carol', 'member', '{read}');
 
 -- mint: id, name, display prefix and the key, whose shape is <prefix>_<43><6>
 SELECT regress.put('k1', key), regress.put('k1_id', id::text),

@@ -4,7 +4,7 @@
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT regress.put('vws', apikeys.create_workspace('Verify Inc')::text);
-SELECT apikeys.add_member(regress.id('vws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('vws'), 'bob', 'member', '{read,write}');
 SELECT regress.put('good', key), regress.put('good_id', id::text)
   FROM apikeys.create_key(regress.id('vws'), 'good', '{read,write}', NULL, '{"plan":"pro"}');
 SELECT regress.put('revoked', key), regress.put('revoked_id', id::text)
@@ -100,14 +100,14 @@ SELECT regress.ok('bobs') AS after_removal;
 
 -- a key's scopes never exceed its owner's: narrowing a member narrows the key
 SET ROLE alice;
-SELECT apikeys.add_member(regress.id('vws'), 'carol', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('vws'), 'carol', 'member', '{read,write}');
 RESET ROLE;
 SET ROLE carol;
 SELECT regress.put('carols', key) FROM apikeys.create_key(regress.id('vws'), 'carols', '{read,write}');
 RESET ROLE;
 SELECT scopes FROM apikeys.verify_key(regress.tok('carols'));
 SET ROLE alice;
-SELECT apikeys.add_member(regress.id('vws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('vws'), 'carol', 'member', '{read}');
 RESET ROLE;
 SELECT scopes FROM apikeys.verify_key(regress.tok('carols'));
 SELECT regress.ok('carols', '{write}') AS still_writes;

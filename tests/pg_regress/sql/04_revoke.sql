@@ -3,8 +3,8 @@
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT regress.put('rws', apikeys.create_workspace('Revoke Inc')::text);
-SELECT apikeys.add_member(regress.id('rws'), 'bob', 'member', '{read}');
-SELECT apikeys.add_member(regress.id('rws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('rws'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('rws'), 'carol', 'member', '{read}');
 SELECT regress.put('a1', id::text) FROM apikeys.create_key(regress.id('rws'), 'a1');
 RESET ROLE;
 SET ROLE bob;

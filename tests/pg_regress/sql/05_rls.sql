@@ -7,8 +7,8 @@ SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class
 
 SET ROLE alice;
 SELECT regress.put('sws', apikeys.create_workspace('See Inc')::text);
-SELECT apikeys.add_member(regress.id('sws'), 'bob', 'member', '{read}');
-SELECT apikeys.add_member(regress.id('sws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('sws'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('sws'), 'carol', 'member', '{read}');
 SELECT name FROM apikeys.create_key(regress.id('sws'), 'alice-1');
 RESET ROLE;
 SET ROLE bob;

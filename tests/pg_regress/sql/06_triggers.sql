@@ -56,9 +56,9 @@ SELECT regress.try($$UPDATE apikeys.workspaces SET id = gen_random_uuid() WHERE 
 -- no DELETE, no TRUNCATE (42501; 0A000 where PostgreSQL's foreign-key check refuses first)
 SELECT t, regress.try(format('DELETE FROM apikeys.%I', t)) AS delete,
           regress.try(format('TRUNCATE apikeys.%I', t)) AS truncate
-  FROM unnest(ARRAY['key_hashes', 'keys', 'members', 'workspaces', 'public_keys', 'audit_log']) AS t;
+  FROM unnest(ARRAY['key_hashes', 'keys', 'members', 'workspaces', 'public_keys', 'audit_log', 'invitations']) AS t;
 SELECT regress.try($$TRUNCATE apikeys.key_hashes, apikeys.keys, apikeys.members, apikeys.workspaces,
-                              apikeys.public_keys, apikeys.audit_log$$);
+                              apikeys.public_keys, apikeys.audit_log, apikeys.invitations$$);
 BEGIN;
 SET LOCAL session_replication_role = replica;
 SELECT regress.try($$DELETE FROM apikeys.keys$$);

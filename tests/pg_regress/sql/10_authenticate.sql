@@ -21,8 +21,8 @@ CREATE FUNCTION regress.who() RETURNS TABLE (principal text, key_id_is text, wor
 SET ROLE alice;
 SELECT regress.put('aws', apikeys.create_workspace('Auth Inc')::text);
 SELECT regress.put('aws2', apikeys.create_workspace('Auth Two')::text);
-SELECT apikeys.add_member(regress.id('aws'), 'bob', 'member', '{read,write}');
-SELECT apikeys.add_member(regress.id('aws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('aws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('aws'), 'carol', 'member', '{read}');
 SELECT regress.put('adm', id::text), regress.put('adm_key', key)
   FROM apikeys.create_key(regress.id('aws'), 'admin-key', '{apikeys:manage,read}');
 SELECT regress.put('plain', id::text), regress.put('plain_key', key)

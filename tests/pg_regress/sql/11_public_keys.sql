@@ -3,7 +3,7 @@
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT regress.put('pws', apikeys.create_workspace('Widget Inc')::text);
-SELECT apikeys.add_member(regress.id('pws'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('pws'), 'bob', 'member', '{read}');
 SELECT regress.put('pk_any', id::text), regress.put('pk_any_key', public_key)
   FROM apikeys.create_public_key(regress.id('pws'));
 SELECT regress.put('pk_web', id::text), regress.put('pk_web_key', public_key)

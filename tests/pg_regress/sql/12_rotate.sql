@@ -1,8 +1,8 @@
--- rotate_key (design.md §3) and the shrink-only expires_at latch (§5).
+-- rotate_key and the shrink-only expires_at latch.
 \set SHOW_CONTEXT never
 SET ROLE alice;
 SELECT regress.put('rtws', apikeys.create_workspace('Rotate Inc')::text);
-SELECT apikeys.add_member(regress.id('rtws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('rtws'), 'bob', 'member', '{read,write}');
 SELECT regress.put('r1', id::text), regress.put('r1_key', key)
   FROM apikeys.create_key(regress.id('rtws'), 'billing', '{read}', now() + interval '30 days',
                           '{"env":"prod"}', 'sk_live');
@@ -67,16 +67,20 @@ SELECT regress.try($$SELECT apikeys.rotate_key(regress.id('rm'))$$) AS other_ten
 RESET ROLE;
 SELECT revoked_at IS NULL AND replaced_by IS NULL AS r3_untouched FROM apikeys.keys WHERE id = regress.id('r3');
 
--- members rotate their own keys, not others'; admins rotate any
+-- only a key's owner rotates it: the new token acts as the owner, so an
+-- admin rotating a member's key is refused (the admin may revoke it)
 SET ROLE bob;
 SELECT regress.try($$SELECT apikeys.rotate_key(regress.id('r3'))$$) AS member_rotates_admins;
 SELECT regress.put('rb2', id::text), regress.put('rb2_key', key), name
   FROM apikeys.rotate_key(regress.id('rb'), '5 minutes');
 RESET ROLE;
 SET ROLE alice;
+SELECT regress.try($$SELECT apikeys.rotate_key(regress.id('rb2'))$$) AS admin_rotates_members;
+RESET ROLE;
+SET ROLE bob;
 SELECT regress.put('rb3', id::text) FROM apikeys.rotate_key(regress.id('rb2'));
 RESET ROLE;
--- the admin's rotation keeps bob as the owner
+-- the owner's rotation keeps bob as the owner
 SELECT owner, name, scopes FROM apikeys.keys WHERE id = regress.id('rb3');
 -- anonymous callers cannot rotate
 BEGIN;

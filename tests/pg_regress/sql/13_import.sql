@@ -1,11 +1,14 @@
--- import_key (design.md §3): admin-only migration of SHA-256 digests from
--- another keystore. Imported keys verify by the SHA-256 of the raw token,
--- whatever its shape; this extension's own tokens keep the checksum path.
+-- import_key: admin-only migration of SHA-256 digests from another
+-- keystore. Imported keys verify by the SHA-256 of the raw token, whatever
+-- its shape; this extension's own tokens keep the checksum path.
 \set SHOW_CONTEXT never
+-- alice runs the migration: importing for other owners also needs the
+-- apikeys_importer role (19_security shows the refusal without it)
+SELECT apikeys.grant_importer('alice');
 SET ROLE alice;
 SELECT regress.put('iws', apikeys.create_workspace('Import Inc')::text);
-SELECT apikeys.add_member(regress.id('iws'), 'bob', 'member', '{read,write}');
-SELECT apikeys.add_member(regress.id('iws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('iws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('iws'), 'carol', 'member', '{read}');
 -- the other keystore held sha256(token) as hex: any case is accepted
 SELECT regress.put('i1', apikeys.import_key(regress.id('iws'), 'bob', 'Legacy-Bob',
                                             upper(encode(sha256('ghp_legacyTokenForBob0001'), 'hex')), '{read}')::text);
@@ -32,8 +35,8 @@ SELECT set_config('request.headers', '{"x-api-key":"ghp_legacyTokenForBob0001"}'
 SELECT apikeys.authenticate();
 SELECT apikeys.current_principal(), apikeys.current_key_id() = regress.id('i1') AS bound;
 COMMIT;
--- rotating an imported key mints a key in this extension's format
-SET ROLE alice;
+-- rotating an imported key (by its owner) mints a key in this extension's format
+SET ROLE bob;
 SELECT regress.put('i1r', id::text), regress.put('i1r_key', key), name, key ~ '^sk_[0-9A-Za-z]{49}$' AS own_format
   FROM apikeys.rotate_key(regress.id('i1'));
 RESET ROLE;
@@ -89,3 +92,4 @@ RESET ROLE;
 SELECT count(*) AS mistyped FROM apikeys.verify_key(regress.typo(regress.tok('i1r_key')));
 SELECT count(*) AS too_long FROM apikeys.verify_key(repeat('x', 1025));
 SELECT count(*) AS longest_foreign FROM apikeys.verify_key(repeat('x', 1024));
+REVOKE apikeys_importer FROM alice;

@@ -10,14 +10,21 @@ CREATE FUNCTION regress.audit(ws text) RETURNS TABLE (actor text, action text, k
       FROM apikeys.audit_log a WHERE a.workspace_id = regress.id($1) ORDER BY a.id $$;
 SET ROLE alice;
 SELECT regress.put('auws', apikeys.create_workspace('Audit Inc')::text);
-SELECT apikeys.add_member(regress.id('auws'), 'bob', 'member', '{read,write}');
-SELECT apikeys.add_member(regress.id('auws'), 'carol', 'member', '{read}');
-SELECT apikeys.add_member(regress.id('auws'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('auws'), 'bob', 'member', '{read,write}');
+SELECT regress.add_member(regress.id('auws'), 'carol', 'member', '{read}');
+SELECT regress.add_member(regress.id('auws'), 'bob', 'member', '{read}');
 SELECT regress.put('au1', id::text), regress.put('au1_key', key)
   FROM apikeys.create_key(regress.id('auws'), 'svc', '{read}', now() + interval '10 days', '{"team":"ops"}');
 SELECT regress.put('au2', id::text) FROM apikeys.rotate_key(regress.id('au1'), '1 hour');
 SELECT regress.put('au3', id::text) FROM apikeys.rotate_key(regress.id('au2'));
+-- a migration for bob: importing for another owner needs apikeys_importer
+RESET ROLE;
+SELECT apikeys.grant_importer('alice');
+SET ROLE alice;
 SELECT regress.put('au4', apikeys.import_key(regress.id('auws'), 'bob', 'old-bob', repeat('f', 64), '{read}')::text);
+RESET ROLE;
+REVOKE apikeys_importer FROM alice;
+SET ROLE alice;
 SELECT regress.put('aupk', id::text) FROM apikeys.create_public_key(regress.id('auws'), '{https://a.example}');
 SELECT apikeys.revoke_public_key(regress.id('aupk')) IS NOT NULL AS pk_revoked;
 RESET ROLE;
@@ -45,7 +52,7 @@ SELECT apikeys.revoke_key(regress.id('au6')) IS NOT NULL AS revoked_by_key;
 COMMIT;
 -- removal revokes the member's keys: both recorded, by the admin
 SET ROLE alice;
-SELECT apikeys.add_member(regress.id('auws'), 'bob', 'admin');
+SELECT regress.add_member(regress.id('auws'), 'bob', 'admin');
 SELECT apikeys.remove_member(regress.id('auws'), 'bob');
 RESET ROLE;
 -- the superuser's direct writes are recorded too

@@ -9,7 +9,7 @@ GRANT USAGE ON SCHEMA app TO app_user, anon, authenticated;
 GRANT SELECT, INSERT, UPDATE ON app.notes TO app_user, anon, authenticated;
 SET ROLE alice;
 SELECT regress.put('stws', apikeys.create_workspace('Stamp Inc')::text);
-SELECT apikeys.add_member(regress.id('stws'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('stws'), 'bob', 'member', '{read}');
 RESET ROLE;
 SET ROLE bob;
 SELECT regress.put('st_key', key) FROM apikeys.create_key(regress.id('stws'), 'writer', '{read}');

@@ -18,7 +18,7 @@ $$;
 -- two tenants: Acme (alice admin, bob member) and Blue (carol admin)
 SET ROLE alice;
 SELECT regress.put('hws_a', apikeys.create_workspace('Acme Hostile')::text);
-SELECT apikeys.add_member(regress.id('hws_a'), 'bob', 'member', '{read}');
+SELECT regress.add_member(regress.id('hws_a'), 'bob', 'member', '{read}');
 SELECT regress.put('ha1', key), regress.put('ha1_id', id::text)
   FROM apikeys.create_key(regress.id('hws_a'), 'acme-key', '{read,write}', NULL, '{"tier": "gold"}');
 SELECT regress.put('ha_rev', key), regress.put('ha_rev_id', id::text)
@@ -181,7 +181,7 @@ DO $$ BEGIN
     IF NOT pg_has_role('erin', 'app_user', 'MEMBER') THEN GRANT app_user TO erin; END IF;
 END $$;
 SET ROLE alice;
-SELECT apikeys.add_member(regress.id('hws_a'), 'erin', 'admin');
+SELECT regress.add_member(regress.id('hws_a'), 'erin', 'admin');
 SET ROLE carol;
 SELECT count(*) AS blue_public_keys FROM apikeys.create_public_key(regress.id('hws_b'), '{https://blue.test}');
 SET ROLE erin;
