@@ -161,7 +161,7 @@ def report(summary, general) -> list[str]:
         L.append("  (RssAnon is the backend's own memory; RssShmem grows as it touches more of shared_buffers)")
     # targets
     L.append("")
-    L.append("Targets (issue 6)")
+    L.append("Targets")
     sizes = list(summary)
     for n, s in summary.items():
         v = s["ratios"]["b_over_a"]

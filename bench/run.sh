@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench: pgbench harness for pg_apikeys (issue 6). See bench/README.md.
+# make bench: pgbench harness for pg_apikeys. See bench/README.md.
 #
 # Runs against a throw-away cluster of its own (port $BENCH_PORT, Unix socket
 # only, data under $BENCH_DIR), never the development cluster (28815), the

@@ -1,4 +1,4 @@
--- pg_apikeys: the SQL surface (design.md §2, §3, §4, §6).
+-- pg_apikeys: the SQL surface.
 -- The logic is Rust (src/), reached through the C symbols named here.
 -- Functions that cross the privilege boundary are SECURITY DEFINER with
 -- search_path pinned to pg_catalog, pg_temp (pg_temp last) and qualify every
@@ -96,10 +96,11 @@ CREATE FUNCTION apikeys.create_key(workspace_id uuid,
 COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text) IS
     'Mint a secret key. The key column is shown here once and never again.';
 
--- The hot path. SECURITY INVOKER on purpose: it reads key_hashes by running
--- its two prepared, fully schema-qualified statements as the table owner
--- (src/keys.rs, AsOwner), which avoids the per-call setting change that a
--- SECURITY DEFINER ... SET search_path function pays on every call.
+-- The hot path. SECURITY INVOKER on purpose: it reads the unique indexes of
+-- key_hashes and keys directly (no SQL statement, so no search_path to pin)
+-- and runs only its prepared, fully schema-qualified last_used_at update as
+-- the table owner (src/verify.rs, AsOwner); a SECURITY DEFINER ... SET
+-- search_path function would pay a setting change on every call.
 CREATE FUNCTION apikeys.verify_key(key text, required_scopes text[] DEFAULT '{}')
     RETURNS TABLE (key_id uuid, workspace_id uuid, owner text, scopes text[],
                    metadata jsonb, expires_at timestamptz)
@@ -133,7 +134,7 @@ COMMENT ON FUNCTION apikeys.import_key(uuid, text, text, text, text[], timestamp
     'Admin only: import a key from another keystore by the SHA-256 of its token; for another owner only with the apikeys_importer role.';
 
 -- PostgREST's db-pre-request hook. SECURITY INVOKER for the same reason as
--- verify_key (it verifies through the same owner-run plans), and because
+-- verify_key (it verifies through the same direct index reads), and because
 -- switching to apikeys.key_role is not allowed inside a SECURITY DEFINER
 -- function.
 CREATE FUNCTION apikeys.authenticate() RETURNS void

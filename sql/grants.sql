@@ -6,6 +6,9 @@ REVOKE ALL ON ALL TABLES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA apikeys FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA apikeys FROM PUBLIC;
 
+-- A client role that was never granted meets PostgreSQL's own "permission
+-- denied for schema apikeys": grant_to is what to run (README, "The two
+-- commands"; docs/reference.md).
 CREATE FUNCTION apikeys.grant_to(role regrole) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -40,7 +43,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION apikeys.grant_to(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_to(regrole) IS
-    'Grant a client role what clients need: schema usage, SELECT on the RLS tables, EXECUTE on the public functions.';
+    'Grant a client role what clients need: schema usage, SELECT on the RLS tables, EXECUTE on the public functions. A role without it gets "permission denied for schema apikeys"; run SELECT apikeys.grant_to(''role'') as a superuser.';
 
 -- Importing a key for another owner (a migration) needs the role
 -- apikeys_importer, never just workspace admin: the digest's token, which the

@@ -45,6 +45,13 @@ COMMENT ON TABLE apikeys.invitations IS
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
 
+-- 2. One test for rows that arrive with their own history (the audit
+-- triggers used to repeat it), used by every audit trigger below.
+CREATE FUNCTION apikeys.arrives_with_history(created_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT $1 < pg_catalog.now() $$;
+
 CREATE FUNCTION apikeys.invitations_guard() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -70,9 +77,7 @@ CREATE FUNCTION apikeys.audit_invitations() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
@@ -118,7 +123,152 @@ CREATE FUNCTION apikeys.accept_invitation(workspace_id uuid)
 COMMENT ON FUNCTION apikeys.accept_invitation(uuid) IS
     'Join a workspace you were invited to (add_member), with the invitation''s role and scopes; returns the role.';
 
--- 2. Changed descriptions of add_member, remove_member, rotate_key, import_key.
+-- 3. Audit triggers: the shared history test; key.imported leaves out
+-- NULL fields as key.created does. DELETE/TRUNCATE hints fit each table.
+CREATE OR REPLACE FUNCTION apikeys.audit_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+    replaces uuid;
+BEGIN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.source = 'imported' THEN
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.imported', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at)));
+        ELSE
+            SELECT k.id INTO replaces FROM apikeys.keys k WHERE k.replaced_by = NEW.id;
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.created', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at, 'replaces', replaces)));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.rotated', NEW.id,
+                jsonb_build_object('name', NEW.name, 'replaced_by', NEW.replaced_by));
+    END IF;
+    IF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
+                jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+    END IF;
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.expiry_shortened', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.expires_at, 'to', NEW.expires_at));
+    END IF;
+    IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.scopes_changed', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.scopes, 'to', NEW.scopes));
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.updated', NEW.id,
+                jsonb_build_object('name', jsonb_build_object('from', OLD.name, 'to', NEW.name),
+                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_members() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+BEGIN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.added',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.removed_at IS DISTINCT FROM OLD.removed_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.removed',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role));
+    ELSIF NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.changed',
+                jsonb_build_object('principal', NEW.principal,
+                                   'role', jsonb_build_object('from', OLD.role, 'to', NEW.role),
+                                   'scopes', jsonb_build_object('from', OLD.scopes, 'to', NEW.scopes)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_workspaces() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+    VALUES (NEW.id, apikeys.current_principal(), 'workspace.created',
+            jsonb_build_object('name', NEW.name));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_public_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.created', NEW.id,
+                jsonb_build_object('allowed_origins', NEW.allowed_origins));
+    ELSIF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.revoked', NEW.id,
+                jsonb_build_object('revoked_at', NEW.revoked_at));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.forbid_delete() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RAISE EXCEPTION '% on apikeys.% is not allowed: rows are kept for audit', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = CASE TG_TABLE_NAME
+                  WHEN 'keys' THEN 'revoke keys instead (apikeys.revoke_key)'
+                  WHEN 'key_hashes' THEN 'revoke the key instead (apikeys.revoke_key); its hash stays'
+                  WHEN 'members' THEN 'remove members instead (apikeys.remove_member)'
+                  WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
+                  WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
+                  WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
+                  ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
+              END;
+END
+$$;
+
+-- 4. Descriptions: add_member, remove_member, rotate_key, import_key,
+-- grant_to; every internal trigger function says it is internal.
 COMMENT ON FUNCTION apikeys.add_member(uuid, text, text, text[]) IS
     'Admin only: invite a principal (who joins with accept_invitation), or update an existing member''s role and scopes.';
 COMMENT ON FUNCTION apikeys.remove_member(uuid, text) IS
@@ -127,8 +277,25 @@ COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval) IS
     'Owner only: replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
 COMMENT ON FUNCTION apikeys.import_key(uuid, text, text, text, text[], timestamptz) IS
     'Admin only: import a key from another keystore by the SHA-256 of its token; for another owner only with the apikeys_importer role.';
+COMMENT ON FUNCTION apikeys.grant_to(regrole) IS
+    'Grant a client role what clients need: schema usage, SELECT on the RLS tables, EXECUTE on the public functions. A role without it gets "permission denied for schema apikeys"; run SELECT apikeys.grant_to(''role'') as a superuser.';
+COMMENT ON FUNCTION apikeys.forbid_delete() IS 'Internal trigger function (refuses DELETE and TRUNCATE on the extension''s tables); not for calling.';
+COMMENT ON FUNCTION apikeys.keys_guard() IS 'Internal trigger function (the revoke and rotation latches, shrink-only expiry and write-once columns of keys); not for calling.';
+COMMENT ON FUNCTION apikeys.key_hashes_guard() IS 'Internal trigger function (a stored hash never changes); not for calling.';
+COMMENT ON FUNCTION apikeys.members_guard() IS 'Internal trigger function (a removed membership never changes; write-once columns of members); not for calling.';
+COMMENT ON FUNCTION apikeys.members_follow() IS 'Internal trigger function (revokes a removed member''s keys, narrows a narrowed member''s keys); not for calling.';
+COMMENT ON FUNCTION apikeys.workspaces_guard() IS 'Internal trigger function (write-once columns of workspaces); not for calling.';
+COMMENT ON FUNCTION apikeys.public_keys_guard() IS 'Internal trigger function (the revoke latch and write-once columns of public keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_log_guard() IS 'Internal trigger function (audit rows never change); not for calling.';
+COMMENT ON FUNCTION apikeys.invitations_guard() IS 'Internal trigger function (an accepted or withdrawn invitation never changes; write-once columns); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_keys() IS 'Internal trigger function (writes the audit rows of keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_members() IS 'Internal trigger function (writes the audit rows of members); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_workspaces() IS 'Internal trigger function (writes the audit rows of workspaces); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_public_keys() IS 'Internal trigger function (writes the audit rows of public keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_invitations() IS 'Internal trigger function (writes the audit rows of invitations); not for calling.';
+COMMENT ON FUNCTION apikeys.arrives_with_history(timestamptz) IS 'Internal: whether an inserted row is restored history (created before this transaction); used by the audit triggers.';
 
--- 3. stamp_created_by refuses an update that moves a row to another partition.
+-- 5. stamp_created_by refuses an update that moves a row to another partition.
 CREATE OR REPLACE FUNCTION apikeys.stamp_created_by() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -189,7 +356,7 @@ BEGIN
 END
 $$;
 
--- 4. grant_to grants the invitations table and accept_invitation too.
+-- 6. grant_to grants the invitations table and accept_invitation too.
 CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -223,7 +390,7 @@ BEGIN
 END
 $$;
 
--- 5. Importing for another owner needs the apikeys_importer role.
+-- 7. Importing for another owner needs the apikeys_importer role.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer') THEN
@@ -245,13 +412,14 @@ REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
     'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
 
--- 6. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- 8. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
 -- running grant_to again after the update: a GRANT made inside this script
 -- would be recorded as the extension's own initial privilege, which pg_dump
 -- leaves out, so a restored database would silently lose it.
 REVOKE ALL ON apikeys.invitations FROM PUBLIC;
 REVOKE ALL ON SEQUENCE apikeys.invitations_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.arrives_with_history(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.invitations_guard() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.audit_invitations() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.accept_invitation(uuid) FROM PUBLIC;

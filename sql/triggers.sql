@@ -1,14 +1,16 @@
--- pg_apikeys: invariants enforced by triggers (design.md §5).
+-- pg_apikeys: invariants enforced by triggers.
 --
 -- Written in PL/pgSQL rather than Rust: each is a few comparisons of OLD and
 -- NEW, reads best next to the tables it guards, shows up as is in pg_dump and
 -- \d+, and runs only on writes (never on the verify path).
 -- Every trigger is ENABLE ALWAYS, so it also fires under
 -- session_replication_role = replica, and it binds the superuser too.
--- Each guard runs twice: BEFORE UPDATE, so a violation is reported as 23514
--- before PostgreSQL's own foreign-key checks run, and AFTER UPDATE on the row
--- as finally written, so a BEFORE trigger that sorts later (they fire in
--- name order) cannot undo the check by rewriting NEW after it looked.
+-- A guard that allows some changes runs twice: BEFORE UPDATE, so a violation
+-- is reported as 23514 before PostgreSQL's own foreign-key checks run, and
+-- AFTER UPDATE on the row as finally written, so a BEFORE trigger that sorts
+-- later (they fire in name order) cannot undo the check by rewriting NEW
+-- after it looked. The guards that refuse every update (key_hashes_guard,
+-- audit_log_guard) need only the BEFORE trigger.
 
 -- No DELETE, no TRUNCATE: rows stay for audit (revoke instead).
 CREATE FUNCTION apikeys.forbid_delete() RETURNS trigger
@@ -18,7 +20,15 @@ CREATE FUNCTION apikeys.forbid_delete() RETURNS trigger
 BEGIN
     RAISE EXCEPTION '% on apikeys.% is not allowed: rows are kept for audit', TG_OP, TG_TABLE_NAME
         USING ERRCODE = 'insufficient_privilege',
-              HINT = 'revoke keys and remove members instead';
+              HINT = CASE TG_TABLE_NAME
+                  WHEN 'keys' THEN 'revoke keys instead (apikeys.revoke_key)'
+                  WHEN 'key_hashes' THEN 'revoke the key instead (apikeys.revoke_key); its hash stays'
+                  WHEN 'members' THEN 'remove members instead (apikeys.remove_member)'
+                  WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
+                  WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
+                  WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
+                  ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
+              END;
 END
 $$;
 
@@ -191,12 +201,22 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------
--- Audit (design.md §5): one row per change, written in the same transaction.
+-- Audit: one row per change, written in the same transaction.
 -- SECURITY DEFINER so that every writer's change is recorded (clients cannot
 -- write audit_log); the actor is still the caller, because
 -- current_principal() reads the outer role, never this function's owner.
 -- detail holds names, scopes, times and ids: never a token or a hash (there
 -- is none in these tables to leak).
+
+-- Whether a row being inserted is history arriving with its own audit rows
+-- (pg_restore, pg_dump's plain SQL, a superuser's backfill) rather than a new
+-- event: its created_at lies before this transaction. The audit triggers
+-- write nothing for such a row (the dump brings its audit rows, and a second
+-- set would collide with their ids).
+CREATE FUNCTION apikeys.arrives_with_history(created_at timestamptz) RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT $1 < pg_catalog.now() $$;
 
 CREATE FUNCTION apikeys.audit_keys() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
@@ -206,17 +226,16 @@ DECLARE
     who text := apikeys.current_principal();
     replaces uuid;
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
         IF NEW.source = 'imported' THEN
             INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
             VALUES (NEW.workspace_id, who, 'key.imported', NEW.id,
-                    jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
-                                       'scopes', NEW.scopes, 'expires_at', NEW.expires_at));
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at)));
         ELSE
             SELECT k.id INTO replaces FROM apikeys.keys k WHERE k.replaced_by = NEW.id;
             INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
@@ -264,9 +283,7 @@ CREATE FUNCTION apikeys.audit_members() RETURNS trigger
 DECLARE
     who text := apikeys.current_principal();
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -293,9 +310,7 @@ CREATE FUNCTION apikeys.audit_workspaces() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
@@ -310,9 +325,7 @@ CREATE FUNCTION apikeys.audit_public_keys() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -335,9 +348,7 @@ CREATE FUNCTION apikeys.audit_invitations() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    -- a row created before this transaction is history arriving with its
-    -- own audit rows (pg_restore, a superuser's backfill), not a new event
-    IF TG_OP = 'INSERT' AND NEW.created_at < pg_catalog.now() THEN
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
@@ -469,3 +480,20 @@ ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_guard_final;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_audit;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_delete;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_truncate;
+
+-- Internal functions: each says so, so that \df apikeys.* tells them from the API.
+COMMENT ON FUNCTION apikeys.forbid_delete() IS 'Internal trigger function (refuses DELETE and TRUNCATE on the extension''s tables); not for calling.';
+COMMENT ON FUNCTION apikeys.keys_guard() IS 'Internal trigger function (the revoke and rotation latches, shrink-only expiry and write-once columns of keys); not for calling.';
+COMMENT ON FUNCTION apikeys.key_hashes_guard() IS 'Internal trigger function (a stored hash never changes); not for calling.';
+COMMENT ON FUNCTION apikeys.members_guard() IS 'Internal trigger function (a removed membership never changes; write-once columns of members); not for calling.';
+COMMENT ON FUNCTION apikeys.members_follow() IS 'Internal trigger function (revokes a removed member''s keys, narrows a narrowed member''s keys); not for calling.';
+COMMENT ON FUNCTION apikeys.workspaces_guard() IS 'Internal trigger function (write-once columns of workspaces); not for calling.';
+COMMENT ON FUNCTION apikeys.public_keys_guard() IS 'Internal trigger function (the revoke latch and write-once columns of public keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_log_guard() IS 'Internal trigger function (audit rows never change); not for calling.';
+COMMENT ON FUNCTION apikeys.invitations_guard() IS 'Internal trigger function (an accepted or withdrawn invitation never changes; write-once columns); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_keys() IS 'Internal trigger function (writes the audit rows of keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_members() IS 'Internal trigger function (writes the audit rows of members); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_workspaces() IS 'Internal trigger function (writes the audit rows of workspaces); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_public_keys() IS 'Internal trigger function (writes the audit rows of public keys); not for calling.';
+COMMENT ON FUNCTION apikeys.audit_invitations() IS 'Internal trigger function (writes the audit rows of invitations); not for calling.';
+COMMENT ON FUNCTION apikeys.arrives_with_history(timestamptz) IS 'Internal: whether an inserted row is restored history (created before this transaction); used by the audit triggers.';

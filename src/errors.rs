@@ -1,27 +1,17 @@
 //! Errors: the one place where messages are written and SQLSTATEs chosen
-//! (design.md §7).
+//! (the table in docs/reference.md, "Errors").
 //!
-//! pgrx reports errors through `PgSqlErrorCode`, a closed enum of
-//! PostgreSQL's own codes, so it cannot carry this extension's `PT401` and
-//! `PT404`. Every SQL-callable function therefore has two layers:
-//!
-//! * an inner `#[pg_extern(sql = false)]` function that computes a
-//!   `Result<T, ApiError>`; on `Err` it parks the error with [`defer`] and
-//!   returns an empty placeholder, so every Rust value is dropped normally;
-//! * an outer C entry point made by [`entry_points!`], which calls pgrx's
-//!   generated wrapper and then, with only plain data on its stack, raises
-//!   the parked error through PostgreSQL's `errstart`/`errfinish` with the
-//!   exact SQLSTATE. This is the same point at which pgrx itself reports
-//!   errors (after its guard has returned), so no Rust frame with a
-//!   destructor is ever skipped by the `longjmp`.
+//! Every failure a client can see is an [`ApiError`]; its SQLSTATE, message
+//! and hint are chosen here and nowhere else. How an `ApiError` reaches the
+//! client with its exact SQLSTATE (pgrx cannot raise `PT401`/`PT404`) is
+//! [`crate::fmgr`]'s business.
 //!
 //! Messages are `'static` and never contain a token, a hash, an id, or any
 //! value a caller sent.
 
-use std::cell::Cell;
-use std::ffi::{c_char, c_int, CStr};
+use std::ffi::{c_int, CStr};
 
-use crate::rules::Invalid;
+use crate::rules::RuleError;
 
 /// A SQLSTATE as its five characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +46,7 @@ impl SqlState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApiError {
     /// 22023: an argument broke a rule.
-    Invalid(Invalid),
+    Invalid(RuleError),
     /// 22023: `expires_at` is not in the future.
     ExpiryNotFuture,
     /// 22023: a required argument was NULL.
@@ -146,39 +136,39 @@ impl ApiError {
         use ApiError::*;
         match self {
             Invalid(i) => match i {
-                crate::rules::Invalid::Name => {
+                crate::rules::RuleError::Name => {
                     c"invalid key name: use 1-64 characters a-z, 0-9 and single inner dashes"
                 }
-                crate::rules::Invalid::Scope => {
+                crate::rules::RuleError::Scope => {
                     c"invalid scope: use 1-64 characters a-z, 0-9, '_', '.', '-', ':' starting with a letter"
                 }
-                crate::rules::Invalid::TooManyScopes => c"too many scopes: at most 64",
-                crate::rules::Invalid::NullScope => c"invalid scope: scopes must not be null",
-                crate::rules::Invalid::Prefix => {
+                crate::rules::RuleError::TooManyScopes => c"too many scopes: at most 64",
+                crate::rules::RuleError::NullScope => c"invalid scope: scopes must not be null",
+                crate::rules::RuleError::Prefix => {
                     c"invalid key prefix: use 2-16 characters a-z0-9 starting with a letter, optionally '_' and 1-16 more"
                 }
-                crate::rules::Invalid::ReservedPrefix => {
+                crate::rules::RuleError::ReservedPrefix => {
                     c"invalid key prefix: 'pk' is reserved for public keys"
                 }
-                crate::rules::Invalid::Role => c"invalid role: use 'admin' or 'member'",
-                crate::rules::Invalid::Principal => {
+                crate::rules::RuleError::Role => c"invalid role: use 'admin' or 'member'",
+                crate::rules::RuleError::Principal => {
                     c"invalid principal: use 1-256 characters, no control characters or surrounding spaces"
                 }
-                crate::rules::Invalid::WorkspaceName => {
+                crate::rules::RuleError::WorkspaceName => {
                     c"invalid workspace name: use 1-128 characters, no control characters"
                 }
-                crate::rules::Invalid::Metadata => {
+                crate::rules::RuleError::Metadata => {
                     c"invalid metadata: use a JSON object of at most 16 kB, nested at most 64 levels deep"
                 }
-                crate::rules::Invalid::Origin => {
+                crate::rules::RuleError::Origin => {
                     c"invalid origin: use scheme://host[:port] as a browser sends it, with no path"
                 }
-                crate::rules::Invalid::TooManyOrigins => c"too many allowed origins: at most 64",
-                crate::rules::Invalid::Digest => {
+                crate::rules::RuleError::TooManyOrigins => c"too many allowed origins: at most 64",
+                crate::rules::RuleError::Digest => {
                     c"invalid sha256_hex: use the 64 hexadecimal characters of a SHA-256 digest"
                 }
-                crate::rules::Invalid::Grace => c"invalid grace: use an interval from zero to 100 years",
-                crate::rules::Invalid::Subject => {
+                crate::rules::RuleError::Grace => c"invalid grace: use an interval from zero to 100 years",
+                crate::rules::RuleError::Subject => {
                     c"invalid JWT sub: use 1-256 characters, no control characters or surrounding spaces"
                 }
             },
@@ -241,8 +231,8 @@ impl ApiError {
     }
 }
 
-impl From<Invalid> for ApiError {
-    fn from(i: Invalid) -> Self {
+impl From<RuleError> for ApiError {
+    fn from(i: RuleError) -> Self {
         ApiError::Invalid(i)
     }
 }
@@ -269,98 +259,6 @@ pub fn require_writable() -> ApiResult<()> {
     }
 }
 
-thread_local! {
-    static PENDING: Cell<Option<ApiError>> = const { Cell::new(None) };
-}
-
-/// Park `err` to be raised by the entry point once pgrx's wrapper returns.
-pub fn defer(err: ApiError) {
-    PENDING.with(|p| p.set(Some(err)));
-}
-
-/// `Ok(v)` → `Some(v)`; `Err(e)` → parks `e` and gives `None` (the placeholder).
-pub fn deferred<T>(r: ApiResult<T>) -> Option<T> {
-    match r {
-        Ok(v) => Some(v),
-        Err(e) => {
-            defer(e);
-            None
-        }
-    }
-}
-
-#[doc(hidden)]
-pub fn clear_pending() {
-    PENDING.with(|p| p.set(None));
-}
-
-#[cfg_attr(target_os = "windows", link(name = "postgres"))]
-unsafe extern "C-unwind" {
-    fn errstart(elevel: c_int, domain: *const c_char) -> bool;
-    fn errcode(sqlerrcode: c_int) -> c_int;
-    fn errmsg(fmt: *const c_char, ...) -> c_int;
-    fn errhint(fmt: *const c_char, ...) -> c_int;
-    fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
-}
-
-/// Raise the parked error, if any. Called only by [`entry_points!`] code,
-/// whose frame holds nothing but a `Datum`.
-///
-/// # Safety
-/// Must be called from an `extern "C-unwind"` function called by PostgreSQL,
-/// outside any Rust frame that owns a value with a destructor.
-#[doc(hidden)]
-#[inline(never)]
-pub unsafe fn raise_pending() {
-    let Some(err) = PENDING.with(|p| p.take()) else { return };
-    let code = err.sqlstate().code();
-    let msg = err.message().as_ptr();
-    let hint = err.hint().map(CStr::as_ptr);
-    // SAFETY: plain FFI into PostgreSQL's ereport(); every pointer is 'static.
-    unsafe {
-        if errstart(pgrx::pg_sys::PGERROR as c_int, std::ptr::null()) {
-            errcode(code);
-            errmsg(c"%s".as_ptr(), msg);
-            if let Some(h) = hint {
-                errhint(c"%s".as_ptr(), h);
-            }
-            errfinish(c"pg_apikeys".as_ptr(), 0, std::ptr::null());
-        }
-    }
-}
-
-/// For each `outer => inner_wrapper` pair, define the C symbol `outer` (and its
-/// `pg_finfo_outer` record) that `sql/*.sql` names in `CREATE FUNCTION ... AS
-/// 'MODULE_PATHNAME', 'outer'`. It calls pgrx's wrapper and then raises any
-/// parked [`ApiError`] with its exact SQLSTATE.
-#[macro_export]
-macro_rules! entry_points {
-    ($($outer:ident / $finfo:ident => $inner:path;)*) => {$(
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1_API: ::pgrx::pg_sys::Pg_finfo_record =
-                ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1_API
-        }
-
-        #[unsafe(no_mangle)]
-        #[doc(hidden)]
-        /// # Safety
-        /// Called by PostgreSQL's function manager only.
-        pub unsafe extern "C-unwind" fn $outer(
-            fcinfo: ::pgrx::pg_sys::FunctionCallInfo,
-        ) -> ::pgrx::pg_sys::Datum {
-            $crate::errors::clear_pending();
-            // SAFETY: same fcinfo, same calling convention as pgrx's own wrapper
-            let datum = unsafe { $inner(fcinfo) };
-            // SAFETY: only `datum` (plain data) is live in this frame
-            unsafe { $crate::errors::raise_pending() };
-            datum
-        }
-    )*};
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,10 +274,26 @@ mod tests {
         assert_eq!(SqlState::READ_ONLY.code(), E::ERRCODE_READ_ONLY_SQL_TRANSACTION as c_int);
     }
 
+    /// The limits quoted in messages are the limits the rules apply.
     #[test]
-    fn every_error_has_a_sqlstate_from_the_design_table() {
+    fn messages_quote_the_rules_limits() {
+        use crate::rules::*;
+        let msg = |e: RuleError| ApiError::Invalid(e).message().to_str().unwrap_or("").to_owned();
+        assert!(msg(RuleError::Name).contains(&format!("1-{MAX_NAME_LEN} characters")));
+        assert!(msg(RuleError::Scope).contains(&format!("1-{MAX_SCOPE_LEN} characters")));
+        assert!(msg(RuleError::TooManyScopes).contains(&format!("at most {MAX_SCOPES}")));
+        assert!(msg(RuleError::Principal).contains(&format!("1-{MAX_PRINCIPAL_LEN} characters")));
+        assert!(msg(RuleError::Subject).contains(&format!("1-{MAX_PRINCIPAL_LEN} characters")));
+        assert!(msg(RuleError::WorkspaceName).contains(&format!("1-{MAX_WORKSPACE_NAME_LEN} characters")));
+        assert!(msg(RuleError::Metadata).contains(&format!("at most {} kB", MAX_METADATA_BYTES / 1024)));
+        assert!(msg(RuleError::Metadata).contains(&format!("at most {MAX_METADATA_DEPTH} levels")));
+        assert!(msg(RuleError::TooManyOrigins).contains(&format!("at most {MAX_ORIGINS}")));
+    }
+
+    #[test]
+    fn every_error_has_a_sqlstate_from_the_error_table() {
         let all = [
-            ApiError::Invalid(Invalid::Name),
+            ApiError::Invalid(RuleError::Name),
             ApiError::ExpiryNotFuture,
             ApiError::NoPrincipal,
             ApiError::NotMember,
@@ -392,9 +306,9 @@ mod tests {
             ApiError::KeyNotFound,
             ApiError::MemberNotFound,
             ApiError::Unauthenticated,
-            ApiError::Invalid(Invalid::Origin),
-            ApiError::Invalid(Invalid::Digest),
-            ApiError::Invalid(Invalid::Grace),
+            ApiError::Invalid(RuleError::Origin),
+            ApiError::Invalid(RuleError::Digest),
+            ApiError::Invalid(RuleError::Grace),
             ApiError::OwnerNotMember,
             ApiError::OwnerScopeEscalation,
             ApiError::KeyNotActive,
@@ -406,7 +320,7 @@ mod tests {
             ApiError::KeyCannotManageAdmins,
             ApiError::InvitationNotFound,
             ApiError::KeyOutsideWorkspace,
-            ApiError::Invalid(Invalid::Subject),
+            ApiError::Invalid(RuleError::Subject),
         ];
         for e in all {
             let s = e.sqlstate();

@@ -1,4 +1,4 @@
-//! Property-based fuzzing (issue 5, design.md §7) of everything that reads
+//! Property-based fuzzing of everything that reads
 //! untrusted text before any table is touched: the token parser and its
 //! CRC32 checksum, the shape classifier `verify_key` runs first, base62, the
 //! input rules (names, scopes, prefixes, principals, origins, digests) and the

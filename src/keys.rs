@@ -11,13 +11,14 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
-use rand::RngCore;
 
-use crate::errors::{deferred, ApiError, ApiResult};
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
 use crate::principal::Caller;
 use crate::rules::{self, Role};
+use crate::spi::{insert_with_retry, name_taken, random_body, RevokeOnce};
 use crate::token;
-use crate::workspaces::{caller, caller_membership, membership, require_admin};
+use crate::workspaces::{caller, caller_membership, insider_membership, membership, require_admin};
 
 /// What `create_key` returns: the only moment the token exists.
 pub struct NewKey {
@@ -33,13 +34,6 @@ impl NewKey {
     fn row(self) -> NewKeyRow {
         (self.id, self.name, self.prefix, self.key)
     }
-}
-
-/// 32 bytes from the operating system's CSPRNG.
-fn random_body() -> ApiResult<[u8; token::BODY_BYTES]> {
-    let mut bytes = [0u8; token::BODY_BYTES];
-    rand::rngs::OsRng.try_fill_bytes(&mut bytes).map_err(|_| ApiError::Internal)?;
-    Ok(bytes)
 }
 
 /// `expires_at` must lie in the future (after the statement's start, the
@@ -115,14 +109,15 @@ pub fn check_metadata(client: &mut SpiClient<'_>, metadata: AnyElement) -> ApiRe
     let text: Option<String> = row.get(2)?;
     match text {
         Some(t) if object => Ok(rules::metadata_text(&t)?),
-        _ => Err(rules::Invalid::Metadata.into()),
+        _ => Err(rules::RuleError::Metadata.into()),
     }
 }
 
 /// Insert a key row and its hash. The only place a token is made.
 pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
-    // a display-prefix collision (47 random bits) is retried with a new token
-    for _ in 0..4 {
+    // a display-prefix collision (47 random bits) is retried with a new token;
+    // a taken name the caller chose is final
+    insert_with_retry(client, ApiError::NameTaken, |client| {
         let minted = token::build(&spec.prefix, &random_body()?);
         let name = spec.name.clone().unwrap_or_else(|| minted.default_name.clone());
         let (metadata, copy_of) = spec.metadata.args();
@@ -147,16 +142,10 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
             ],
         )?;
         if inserted.is_empty() {
-            let taken = client.select(
-                "SELECT 1 FROM apikeys.keys
-                  WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL AND replaced_by IS NULL",
-                Some(1),
-                &[spec.workspace_id.into(), name.as_str().into()],
-            )?;
-            if !taken.is_empty() && spec.name.is_some() {
+            if spec.name.is_some() && name_taken(client, spec.workspace_id, &name)? {
                 return Err(ApiError::NameTaken);
             }
-            continue;
+            return Ok(None);
         }
         let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
         let digest = token::digest(&minted.token);
@@ -165,9 +154,8 @@ pub fn mint(client: &mut SpiClient<'_>, spec: &KeySpec) -> ApiResult<NewKey> {
             None,
             &[id.into(), digest.as_slice().into()],
         )?;
-        return Ok(NewKey { id, name, prefix: minted.display_prefix, key: minted.token });
-    }
-    Err(ApiError::NameTaken)
+        Ok(Some(NewKey { id, name, prefix: minted.display_prefix, key: minted.token }))
+    })
 }
 
 /// May `caller` (with `membership`) give a key `scopes`?
@@ -255,16 +243,20 @@ pub fn manageable_key(client: &mut SpiClient<'_>, caller: &Caller, key_id: Uuid)
     let row = row.first();
     let workspace_id: Uuid = row.get(1)?.ok_or(ApiError::Internal)?;
     let owner: String = row.get(2)?.ok_or(ApiError::Internal)?;
-    let m = match caller_membership(client, caller, workspace_id) {
-        Ok(m) => m,
-        Err(ApiError::NotMember | ApiError::WorkspaceNotFound) => return Err(ApiError::KeyNotFound),
-        Err(e) => return Err(e),
-    };
+    let m = insider_membership(client, caller, workspace_id, ApiError::KeyNotFound)?;
     if m.role != Role::Admin && owner != caller.principal {
         return Err(ApiError::KeyNotFound);
     }
     Ok(workspace_id)
 }
+
+/// `revoke_key`'s latch: the first revoke sets `revoked_at`, later ones
+/// return it.
+const REVOKE_KEY: RevokeOnce = RevokeOnce {
+    set: "UPDATE apikeys.keys SET revoked_at = pg_catalog.now()
+           WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",
+    get: "SELECT revoked_at FROM apikeys.keys WHERE id = $1",
+};
 
 fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
     crate::errors::require_writable()?;
@@ -278,20 +270,7 @@ fn revoke_key_impl(key_id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
                 caller.require_key_manage()?;
             }
         }
-        let set = client.update(
-            "UPDATE apikeys.keys SET revoked_at = pg_catalog.now()
-              WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",
-            None,
-            &[key_id.into()],
-        )?;
-        if !set.is_empty() {
-            return set.first().get(1)?.ok_or(ApiError::Internal);
-        }
-        client
-            .select("SELECT revoked_at FROM apikeys.keys WHERE id = $1", Some(1), &[key_id.into()])?
-            .first()
-            .get(1)?
-            .ok_or(ApiError::Internal)
+        REVOKE_KEY.run(client, key_id)
     })
 }
 
@@ -326,7 +305,7 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
             .get(1)?
             .unwrap_or(true);
         if out_of_range {
-            return Err(rules::Invalid::Grace.into());
+            return Err(rules::RuleError::Grace.into());
         }
         let workspace_id = manageable_key(client, &caller, key_id)?;
         caller.require_key_manage()?;
@@ -480,7 +459,8 @@ fn import_key_impl(
         if !stored.is_empty() {
             return Err(ApiError::DigestTaken);
         }
-        for _ in 0..4 {
+        // a display-prefix collision is retried; a taken name is final
+        insert_with_retry(client, ApiError::Internal, |client| {
             let inserted = client.update(
                 "INSERT INTO apikeys.keys (workspace_id, owner, name, prefix, scopes, expires_at, source)
                  VALUES ($1, $2, $3, $4, $5, $6, 'imported')
@@ -497,16 +477,10 @@ fn import_key_impl(
                 ],
             )?;
             if inserted.is_empty() {
-                let taken = client.select(
-                    "SELECT 1 FROM apikeys.keys
-                      WHERE workspace_id = $1 AND name = $2 AND revoked_at IS NULL AND replaced_by IS NULL",
-                    Some(1),
-                    &[workspace_id.into(), name.as_str().into()],
-                )?;
-                if !taken.is_empty() {
+                if name_taken(client, workspace_id, &name)? {
                     return Err(ApiError::NameTaken);
                 }
-                continue;
+                return Ok(None);
             }
             let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
             // a concurrent import of the same digest that committed first
@@ -521,9 +495,8 @@ fn import_key_impl(
             if stored.is_empty() {
                 return Err(ApiError::DigestTaken);
             }
-            return Ok(id);
-        }
-        Err(ApiError::Internal)
+            Ok(Some(id))
+        })
     })
 }
 

@@ -3,9 +3,12 @@
 //! Module map:
 //! * [`token`]: token format, base62, CRC32 checksum, SHA-256 (pure Rust)
 //! * [`rules`]: name, scope, prefix, role and principal rules (pure Rust)
-//! * [`errors`]: the one error type, its SQLSTATEs and messages, and the C
-//!   entry points that raise them
+//! * [`errors`]: the one error type, its SQLSTATEs, messages and hints
+//! * `fmgr`: the C entry points and deferred raising (pgrx internals, in one
+//!   place)
 //! * [`gucs`]: every `apikeys.*` setting
+//! * `spi`: write helpers the SQL surfaces share (insert with retry, the
+//!   revoke-once latch, the key-name check)
 //! * [`principal`]: `current_principal()`, `authenticate()`, the per-transaction
 //!   key binding and its helpers
 //! * [`workspaces`]: `create_workspace`, `add_member` (an invitation for a
@@ -21,11 +24,13 @@
 use pgrx::prelude::*;
 
 pub mod errors;
+mod fmgr;
 pub mod gucs;
 pub mod keys;
 pub mod principal;
 pub mod public_keys;
 pub mod rules;
+mod spi;
 pub mod token;
 pub mod verify;
 pub mod workspaces;
@@ -41,9 +46,10 @@ extension_sql_file!("../sql/triggers.sql", name = "triggers", requires = ["funct
 extension_sql_file!("../sql/policies.sql", name = "policies", requires = ["triggers"]);
 extension_sql_file!("../sql/grants.sql", name = "grants", finalize);
 
-// The C symbols that sql/functions.sql names; see errors.rs for why each
-// wraps pgrx's generated wrapper.
-entry_points! {
+// The C symbols that sql/functions.sql names; see fmgr.rs for why each
+// wraps pgrx's generated wrapper. A released version's SQL names them too:
+// never remove or rename one (docs/reference.md, "Upgrading").
+fmgr::entry_points! {
     apikeys_current_principal / pg_finfo_apikeys_current_principal => principal::current_principal_wrapper;
     apikeys_create_workspace / pg_finfo_apikeys_create_workspace => workspaces::create_workspace_wrapper;
     apikeys_add_member / pg_finfo_apikeys_add_member => workspaces::add_member_wrapper;

@@ -1,4 +1,4 @@
-//! Who is calling (design.md §2): `apikeys.current_principal()`.
+//! Who is calling: `apikeys.current_principal()`.
 //!
 //! 1. an API key bound to this transaction by `apikeys.authenticate()`: its owner;
 //! 2. else `request.jwt.claims` when set *and* the session's login user is a
@@ -21,9 +21,10 @@ use std::ffi::{c_void, CStr, CString};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::errors::{deferred, ApiError, ApiResult};
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
 use crate::gucs;
-use crate::rules::Invalid;
+use crate::rules::RuleError;
 
 /// An API key accepted by `authenticate()` in this transaction.
 #[derive(Clone, Debug)]
@@ -143,13 +144,13 @@ pub fn init() {
 
 /// The principal named by JWT claims text: `Ok(Some(Some(sub)))`,
 /// `Ok(Some(None))` for anonymous claims, `Ok(None)` when no claims are set,
-/// and [`Invalid::Subject`] for a `sub` that is no valid principal (over 256
+/// and [`RuleError::Subject`] for a `sub` that is no valid principal (over 256
 /// characters, control characters, surrounding spaces).
 ///
 /// The claims are read as a JSON object in which a key given twice counts
 /// once, with its last value: the same `sub` PostgreSQL's
 /// `current_setting('request.jwt.claims')::jsonb ->> 'sub'` gives.
-pub fn principal_from_claims(claims: &str) -> Result<Option<Option<String>>, Invalid> {
+pub fn principal_from_claims(claims: &str) -> Result<Option<Option<String>>, RuleError> {
     if claims.trim().is_empty() {
         return Ok(None);
     }
@@ -224,7 +225,7 @@ fn principal_without_key() -> ApiResult<Option<String>> {
 }
 
 // ---------------------------------------------------------------------------
-// authenticate(): PostgREST's db-pre-request hook (design.md §6)
+// authenticate(): PostgREST's db-pre-request hook
 
 /// The key carried by the request's API-key header: `Ok(None)` when the
 /// request has no such header, `Err` when the request context is unusable.
@@ -272,7 +273,7 @@ fn authenticate_impl() -> ApiResult<()> {
     Ok(())
 }
 
-/// `apikeys.authenticate()`: see design.md §6 and docs/postgrest.md.
+/// `apikeys.authenticate()`: see docs/postgrest.md.
 #[pg_extern(sql = false)]
 fn authenticate() {
     deferred(authenticate_impl());
@@ -352,11 +353,11 @@ mod tests {
 
     #[test]
     fn an_invalid_sub_is_an_error_not_a_principal() {
-        use crate::rules::Invalid;
+        use crate::rules::RuleError;
         let long = format!(r#"{{"sub":"{}"}}"#, "s".repeat(9_600));
-        assert_eq!(principal_from_claims(&long), Err(Invalid::Subject));
-        assert_eq!(principal_from_claims(r#"{"sub":" alice"}"#), Err(Invalid::Subject));
-        assert_eq!(principal_from_claims(r#"{"sub":"al\nice"}"#), Err(Invalid::Subject));
+        assert_eq!(principal_from_claims(&long), Err(RuleError::Subject));
+        assert_eq!(principal_from_claims(r#"{"sub":" alice"}"#), Err(RuleError::Subject));
+        assert_eq!(principal_from_claims(r#"{"sub":"al\nice"}"#), Err(RuleError::Subject));
         let max = format!(r#"{{"sub":"{}"}}"#, "s".repeat(256));
         assert!(principal_from_claims(&max).is_ok());
     }

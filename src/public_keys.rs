@@ -1,4 +1,4 @@
-//! Public (publishable) keys (design.md §4): `create_public_key`,
+//! Public (publishable) keys: `create_public_key`,
 //! `revoke_public_key`, `resolve_public_key`.
 //!
 //! A public key is `pk_<body><check>` in this extension's token format. It is
@@ -8,12 +8,13 @@
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-use rand::RngCore;
 
-use crate::errors::{deferred, ApiError, ApiResult};
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
 use crate::rules::{self, Role};
+use crate::spi::{insert_with_retry, random_body, RevokeOnce};
 use crate::token;
-use crate::workspaces::{caller, caller_membership, require_admin};
+use crate::workspaces::{caller, insider_membership, require_admin};
 
 /// The token prefix of every public key.
 pub const PUBLIC_PREFIX: &str = "pk";
@@ -28,10 +29,9 @@ fn create_public_key_impl(
     let origins = rules::origins(&allowed_origins.unwrap_or_default())?;
     Spi::connect_mut(|client| {
         require_admin(client, &caller, workspace_id)?;
-        for _ in 0..4 {
-            let mut body = [0u8; token::BODY_BYTES];
-            rand::rngs::OsRng.try_fill_bytes(&mut body).map_err(|_| ApiError::Internal)?;
-            let minted = token::build(PUBLIC_PREFIX, &body);
+        // a collision with a stored public key is retried with a new one
+        insert_with_retry(client, ApiError::Internal, |client| {
+            let minted = token::build(PUBLIC_PREFIX, &random_body()?);
             let inserted = client.update(
                 "INSERT INTO apikeys.public_keys (workspace_id, public_key, allowed_origins, created_by)
                  VALUES ($1, $2, $3, $4)
@@ -45,12 +45,12 @@ fn create_public_key_impl(
                     caller.principal.as_str().into(),
                 ],
             )?;
-            if !inserted.is_empty() {
-                let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
-                return Ok((id, minted.token));
+            if inserted.is_empty() {
+                return Ok(None);
             }
-        }
-        Err(ApiError::Internal)
+            let id: Uuid = inserted.first().get(1)?.ok_or(ApiError::Internal)?;
+            Ok(Some((id, minted.token)))
+        })
     })
 }
 
@@ -64,6 +64,14 @@ fn create_public_key(
         None => TableIterator::empty(),
     }
 }
+
+/// `revoke_public_key`'s latch: the first revoke sets `revoked_at`, later
+/// ones return it.
+const REVOKE_PUBLIC_KEY: RevokeOnce = RevokeOnce {
+    set: "UPDATE apikeys.public_keys SET revoked_at = pg_catalog.now()
+           WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",
+    get: "SELECT revoked_at FROM apikeys.public_keys WHERE id = $1",
+};
 
 fn revoke_public_key_impl(id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> {
     crate::errors::require_writable()?;
@@ -79,32 +87,12 @@ fn revoke_public_key_impl(id: Option<Uuid>) -> ApiResult<TimestampWithTimeZone> 
             return Err(ApiError::PublicKeyNotFound);
         }
         let workspace_id: Uuid = row.first().get(1)?.ok_or(ApiError::Internal)?;
-        // outsiders cannot tell a public key of another workspace from none
-        let m = match caller_membership(client, &caller, workspace_id) {
-            Ok(m) => m,
-            Err(ApiError::NotMember | ApiError::WorkspaceNotFound) => {
-                return Err(ApiError::PublicKeyNotFound)
-            }
-            Err(e) => return Err(e),
-        };
+        let m = insider_membership(client, &caller, workspace_id, ApiError::PublicKeyNotFound)?;
         if m.role != Role::Admin {
             return Err(ApiError::NotAdmin);
         }
         caller.require_key_manage()?;
-        let set = client.update(
-            "UPDATE apikeys.public_keys SET revoked_at = pg_catalog.now()
-              WHERE id = $1 AND revoked_at IS NULL RETURNING revoked_at",
-            None,
-            &[id.into()],
-        )?;
-        if !set.is_empty() {
-            return set.first().get(1)?.ok_or(ApiError::Internal);
-        }
-        client
-            .select("SELECT revoked_at FROM apikeys.public_keys WHERE id = $1", Some(1), &[id.into()])?
-            .first()
-            .get(1)?
-            .ok_or(ApiError::Internal)
+        REVOKE_PUBLIC_KEY.run(client, id)
     })
 }
 

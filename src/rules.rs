@@ -1,6 +1,6 @@
-//! Validation rules for names, scopes, roles and principals (design.md §2–§3).
+//! Validation rules for names, scopes, roles and principals.
 //!
-//! Plain Rust, no PostgreSQL: each rule returns the [`Invalid`] reason, which
+//! Plain Rust, no PostgreSQL: each rule returns the [`RuleError`] reason, which
 //! `errors.rs` turns into SQLSTATE 22023 with a fixed message. Messages never
 //! echo the rejected value, so nothing a caller sent (or mistyped into the
 //! wrong argument, such as a token) is reflected back or logged.
@@ -24,7 +24,7 @@ pub const MANAGE_SCOPE: &str = "apikeys:manage";
 
 /// Which rule an argument broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Invalid {
+pub enum RuleError {
     Name,
     Scope,
     TooManyScopes,
@@ -45,7 +45,7 @@ pub enum Invalid {
 
 /// Normalise and check a key name: ASCII lower-cased, then
 /// `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 64 characters.
-pub fn key_name(raw: &str) -> Result<String, Invalid> {
+pub fn key_name(raw: &str) -> Result<String, RuleError> {
     let name = raw.to_ascii_lowercase();
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -56,14 +56,14 @@ pub fn key_name(raw: &str) -> Result<String, Invalid> {
     if ok {
         Ok(name)
     } else {
-        Err(Invalid::Name)
+        Err(RuleError::Name)
     }
 }
 
 /// Check one scope: 1–64 characters of `[a-z0-9_.:-]`, starting with a
 /// letter, with no empty `:`-separated segment (`read`, `billing:write`,
 /// `apikeys:manage`). Scopes are compared exactly; there are no wildcards.
-pub fn scope(s: &str) -> Result<(), Invalid> {
+pub fn scope(s: &str) -> Result<(), RuleError> {
     let ok = !s.is_empty()
         && s.len() <= MAX_SCOPE_LEN
         && s.as_bytes()[0].is_ascii_lowercase()
@@ -73,7 +73,7 @@ pub fn scope(s: &str) -> Result<(), Invalid> {
     if ok {
         Ok(())
     } else {
-        Err(Invalid::Scope)
+        Err(RuleError::Scope)
     }
 }
 
@@ -83,14 +83,14 @@ pub fn scope(s: &str) -> Result<(), Invalid> {
 /// Stops at the 65th distinct scope, so the de-duplication compares each
 /// element with at most 64 others: a hostile array of 100 000 scopes costs
 /// one pass, not 10^10 comparisons (tests/pg_regress 17_hostile).
-pub fn scopes(list: &[Option<String>]) -> Result<Vec<String>, Invalid> {
+pub fn scopes(list: &[Option<String>]) -> Result<Vec<String>, RuleError> {
     let mut out: Vec<String> = Vec::with_capacity(list.len().min(MAX_SCOPES));
     for item in list {
-        let s = item.as_deref().ok_or(Invalid::NullScope)?;
+        let s = item.as_deref().ok_or(RuleError::NullScope)?;
         scope(s)?;
         if !out.iter().any(|o| o == s) {
             if out.len() == MAX_SCOPES {
-                return Err(Invalid::TooManyScopes);
+                return Err(RuleError::TooManyScopes);
             }
             out.push(s.to_owned());
         }
@@ -104,12 +104,12 @@ pub fn missing<'a>(wanted: &'a [String], held: &[String]) -> Vec<&'a str> {
 }
 
 /// Check a secret-key prefix; `pk` is reserved for public keys.
-pub fn key_prefix(p: &str) -> Result<(), Invalid> {
+pub fn key_prefix(p: &str) -> Result<(), RuleError> {
     if !crate::token::valid_prefix(p) {
-        return Err(Invalid::Prefix);
+        return Err(RuleError::Prefix);
     }
     if p == "pk" || p.starts_with("pk_") {
-        return Err(Invalid::ReservedPrefix);
+        return Err(RuleError::ReservedPrefix);
     }
     Ok(())
 }
@@ -122,11 +122,11 @@ pub enum Role {
 }
 
 impl Role {
-    pub fn parse(s: &str) -> Result<Role, Invalid> {
+    pub fn parse(s: &str) -> Result<Role, RuleError> {
         match s {
             "admin" => Ok(Role::Admin),
             "member" => Ok(Role::Member),
-            _ => Err(Invalid::Role),
+            _ => Err(RuleError::Role),
         }
     }
     pub fn as_str(self) -> &'static str {
@@ -139,7 +139,7 @@ impl Role {
 
 /// Check a principal named by an admin (`add_member`, `remove_member`):
 /// 1–256 characters, no control characters, no leading or trailing space.
-pub fn principal(p: &str) -> Result<(), Invalid> {
+pub fn principal(p: &str) -> Result<(), RuleError> {
     let ok = !p.is_empty()
         && p.chars().count() <= MAX_PRINCIPAL_LEN
         && !p.chars().any(char::is_control)
@@ -147,19 +147,19 @@ pub fn principal(p: &str) -> Result<(), Invalid> {
     if ok {
         Ok(())
     } else {
-        Err(Invalid::Principal)
+        Err(RuleError::Principal)
     }
 }
 
 /// Check a workspace name: 1–128 characters, no control characters, not blank.
-pub fn workspace_name(n: &str) -> Result<(), Invalid> {
+pub fn workspace_name(n: &str) -> Result<(), RuleError> {
     let ok = !n.trim().is_empty()
         && n.chars().count() <= MAX_WORKSPACE_NAME_LEN
         && !n.chars().any(char::is_control);
     if ok {
         Ok(())
     } else {
-        Err(Invalid::WorkspaceName)
+        Err(RuleError::WorkspaceName)
     }
 }
 
@@ -167,9 +167,9 @@ pub fn workspace_name(n: &str) -> Result<(), Invalid> {
 /// at most 16 KiB and nested at most 64 levels. The text is only measured,
 /// never re-encoded: metadata is stored exactly as the jsonb given. That it
 /// is an object is checked by the caller (`jsonb_typeof`).
-pub fn metadata_text(text: &str) -> Result<(), Invalid> {
+pub fn metadata_text(text: &str) -> Result<(), RuleError> {
     if text.len() > MAX_METADATA_BYTES || json_depth(text) > MAX_METADATA_DEPTH {
-        return Err(Invalid::Metadata);
+        return Err(RuleError::Metadata);
     }
     Ok(())
 }
@@ -202,9 +202,9 @@ pub fn json_depth(text: &str) -> usize {
 }
 
 /// Check a JWT `sub` as a principal: the rules of [`principal`], reported
-/// as [`Invalid::Subject`].
-pub fn subject(sub: &str) -> Result<(), Invalid> {
-    principal(sub).map_err(|_| Invalid::Subject)
+/// as [`RuleError::Subject`].
+pub fn subject(sub: &str) -> Result<(), RuleError> {
+    principal(sub).map_err(|_| RuleError::Subject)
 }
 
 /// Most origins a public key may list.
@@ -215,22 +215,22 @@ pub const MAX_ORIGIN_LEN: usize = 255;
 /// Normalise and check a browser origin: `scheme://host[:port]`, ASCII
 /// lower-cased, as browsers send it in the `Origin` header (no path, no
 /// trailing slash, no user info). IPv6 hosts are written in brackets.
-pub fn origin(raw: &str) -> Result<String, Invalid> {
+pub fn origin(raw: &str) -> Result<String, RuleError> {
     let o = raw.to_ascii_lowercase();
     if o.is_empty() || o.len() > MAX_ORIGIN_LEN || !o.is_ascii() {
-        return Err(Invalid::Origin);
+        return Err(RuleError::Origin);
     }
-    let (scheme, rest) = o.split_once("://").ok_or(Invalid::Origin)?;
+    let (scheme, rest) = o.split_once("://").ok_or(RuleError::Origin)?;
     let scheme_ok = scheme.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
         && scheme.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(&c));
     let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (inner, after) = v6.split_once(']').ok_or(Invalid::Origin)?;
+        let (inner, after) = v6.split_once(']').ok_or(RuleError::Origin)?;
         if inner.is_empty() || !inner.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.') {
-            return Err(Invalid::Origin);
+            return Err(RuleError::Origin);
         }
         let port = match after {
             "" => None,
-            a => Some(a.strip_prefix(':').ok_or(Invalid::Origin)?),
+            a => Some(a.strip_prefix(':').ok_or(RuleError::Origin)?),
         };
         (inner, port)
     } else {
@@ -247,7 +247,7 @@ pub fn origin(raw: &str) -> Result<String, Invalid> {
         Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()),
     };
     if !(scheme_ok && host_ok && port_ok) {
-        return Err(Invalid::Origin);
+        return Err(RuleError::Origin);
     }
     // browsers omit a scheme's default port from Origin
     let default_port = match scheme {
@@ -262,13 +262,13 @@ pub fn origin(raw: &str) -> Result<String, Invalid> {
 }
 
 /// Check and normalise a list of allowed origins (duplicates removed, order kept).
-pub fn origins(list: &[Option<String>]) -> Result<Vec<String>, Invalid> {
+pub fn origins(list: &[Option<String>]) -> Result<Vec<String>, RuleError> {
     if list.len() > MAX_ORIGINS {
-        return Err(Invalid::TooManyOrigins);
+        return Err(RuleError::TooManyOrigins);
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for o in list {
-        let o = origin(o.as_deref().ok_or(Invalid::Origin)?)?;
+        let o = origin(o.as_deref().ok_or(RuleError::Origin)?)?;
         if !out.contains(&o) {
             out.push(o);
         }
@@ -277,12 +277,12 @@ pub fn origins(list: &[Option<String>]) -> Result<Vec<String>, Invalid> {
 }
 
 /// Parse a SHA-256 digest written as 64 hexadecimal characters (either case).
-pub fn sha256_hex(raw: &str) -> Result<[u8; 32], Invalid> {
+pub fn sha256_hex(raw: &str) -> Result<[u8; 32], RuleError> {
     if raw.len() != 64 {
-        return Err(Invalid::Digest);
+        return Err(RuleError::Digest);
     }
     let mut out = [0u8; 32];
-    hex::decode_to_slice(raw, &mut out).map_err(|_| Invalid::Digest)?;
+    hex::decode_to_slice(raw, &mut out).map_err(|_| RuleError::Digest)?;
     Ok(out)
 }
 
@@ -303,9 +303,9 @@ mod tests {
         assert_eq!(key_name("a1-b2-c3").unwrap(), "a1-b2-c3");
         assert_eq!(key_name(&"x".repeat(64)).unwrap().len(), 64);
         for bad in ["", "-a", "a-", "a--b", "a_b", "a b", "a.b", "é", "ａ", "a\n", "\0", " a"] {
-            assert_eq!(key_name(bad), Err(Invalid::Name), "{bad:?}");
+            assert_eq!(key_name(bad), Err(RuleError::Name), "{bad:?}");
         }
-        assert_eq!(key_name(&"x".repeat(65)), Err(Invalid::Name));
+        assert_eq!(key_name(&"x".repeat(65)), Err(RuleError::Name));
     }
 
     #[test]
@@ -318,12 +318,12 @@ mod tests {
         for bad in ["", "Read", "1read", "read write", "a::b", "a:", ":a", "rëad", "*", "a*"] {
             assert!(scopes(&strs(&[bad])).is_err(), "{bad:?}");
         }
-        assert_eq!(scopes(&[None]), Err(Invalid::NullScope));
+        assert_eq!(scopes(&[None]), Err(RuleError::NullScope));
         assert!(scope(&"a".repeat(64)).is_ok());
         assert!(scope(&"a".repeat(65)).is_err());
         let many: Vec<String> = (0..65).map(|i| format!("s{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(scopes(&strs(&many)), Err(Invalid::TooManyScopes));
+        assert_eq!(scopes(&strs(&many)), Err(RuleError::TooManyScopes));
         assert!(scopes(&strs(&many[..64])).is_ok());
         // duplicates do not count towards the limit, however many
         let dups: Vec<&str> = std::iter::repeat_n("read", 100_000).collect();
@@ -343,17 +343,17 @@ mod tests {
     fn prefixes_and_reserved_pk() {
         assert!(key_prefix("sk").is_ok());
         assert!(key_prefix("sk_live").is_ok());
-        assert_eq!(key_prefix("pk"), Err(Invalid::ReservedPrefix));
-        assert_eq!(key_prefix("pk_live"), Err(Invalid::ReservedPrefix));
+        assert_eq!(key_prefix("pk"), Err(RuleError::ReservedPrefix));
+        assert_eq!(key_prefix("pk_live"), Err(RuleError::ReservedPrefix));
         assert!(key_prefix("pkx").is_ok());
-        assert_eq!(key_prefix("SK"), Err(Invalid::Prefix));
+        assert_eq!(key_prefix("SK"), Err(RuleError::Prefix));
     }
 
     #[test]
     fn roles_principals_workspace_names_metadata() {
         assert_eq!(Role::parse("admin"), Ok(Role::Admin));
         assert_eq!(Role::parse("member"), Ok(Role::Member));
-        assert_eq!(Role::parse("Admin"), Err(Invalid::Role));
+        assert_eq!(Role::parse("Admin"), Err(RuleError::Role));
         assert_eq!(Role::Member.as_str(), "member");
 
         assert!(principal("alice").is_ok());
@@ -371,19 +371,19 @@ mod tests {
 
         assert!(metadata_text(r#"{"n": 1, "team": "ops"}"#).is_ok());
         let big = format!(r#"{{"a": "{}"}}"#, "x".repeat(MAX_METADATA_BYTES));
-        assert_eq!(metadata_text(&big), Err(Invalid::Metadata));
+        assert_eq!(metadata_text(&big), Err(RuleError::Metadata));
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         assert!(metadata_text(&format!(r#"{{"a": {}}}"#, deep(MAX_METADATA_DEPTH - 1))).is_ok());
         assert_eq!(
             metadata_text(&format!(r#"{{"a": {}}}"#, deep(MAX_METADATA_DEPTH))),
-            Err(Invalid::Metadata)
+            Err(RuleError::Metadata)
         );
         // brackets in strings, escaped quotes: not nesting
         assert_eq!(json_depth(r#"{"a": "[[[{{\"[[", "b": [1]}"#), 2);
 
         assert!(subject("user-1").is_ok());
-        assert_eq!(subject(&"s".repeat(257)), Err(Invalid::Subject));
-        assert_eq!(subject("a\u{0}b"), Err(Invalid::Subject));
+        assert_eq!(subject(&"s".repeat(257)), Err(RuleError::Subject));
+        assert_eq!(subject("a\u{0}b"), Err(RuleError::Subject));
     }
 
     #[test]
@@ -409,13 +409,13 @@ mod tests {
             "https://[::1]x",
             "https://\u{e9}.com",
         ] {
-            assert_eq!(origin(bad), Err(Invalid::Origin), "{bad:?}");
+            assert_eq!(origin(bad), Err(RuleError::Origin), "{bad:?}");
         }
-        assert_eq!(origin(&format!("https://{}.com", "a".repeat(300))), Err(Invalid::Origin));
+        assert_eq!(origin(&format!("https://{}.com", "a".repeat(300))), Err(RuleError::Origin));
         let list = vec![Some("https://a.com".to_owned()), Some("HTTPS://A.COM".to_owned())];
         assert_eq!(origins(&list), Ok(vec!["https://a.com".to_owned()]));
-        assert_eq!(origins(&[None]), Err(Invalid::Origin));
-        assert_eq!(origins(&vec![Some("https://a.com".to_owned()); 65]), Err(Invalid::TooManyOrigins));
+        assert_eq!(origins(&[None]), Err(RuleError::Origin));
+        assert_eq!(origins(&vec![Some("https://a.com".to_owned()); 65]), Err(RuleError::TooManyOrigins));
     }
 
     #[test]
@@ -424,10 +424,10 @@ mod tests {
         let upper = lower.to_ascii_uppercase();
         assert_eq!(sha256_hex(lower), sha256_hex(&upper));
         assert_eq!(sha256_hex(lower).map(|d| d[0]), Ok(0x9f));
-        assert_eq!(sha256_hex(&lower[1..]), Err(Invalid::Digest));
-        assert_eq!(sha256_hex(&format!("{lower}00")), Err(Invalid::Digest));
-        assert_eq!(sha256_hex(&lower.replace('9', "g")), Err(Invalid::Digest));
-        assert_eq!(sha256_hex(""), Err(Invalid::Digest));
-        assert_eq!(sha256_hex(&"\u{e9}".repeat(32)), Err(Invalid::Digest));
+        assert_eq!(sha256_hex(&lower[1..]), Err(RuleError::Digest));
+        assert_eq!(sha256_hex(&format!("{lower}00")), Err(RuleError::Digest));
+        assert_eq!(sha256_hex(&lower.replace('9', "g")), Err(RuleError::Digest));
+        assert_eq!(sha256_hex(""), Err(RuleError::Digest));
+        assert_eq!(sha256_hex(&"\u{e9}".repeat(32)), Err(RuleError::Digest));
     }
 }

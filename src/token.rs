@@ -1,4 +1,4 @@
-//! Token format: `<prefix>_<body><check>` (design.md §3).
+//! Token format: `<prefix>_<body><check>`.
 //!
 //! * `prefix` — `^[a-z][a-z0-9]{1,15}(_[a-z0-9]{1,16})?$`, e.g. `sk` or `sk_live`;
 //! * `body`   — 32 bytes from the OS CSPRNG, base62, always [`BODY_LEN`] characters;
@@ -140,6 +140,14 @@ pub struct Minted {
     pub display_prefix: String,
     /// `key-` + the first eight body characters: the default key name.
     pub default_name: String,
+}
+
+/// 32 bytes from the operating system's CSPRNG; `None` if it failed.
+pub fn random_body() -> Option<[u8; BODY_BYTES]> {
+    use rand::RngCore;
+    let mut bytes = [0u8; BODY_BYTES];
+    rand::rngs::OsRng.try_fill_bytes(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// Build a token from a prefix and 32 random bytes. The prefix must already

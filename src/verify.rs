@@ -1,4 +1,4 @@
-//! The hot path (design.md §3, §9): `verify_key` and the check behind
+//! The hot path: `verify_key` and the check behind
 //! `authenticate()`.
 //!
 //! A verify reads two unique indexes directly, the way PostgreSQL's own
@@ -47,7 +47,8 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::tupdesc::PgTupleDesc;
 use pgrx::{PgBuiltInOids, PgOid, Uuid};
 
-use crate::errors::{deferred, ApiError, ApiResult};
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
 use crate::{gucs, token};
 
 // ---------------------------------------------------------------------------
@@ -75,7 +76,7 @@ struct Rels {
     /// unique btree index on `keys (id)`
     keys_by_id: Oid,
     keys_id_attno: i16,
-    k: KeyCols,
+    key_cols: KeyCols,
     hashes: Oid,
     /// unique btree index on `key_hashes (hash)`
     hashes_by_hash: Oid,
@@ -117,7 +118,7 @@ fn rels() -> ApiResult<Rels> {
     // SAFETY: catalog look-ups by name and relcache reads of two tables this
     // extension owns, under AccessShareLock (kept to the end of the
     // transaction, like any query's)
-    let r = unsafe { resolve()? };
+    let r = unsafe { resolve_relations()? };
     RELS.with(|c| c.set(Some(r)));
     Ok(r)
 }
@@ -166,7 +167,7 @@ unsafe fn unique_index_on(rel: pg_sys::Relation, attno: i16) -> ApiResult<Oid> {
     }
 }
 
-unsafe fn resolve() -> ApiResult<Rels> {
+unsafe fn resolve_relations() -> ApiResult<Rels> {
     // SAFETY: see rels()
     unsafe {
         let ns = pg_sys::get_namespace_oid(c"apikeys".as_ptr(), true);
@@ -204,7 +205,7 @@ unsafe fn resolve() -> ApiResult<Rels> {
             keys,
             keys_by_id,
             keys_id_attno,
-            k,
+            key_cols: k,
             hashes,
             hashes_by_hash,
             hash_attno,
@@ -221,7 +222,7 @@ unsafe fn resolve() -> ApiResult<Rels> {
 pub struct Row<'a> {
     values: &'a [Datum],
     nulls: &'a [bool],
-    k: KeyCols,
+    key_cols: KeyCols,
 }
 
 impl Row<'_> {
@@ -229,11 +230,11 @@ impl Row<'_> {
         (!self.nulls[col]).then(|| self.values[col])
     }
 
-    fn uuid(&self, col: usize) -> [u8; 16] {
-        let mut out = [0u8; 16];
+    fn uuid(&self, col: usize) -> [u8; UUID_BYTES] {
+        let mut out = [0u8; UUID_BYTES];
         if let Some(d) = self.datum(col) {
-            // SAFETY: a non-null uuid column points at 16 bytes
-            unsafe { out.copy_from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), 16)) };
+            // SAFETY: a non-null uuid column points at UUID_BYTES bytes
+            unsafe { out.copy_from_slice(std::slice::from_raw_parts(d.cast_mut_ptr::<u8>(), UUID_BYTES)) };
         }
         out
     }
@@ -246,7 +247,7 @@ impl Row<'_> {
     }
 
     fn owner_text(&self) -> String {
-        match self.varlena(self.k.owner) {
+        match self.varlena(self.key_cols.owner) {
             // SAFETY: a detoasted text datum
             Some(d) => unsafe {
                 String::from_utf8_lossy(pgrx::varlena::varlena_to_byte_slice(d.cast_mut_ptr())).into_owned()
@@ -259,15 +260,24 @@ impl Row<'_> {
 /// What a successful look-up gives besides the caller's result.
 struct Hit<R> {
     result: R,
-    key_id: [u8; 16],
+    key_id: [u8; UUID_BYTES],
     stale: bool,
 }
 
-/// A bytea of 32 bytes on the stack (4-byte header), for the scan key.
+/// Bytes of a varlena's 4-byte length header.
+const VARHDRSZ: usize = 4;
+/// Bytes of a uuid datum.
+const UUID_BYTES: usize = 16;
+/// Bytes of a SHA-256 digest.
+const DIGEST_BYTES: usize = 32;
+
+/// The SHA-256 of a token as a bytea datum on the stack (a 4-byte varlena
+/// header, then the 32 bytes): the scan key of the probe of
+/// `key_hashes (hash)`.
 #[repr(C, align(4))]
-struct Digest {
-    header: [u8; 4],
-    bytes: [u8; 32],
+struct HashKey {
+    header: [u8; VARHDRSZ],
+    bytes: [u8; DIGEST_BYTES],
 }
 
 /// One probe of a unique index: the visible row or none. The scan stays open
@@ -380,7 +390,7 @@ pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
     let mut id = *key_id.as_bytes();
     let mut values = [Datum::from(0usize); MAX_COLS];
     let mut nulls = [true; MAX_COLS];
-    // SAFETY: one probe of the primary key of `keys`, as in find()
+    // SAFETY: one probe of the primary key of `keys`, as in find_live_key()
     unsafe {
         let snap = ReadSnapshot::take();
         let p = Probe::start(
@@ -391,7 +401,7 @@ pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
             Datum::from(id.as_mut_ptr()),
             snap.snapshot,
         );
-        let found = p.deform(&mut values, &mut nulls) && live(&values, &nulls, r.k, statement_now());
+        let found = p.deform(&mut values, &mut nulls) && live(&values, &nulls, r.key_cols, statement_now());
         p.end();
         drop(snap);
         Ok(found)
@@ -401,15 +411,17 @@ pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
 /// Find the live key whose token hashes to `digest`, and run `f` on its row
 /// while the row is pinned. `None` when there is no such key, it is revoked
 /// or expired, or `f` says no.
-fn find<R>(
-    digest: &[u8; 32],
+fn find_live_key<R>(
+    digest: &[u8; DIGEST_BYTES],
     interval: i32,
     f: impl FnOnce(&Row<'_>) -> Option<R>,
 ) -> ApiResult<Option<Hit<R>>> {
     let r = rels()?;
-    let mut hash = Digest { header: [0; 4], bytes: *digest };
+    let mut hash = HashKey { header: [0; VARHDRSZ], bytes: *digest };
     // SAFETY: writes the varlena header of a 36-byte bytea
-    unsafe { pgrx::varlena::set_varsize_4b(hash.header.as_mut_ptr().cast(), 4 + 32) };
+    unsafe {
+        pgrx::varlena::set_varsize_4b(hash.header.as_mut_ptr().cast(), (VARHDRSZ + DIGEST_BYTES) as i32)
+    };
     let mut values = [Datum::from(0usize); MAX_COLS];
     let mut nulls = [true; MAX_COLS];
 
@@ -427,10 +439,12 @@ fn find<R>(
             snapshot,
         );
         let found = p.deform(&mut values, &mut nulls) && !nulls[r.hash_key_id];
-        let mut key_id = [0u8; 16];
+        let mut key_id = [0u8; UUID_BYTES];
         if found {
-            key_id
-                .copy_from_slice(std::slice::from_raw_parts(values[r.hash_key_id].cast_mut_ptr::<u8>(), 16));
+            key_id.copy_from_slice(std::slice::from_raw_parts(
+                values[r.hash_key_id].cast_mut_ptr::<u8>(),
+                UUID_BYTES,
+            ));
         }
         p.end();
         if !found {
@@ -450,7 +464,7 @@ fn find<R>(
             p.end();
             return Ok(None);
         }
-        let k = r.k;
+        let k = r.key_cols;
         let now = statement_now();
         if !live(&values, &nulls, k, now) {
             p.end();
@@ -459,7 +473,7 @@ fn find<R>(
         let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
         let window = i64::from(interval.max(0)) * 1_000_000;
         let stale = ts(k.last_used_at).is_none_or(|u| u <= now.saturating_sub(window));
-        let row = Row { values: &values, nulls: &nulls, k };
+        let row = Row { values: &values, nulls: &nulls, key_cols: k };
         let result = f(&row);
         p.end();
         Ok(result.map(|result| Hit { result, key_id, stale }))
@@ -515,7 +529,7 @@ unsafe fn holds(row: &Row<'_>, required: Option<Datum>) -> bool {
         if empty {
             return true;
         }
-        let held = match row.varlena(row.k.scopes) {
+        let held = match row.varlena(row.key_cols.scopes) {
             Some(s) => text_elems(s),
             None => Vec::new(),
         };
@@ -583,7 +597,7 @@ fn may_touch() -> bool {
 }
 
 /// Stamp `last_used_at` unless another transaction holds the row.
-fn touch(key_id: [u8; 16], interval: i32) -> ApiResult<()> {
+fn touch(key_id: [u8; UUID_BYTES], interval: i32) -> ApiResult<()> {
     let owner = rels()?.owner;
     Spi::connect_mut(|client: &mut SpiClient<'_>| {
         let _as_owner = AsOwner::enter(owner);
@@ -604,7 +618,7 @@ fn touch(key_id: [u8; 16], interval: i32) -> ApiResult<()> {
 
 /// Check a token and, if good, run `f` on its key's row; `None` for every
 /// kind of failure. Stamps `last_used_at` when due.
-fn check<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<R>> {
+fn check_token<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<R>> {
     // a non-UTF-8 string (only possible in a database of another encoding)
     // is no token of any shape
     let Ok(token_text) = std::str::from_utf8(token_bytes) else { return Ok(None) };
@@ -616,7 +630,7 @@ fn check<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiRes
     }
     let digest = token::digest(token_text);
     let interval = gucs::LAST_USED_INTERVAL.get();
-    let Some(hit) = find(&digest, interval, f)? else { return Ok(None) };
+    let Some(hit) = find_live_key(&digest, interval, f)? else { return Ok(None) };
     if hit.stale && interval >= 0 && may_touch() {
         touch(hit.key_id, interval)?;
     }
@@ -636,8 +650,8 @@ pub struct Verified {
 
 /// Check a token for `authenticate()` (no required scopes).
 pub fn verify(token_text: &str) -> ApiResult<Option<Verified>> {
-    check(token_text.as_bytes(), |row| {
-        let scopes = match row.varlena(row.k.scopes) {
+    check_token(token_text.as_bytes(), |row| {
+        let scopes = match row.varlena(row.key_cols.scopes) {
             // SAFETY: the row's text[] scopes column
             Some(s) => unsafe { text_elems(s) }
                 .into_iter()
@@ -647,8 +661,8 @@ pub fn verify(token_text: &str) -> ApiResult<Option<Verified>> {
             None => Vec::new(),
         };
         Some(Verified {
-            key_id: Uuid::from_bytes(row.uuid(row.k.id)),
-            workspace_id: Uuid::from_bytes(row.uuid(row.k.workspace_id)),
+            key_id: Uuid::from_bytes(row.uuid(row.key_cols.id)),
+            workspace_id: Uuid::from_bytes(row.uuid(row.key_cols.workspace_id)),
             owner: row.owner_text(),
             scopes,
         })
@@ -700,11 +714,11 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
         let key = pg_sys::pg_detoast_datum_packed(key.cast_mut_ptr());
         let key = pgrx::varlena::varlena_to_byte_slice(key);
 
-        check(key, |row| {
+        check_token(key, |row| {
             if !holds(row, required) {
                 return None;
             }
-            let k = row.k;
+            let k = row.key_cols;
             let mut values = [Datum::from(0usize); 6];
             let mut nulls = [false; 6];
             for (i, col) in

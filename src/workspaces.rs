@@ -19,7 +19,8 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::Uuid;
 
-use crate::errors::{deferred, ApiError, ApiResult};
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
 use crate::principal::Caller;
 use crate::rules::{self, Role};
 
@@ -83,6 +84,22 @@ pub fn caller_membership(
         }
     }
     Ok(m)
+}
+
+/// The caller's membership in the workspace of an object it named by id.
+/// An outsider (not a member, or the workspace gone) gets `not_found`, the
+/// same error as for an object that does not exist: it cannot tell another
+/// tenant's object from none.
+pub fn insider_membership(
+    client: &mut SpiClient<'_>,
+    caller: &Caller,
+    workspace_id: Uuid,
+    not_found: ApiError,
+) -> ApiResult<Membership> {
+    match caller_membership(client, caller, workspace_id) {
+        Err(ApiError::NotMember | ApiError::WorkspaceNotFound) => Err(not_found),
+        other => other,
+    }
 }
 
 /// Lock the workspace row: membership changes in one workspace run one at a

@@ -1,5 +1,5 @@
 """authenticate() as PostgREST's db-pre-request: who a request is, and which
-keys it refuses (design.md §6, §7)."""
+keys it refuses."""
 
 from __future__ import annotations
 

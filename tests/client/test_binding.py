@@ -1,5 +1,5 @@
 """The key binding's lifetime, last_used_at in read-only and read-write
-requests, and apikeys.key_role (design.md §3, §6)."""
+requests, and apikeys.key_role."""
 
 from __future__ import annotations
 

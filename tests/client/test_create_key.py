@@ -1,5 +1,5 @@
 """Minting through POST /rpc/create_key, and how far a key-authenticated
-request reaches (design.md §3, §6, §7).
+request reaches.
 
 PostgREST maps 42501 to 403 only when the request's JWT role differs from
 db-anon-role; a request authenticated by an API key alone carries no JWT, so
@@ -42,7 +42,7 @@ def test_anonymous_mint_is_42501_401(conn, world, su):
 
 
 def test_jwt_without_sub_is_42501_but_403(conn, world, su):
-    # no sub: anonymous to the extension (design.md §7 says 401), but the JWT
+    # no sub: anonymous to the extension (the error table says 401), but the JWT
     # role is not db-anon-role, so PostgREST answers 403
     before = count_keys(su)
     body = refused(rpc(conn, "create_key", {"workspace_id": world.ws_a}, claims=NOBODY), "42501", 403)

@@ -1,4 +1,4 @@
-"""Public keys for browser widgets (design.md §4): resolved as anon, with
+"""Public keys for browser widgets: resolved as anon, with
 the Origin header PostgREST passes in request.headers."""
 
 from __future__ import annotations

@@ -115,8 +115,8 @@ class Round:
                     mine.append(row["id"])
 
     def verifier(self) -> None:
-        """A verify that starts after a revoke committed must fail (design.md
-        §8); verifies of live keys write last_used_at (interval 0)."""
+        """A verify that starts after a revoke committed must fail; verifies
+        of live keys write last_used_at (interval 0)."""
         rng = random.Random(self.seed)
         try:
             conn = self.c.connect(DB)

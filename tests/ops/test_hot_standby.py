@@ -1,5 +1,5 @@
-"""Hot standby (design.md §3: verify_key "works in read-only transactions and
-on hot standbys"; §4: resolve_public_key reads only).
+"""Hot standby: verify_key works in read-only transactions and on hot
+standbys; resolve_public_key only reads.
 
 A primary (wal_level = replica) and a streaming standby made with
 pg_basebackup -R -X stream. On the standby every transaction is read-only,

@@ -1,4 +1,4 @@
--- create_key (design.md §3): the only mint path. The raw key is returned
+-- create_key: the only mint path. The raw key is returned
 -- once; names, scopes, prefix, expires_at and metadata are validated; owner
 -- is always the caller; scopes never exceed the caller's.
 \set SHOW_CONTEXT never

@@ -1,4 +1,4 @@
--- verify_key (design.md §3): one row for a good key, zero rows for every
+-- verify_key: one row for a good key, zero rows for every
 -- failure alike; works for anonymous callers, in READ ONLY transactions;
 -- last_used_at written at most once per interval.
 \set SHOW_CONTEXT never

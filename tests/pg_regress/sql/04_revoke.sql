@@ -1,4 +1,4 @@
--- revoke_key (design.md §3): idempotent; admins revoke any key of their
+-- revoke_key: idempotent; admins revoke any key of their
 -- workspace, members their own; absent and not-yours are one error.
 \set SHOW_CONTEXT never
 SET ROLE alice;

@@ -1,4 +1,4 @@
--- Row-level security (design.md §8): enabled and forced everywhere; admins
+-- Row-level security: enabled and forced everywhere; admins
 -- see every key of their workspace, members their own, other workspaces
 -- nothing, anonymous callers nothing; key_hashes is readable by no client.
 \set SHOW_CONTEXT never

@@ -1,4 +1,4 @@
--- Invariants (design.md §5): the revoke latch, shrink-only expiry, write-once
+-- Invariants: the revoke latch, shrink-only expiry, write-once
 -- columns, no DELETE and no TRUNCATE. They hold for the superuser, under
 -- session_replication_role = replica, and through INSERT ... ON CONFLICT.
 \set SHOW_CONTEXT never

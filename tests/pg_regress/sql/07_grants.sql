@@ -1,4 +1,4 @@
--- grant_to (design.md §6): what it grants and to whom; the search_path pin
+-- grant_to: what it grants and to whom; the search_path pin
 -- in definer code; verify_key's owner cache.
 \set SHOW_CONTEXT never
 -- the privilege snapshot of every extension object is 16_privileges

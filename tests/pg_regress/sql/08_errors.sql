@@ -1,4 +1,4 @@
--- Errors (design.md §7): PostgreSQL errors raised inside the extension's own
+-- Errors: PostgreSQL errors raised inside the extension's own
 -- statements reach the client with their SQLSTATE and message and nothing
 -- added (no Rust backtrace, no token); the extension's own errors carry only
 -- fixed text.

@@ -1,4 +1,4 @@
--- A verify never waits (design.md §3): while another session holds the key's
+-- A verify never waits: while another session holds the key's
 -- row lock, verify_key still answers at once and skips the last_used_at write.
 -- The other session is a real second connection, through dblink.
 \set SHOW_CONTEXT never

@@ -1,4 +1,4 @@
--- authenticate() (design.md §6): PostgREST's db-pre-request hook, and the
+-- authenticate(): PostgREST's db-pre-request hook, and the
 -- helpers an application's own policies use. Requests are replayed the way
 -- PostgREST makes them: role, claims and headers set local to a transaction.
 \set SHOW_CONTEXT never

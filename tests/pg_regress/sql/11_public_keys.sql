@@ -1,4 +1,4 @@
--- Public keys (design.md §4): admin-only create and revoke, resolve by
+-- Public keys: admin-only create and revoke, resolve by
 -- anyone granted, zero rows for every failure, origins checked.
 \set SHOW_CONTEXT never
 SET ROLE alice;

@@ -1,4 +1,4 @@
--- The audit log (design.md §5): append-only, written by triggers in the
+-- The audit log: append-only, written by triggers in the
 -- same transaction as each change; admins read their workspace's rows.
 \set SHOW_CONTEXT never
 -- every row of one workspace, oldest first, with ids shown by name

@@ -1,4 +1,4 @@
--- apikeys.stamp_created_by(column) (design.md §6): provenance for an
+-- apikeys.stamp_created_by(column): provenance for an
 -- application's own tables, from whichever identity made the request.
 \set SHOW_CONTEXT never
 CREATE SCHEMA app;

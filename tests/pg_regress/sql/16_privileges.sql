@@ -1,4 +1,4 @@
--- Privilege snapshot (design.md §8, issue 5): every object the extension
+-- Privilege snapshot: every object the extension
 -- owns, found through pg_depend (deptype 'e'), with its owner, SECURITY
 -- DEFINER or not, its pinned search_path, and what PUBLIC, a client role
 -- granted through grant_to (app_user) and an ungranted role (nobody) may do

@@ -1,8 +1,8 @@
--- Hostile callers (design.md §7, §8; issue 5): a caller who plants objects on
+-- Hostile callers: a caller who plants objects on
 -- the search_path, leaks rows through a cheap function, probes unique
 -- violations, tries to lift the latch without owning the tables, or sends
 -- giant, malformed and unicode input. Each attack changes no result, sees
--- nothing of another tenant and ends in a §7 error or zero rows.
+-- nothing of another tenant and ends in an error of docs/reference.md's table or zero rows.
 \set SHOW_CONTEXT never
 -- bounded time: any path that got slow (hashing 100 MB, a scan per byte)
 -- would fail here with 57014 instead of passing slowly
@@ -243,7 +243,7 @@ SELECT count(*) FILTER (WHERE tgenabled <> 'A') AS not_always, count(*) AS trigg
   FROM pg_trigger WHERE tgrelid = 'apikeys.keys'::regclass AND NOT tgisinternal;
 
 ---------------------------------------------------------------------------
--- 5. Giant, malformed, unicode and control-character input: a §7 error or
+-- 5. Giant, malformed, unicode and control-character input: an error of the table or
 -- zero rows, and within the statement_timeout above.
 ---------------------------------------------------------------------------
 SET ROLE alice;
