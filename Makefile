@@ -8,7 +8,7 @@ PG_VERSIONS ?= 15 18
 export PG_MAJOR
 
 .PHONY: help run test stop clean bootstrap install start psql lint bench package \
-        test-unit test-pg test-regress test-isolation test-client test-upgrade test-ops test-package
+        test-unit test-pg test-regress test-isolation test-client test-upgrade test-ops test-docs test-package
 
 ## help: list the targets
 help:
@@ -49,6 +49,10 @@ test-upgrade:
 ## test-ops: dump/restore, kill -9 recovery, hot standby on PostgreSQL $(PG_MAJOR)
 test-ops:
 	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh ops
+
+## test-docs: the sql blocks of README.md, docs/managing-keys.md and docs/postgrest.md, run as written, on PostgreSQL $(PG_MAJOR)
+test-docs:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh docs
 
 ## test-package: build the Debian package, install it with dpkg and use it
 test-package:

@@ -39,7 +39,7 @@ SELECT id AS key_id, name, prefix, key FROM apikeys.create_key(:'workspace_id', 
 \echo '   prefix  ' :prefix
 \echo '   KEY     ' :key
 \echo
-\echo '3. verify it (any role may, even anonymous callers): one row'
+\echo '3. verify it (any role given grant_to may, anonymous requests included): one row'
 SELECT owner, scopes, expires_at FROM apikeys.verify_key(:'key', '{read}');
 \echo '4. rotate it with a 1-hour grace period: same name and scopes, new secret; both verify for now'
 SELECT id AS new_id, name, prefix, key AS new_key FROM apikeys.rotate_key(:'key_id', interval '1 hour') \gset

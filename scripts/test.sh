@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test layers and print one closing summary.
-#   scripts/test.sh all|unit|pg|regress|isolation|client|upgrade|ops|package
+#   scripts/test.sh all|unit|pg|regress|isolation|client|upgrade|ops|docs|package
 # Every database layer runs once per PostgreSQL version in $PG_VERSIONS
 # (default "15 18", see scripts/env.sh); unit and package run once.
 # unit      - plain Rust #[test]s (token format, rules, errors) and the
@@ -16,6 +16,8 @@
 #             fresh install (throw-away clusters)
 # ops       - tests/ops: dump and restore, kill -9 crash recovery, a streaming
 #             hot standby, each in throw-away clusters of its own
+# docs      - tests/docs: every sql block of README.md, docs/managing-keys.md
+#             and docs/postgrest.md, run as written (throw-away clusters)
 # package   - make package: the Debian package for PostgreSQL 15, installed
 #             with dpkg and used (tests/package/check.sh)
 set -uo pipefail
@@ -130,6 +132,7 @@ run_counted() {
 run_client() { run_counted "client on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence over TCP)" scripts/client.sh; }
 run_upgrade() { run_counted "upgrade on PostgreSQL $PG_MAJOR (0.1.0 with data, ALTER EXTENSION UPDATE, schema diff)" scripts/ops.sh upgrade; }
 run_ops() { run_counted "ops on PostgreSQL $PG_MAJOR (tests/ops: dump/restore, crash, hot standby)" scripts/ops.sh ops; }
+run_docs() { run_counted "docs on PostgreSQL $PG_MAJOR (tests/docs: the docs' sql blocks, run as written)" scripts/docs.sh; }
 run_package() { run_counted "package (Debian package for PostgreSQL 15)" tests/package/check.sh; }
 
 # one layer on every version in $PG_VERSIONS
@@ -139,7 +142,7 @@ per_version() {
         use_pg "$v"
         current="$layer@pg$v"
         case "$layer" in
-            isolation|client|upgrade|ops) ready >/dev/null || { note 0 1; continue; } ;;
+            isolation|client|upgrade|ops|docs) ready >/dev/null || { note 0 1; continue; } ;;
         esac
         timed "run_$layer"
     done
@@ -150,19 +153,19 @@ scripts/bootstrap.sh "${versions[@]}" || { echo "bootstrap failed" >&2; exit 1; 
 
 case "$what" in
     unit|package) once "$what" ;;
-    pg|regress|isolation|client|upgrade|ops) per_version "$what" ;;
+    pg|regress|isolation|client|upgrade|ops|docs) per_version "$what" ;;
     all)
         once unit
         # one version at a time, every layer: a version's builds stay warm
         for v in "${versions[@]}"; do
             versions_all=("${versions[@]}"); versions=("$v")
-            for layer in pg regress isolation client upgrade ops; do per_version "$layer"; done
+            for layer in pg regress isolation client upgrade ops docs; do per_version "$layer"; done
             versions=("${versions_all[@]}")
         done
         use_pg 15
         once package
         ;;
-    *) echo "usage: $0 all|unit|pg|regress|isolation|client|upgrade|ops|package" >&2; exit 2 ;;
+    *) echo "usage: $0 all|unit|pg|regress|isolation|client|upgrade|ops|docs|package" >&2; exit 2 ;;
 esac
 
 total_p=0; total_f=0

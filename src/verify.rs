@@ -315,6 +315,23 @@ impl Probe {
         }
     }
 
+    /// The probe of the primary key of `keys` for `id` (kept alive by the
+    /// caller while the probe is open).
+    unsafe fn key_by_id(r: &Rels, id: &mut [u8; UUID_BYTES], snapshot: pg_sys::Snapshot) -> Probe {
+        // SAFETY: the relation and index found by resolve_relations(); `id`
+        // outlives the scan
+        unsafe {
+            Probe::start(
+                r.keys,
+                r.keys_by_id,
+                r.keys_id_attno,
+                pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+                Datum::from(id.as_mut_ptr()),
+                snapshot,
+            )
+        }
+    }
+
     /// Deform the row found into `values`/`nulls`; false when none was found.
     unsafe fn deform(&self, values: &mut [Datum; MAX_COLS], nulls: &mut [bool; MAX_COLS]) -> bool {
         if self.tuple.is_null() {
@@ -393,14 +410,7 @@ pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
     // SAFETY: one probe of the primary key of `keys`, as in find_live_key()
     unsafe {
         let snap = ReadSnapshot::take();
-        let p = Probe::start(
-            r.keys,
-            r.keys_by_id,
-            r.keys_id_attno,
-            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
-            Datum::from(id.as_mut_ptr()),
-            snap.snapshot,
-        );
+        let p = Probe::key_by_id(&r, &mut id, snap.snapshot);
         let found = p.deform(&mut values, &mut nulls) && live(&values, &nulls, r.key_cols, statement_now());
         p.end();
         drop(snap);
@@ -451,14 +461,7 @@ fn find_live_key<R>(
             return Ok(None);
         }
 
-        let p = Probe::start(
-            r.keys,
-            r.keys_by_id,
-            r.keys_id_attno,
-            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
-            Datum::from(key_id.as_mut_ptr()),
-            snapshot,
-        );
+        let p = Probe::key_by_id(&r, &mut key_id, snapshot);
         nulls = [true; MAX_COLS];
         if !p.deform(&mut values, &mut nulls) {
             p.end();
