@@ -7,8 +7,8 @@ PG_MAJOR ?= 15
 PG_VERSIONS ?= 15 18
 export PG_MAJOR
 
-.PHONY: help run test stop clean bootstrap install start psql lint bench package \
-        test-unit test-pg test-regress test-isolation test-client test-upgrade test-ops test-docs test-package
+.PHONY: help run test stop clean bootstrap install start psql lint bench bench-http package \
+        test-unit test-pg test-regress test-isolation test-client test-http test-upgrade test-ops test-docs test-package
 
 ## help: list the targets
 help:
@@ -42,6 +42,10 @@ test-isolation:
 test-client:
 	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh client
 
+## test-http: the PostgREST flow through postrust-server (a PostgREST-compatible HTTP server) on PostgreSQL $(PG_MAJOR)
+test-http:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh http
+
 ## test-upgrade: 0.1.0 with data, ALTER EXTENSION UPDATE, schema compared with a fresh install, on PostgreSQL $(PG_MAJOR)
 test-upgrade:
 	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh upgrade
@@ -68,9 +72,14 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-## bench: pgbench harness (bench/README.md), its own cluster on port 28840, about 15 minutes (not part of make test)
+## bench: pgbench harness (bench/README.md), its own cluster on port 28840, about 15 minutes, then bench-http (not part of make test)
 bench: install
 	@bench/run.sh
+	@bench/http.sh
+
+## bench-http: requests per second through postrust-server, API key vs JWT, and their ratio (about 2 minutes)
+bench-http: install
+	@bench/http.sh
 
 ## bootstrap: install Debian packages, cargo-pgrx and PostgreSQL $(PG_MAJOR) for pgrx
 bootstrap:
