@@ -166,6 +166,77 @@ CREATE FUNCTION apikeys.resolve_public_key(public_key text, origin text DEFAULT 
 COMMENT ON FUNCTION apikeys.resolve_public_key(text, text) IS
     'The workspace of an active public key used from an allowed origin; zero rows otherwise.';
 
+-- Leaked tokens (a secret scanner's report, a token pasted in a ticket):
+-- revoke every key whose SHA-256 matches, at once, and say which tokens were
+-- ours. SECURITY DEFINER: the reporter needs no access to keys or key_hashes
+-- and sees nothing of them; only explicitly granted roles may call it
+-- (grant_leak_reporter, never grant_to).
+CREATE FUNCTION apikeys.report_leaked(tokens text[], source text DEFAULT NULL, url text DEFAULT NULL)
+    RETURNS TABLE (token_hash text, label text)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t      text;
+    digest bytea;
+    k      record;
+BEGIN
+    IF tokens IS NULL OR pg_catalog.array_position(tokens, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tokens must not be null nor hold a null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_catalog.cardinality(tokens) > 1000 THEN
+        RAISE EXCEPTION 'too many tokens: at most 1000 per report'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_catalog.length(source) > 256 OR pg_catalog.length(url) > 2048 THEN
+        RAISE EXCEPTION 'invalid source or url: at most 256 and 2048 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH t IN ARRAY tokens LOOP
+        -- the bytes verify_key hashes: the text in the database's encoding
+        digest := pg_catalog.sha256(pg_catalog.convert_to(t, pg_catalog.getdatabaseencoding()));
+        token_hash := pg_catalog.encode(digest, 'hex');
+        SELECT kk.id, kk.workspace_id, kk.name, kk.revoked_at INTO k
+          FROM apikeys.key_hashes h JOIN apikeys.keys kk ON kk.id = h.key_id
+         WHERE h.hash = digest
+           FOR UPDATE OF kk;
+        IF NOT FOUND THEN
+            label := 'false_positive';       -- malformed, mistyped or unknown: not ours
+        ELSE
+            label := 'true_positive';        -- ours, revoked now or already
+            IF k.revoked_at IS NULL THEN
+                UPDATE apikeys.keys SET revoked_at = pg_catalog.now() WHERE id = k.id;
+                INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+                VALUES (k.workspace_id, apikeys.current_principal(), 'key.leaked', k.id,
+                        pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                            'name', k.name, 'source', source, 'url', url)));
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION apikeys.report_leaked(text[], text, text) IS
+    'Revoke every key whose token is in the list (a leak report); one row per token: its SHA-256 and true_positive or false_positive. For roles granted by grant_leak_reporter only.';
+
+-- Keys about to expire, for an application that warns their owners. SECURITY
+-- INVOKER: the caller sees what RLS shows it of keys (admins their
+-- workspace's, members their own).
+CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
+    RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
+          FROM apikeys.keys k
+         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + $1
+         ORDER BY k.expires_at, k.id
+    $$;
+COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS
+    'Active keys the caller can see that expire within the interval (default 7 days), soonest first.';
+
 -- A trigger function for application tables:
 --   CREATE TRIGGER t BEFORE INSERT OR UPDATE ON app.items
 --       FOR EACH ROW EXECUTE FUNCTION apikeys.stamp_created_by('created_by');

@@ -37,7 +37,8 @@ BEGIN
         apikeys.create_public_key(uuid, text[]),
         apikeys.revoke_public_key(uuid),
         apikeys.resolve_public_key(text, text),
-        apikeys.stamp_created_by()
+        apikeys.stamp_created_by(),
+        apikeys.expiring_keys(interval)
         TO %s', role);
 END
 $$;
@@ -69,3 +70,19 @@ $$;
 REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
     'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
+
+-- Leak reports revoke keys of every workspace: only a role granted this
+-- (a secret-scanning intake, an incident responder) may send them.
+CREATE FUNCTION apikeys.grant_leak_reporter(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text) TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_leak_reporter(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_leak_reporter(regrole) IS
+    'Let a role report leaked tokens (report_leaked): not part of grant_to; for a scanning intake or an incident responder.';

@@ -162,6 +162,9 @@ BEGIN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
                 jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+        -- for applications that cache verifications: delivered at commit,
+        -- never for a rolled-back revoke (docs/managing-keys.md)
+        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
     END IF;
     IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
@@ -385,7 +388,8 @@ BEGIN
         apikeys.create_public_key(uuid, text[]),
         apikeys.revoke_public_key(uuid),
         apikeys.resolve_public_key(text, text),
-        apikeys.stamp_created_by()
+        apikeys.stamp_created_by(),
+        apikeys.expiring_keys(interval)
         TO %s', role);
 END
 $$;
@@ -412,7 +416,86 @@ REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
     'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
 
--- 8. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- 8. Leak reports, keys about to expire, revocation notices (audit_keys
+-- above sends NOTIFY apikeys_revoked).
+CREATE FUNCTION apikeys.report_leaked(tokens text[], source text DEFAULT NULL, url text DEFAULT NULL)
+    RETURNS TABLE (token_hash text, label text)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    t      text;
+    digest bytea;
+    k      record;
+BEGIN
+    IF tokens IS NULL OR pg_catalog.array_position(tokens, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tokens must not be null nor hold a null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_catalog.cardinality(tokens) > 1000 THEN
+        RAISE EXCEPTION 'too many tokens: at most 1000 per report'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF pg_catalog.length(source) > 256 OR pg_catalog.length(url) > 2048 THEN
+        RAISE EXCEPTION 'invalid source or url: at most 256 and 2048 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH t IN ARRAY tokens LOOP
+        -- the bytes verify_key hashes: the text in the database's encoding
+        digest := pg_catalog.sha256(pg_catalog.convert_to(t, pg_catalog.getdatabaseencoding()));
+        token_hash := pg_catalog.encode(digest, 'hex');
+        SELECT kk.id, kk.workspace_id, kk.name, kk.revoked_at INTO k
+          FROM apikeys.key_hashes h JOIN apikeys.keys kk ON kk.id = h.key_id
+         WHERE h.hash = digest
+           FOR UPDATE OF kk;
+        IF NOT FOUND THEN
+            label := 'false_positive';       -- malformed, mistyped or unknown: not ours
+        ELSE
+            label := 'true_positive';        -- ours, revoked now or already
+            IF k.revoked_at IS NULL THEN
+                UPDATE apikeys.keys SET revoked_at = pg_catalog.now() WHERE id = k.id;
+                INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+                VALUES (k.workspace_id, apikeys.current_principal(), 'key.leaked', k.id,
+                        pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                            'name', k.name, 'source', source, 'url', url)));
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION apikeys.report_leaked(text[], text, text) IS
+    'Revoke every key whose token is in the list (a leak report); one row per token: its SHA-256 and true_positive or false_positive. For roles granted by grant_leak_reporter only.';
+
+CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
+    RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
+          FROM apikeys.keys k
+         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + $1
+         ORDER BY k.expires_at, k.id
+    $$;
+COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS
+    'Active keys the caller can see that expire within the interval (default 7 days), soonest first.';
+
+CREATE FUNCTION apikeys.grant_leak_reporter(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text) TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_leak_reporter(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_leak_reporter(regrole) IS
+    'Let a role report leaked tokens (report_leaked): not part of grant_to; for a scanning intake or an incident responder.';
+
+-- 9. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
 -- running grant_to again after the update: a GRANT made inside this script
 -- would be recorded as the extension's own initial privilege, which pg_dump
@@ -423,9 +506,11 @@ REVOKE ALL ON FUNCTION apikeys.arrives_with_history(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.invitations_guard() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.audit_invitations() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.accept_invitation(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.report_leaked(text[], text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.expiring_keys(interval) FROM PUBLIC;
 DO $$
 BEGIN
-    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations and apikeys.accept_invitation(uuid) for clients'
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.accept_invitation(uuid) and apikeys.expiring_keys(interval) for clients'
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
 END
 $$;

@@ -255,6 +255,9 @@ BEGIN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
                 jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+        -- for applications that cache verifications: delivered at commit,
+        -- never for a rolled-back revoke (docs/managing-keys.md)
+        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
     END IF;
     IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)

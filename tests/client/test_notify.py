@@ -1,0 +1,76 @@
+"""NOTIFY apikeys_revoked: an application that caches verifications LISTENs
+and drops a key when its id arrives. Sent whenever a key stops verifying
+early (revoke, leak report, rotation with no grace, member removal), at
+commit only, never for a rolled-back change (docs/managing-keys.md)."""
+
+from __future__ import annotations
+
+import psycopg
+
+from helpers import ALICE, BOB, ok, rpc
+
+
+def listener(database: str) -> psycopg.Connection:
+    from conftest import connect
+    c = connect(database, "postgres")
+    c.execute("LISTEN apikeys_revoked")
+    return c
+
+
+def received(listen: psycopg.Connection, wait: float = 1.0) -> list[str]:
+    return [n.payload for n in listen.notifies(timeout=wait)]
+
+
+def test_revoke_notifies_at_commit_with_the_key_id(conn, world, database):
+    listen = listener(database)
+    try:
+        k = world.mint(ALICE, world.ws_a, "notified", ["read"])
+        assert received(listen, 0.3) == []
+        ok(rpc(conn, "revoke_key", {"key_id": k["id"]}, claims=ALICE))
+        assert received(listen) == [str(k["id"])]
+        # revoking again changes nothing and says nothing
+        ok(rpc(conn, "revoke_key", {"key_id": k["id"]}, claims=ALICE))
+        assert received(listen, 0.3) == []
+    finally:
+        listen.close()
+
+
+def test_rolled_back_revoke_notifies_nothing(conn, world, database, su):
+    listen = listener(database)
+    try:
+        k = world.mint(ALICE, world.ws_a, "rolled-back", ["read"])
+        with su.transaction(force_rollback=True):
+            su.execute("UPDATE apikeys.keys SET revoked_at = now() WHERE id = %s", (k["id"],))
+        assert received(listen, 0.5) == []
+    finally:
+        listen.close()
+
+
+def test_rotation_without_grace_and_member_removal_notify(conn, world, database, su):
+    listen = listener(database)
+    try:
+        old = world.mint(ALICE, world.ws_a, "rotated-now", ["read"])
+        ok(rpc(conn, "rotate_key", {"key_id": old["id"]}, claims=ALICE))
+        assert received(listen) == [str(old["id"])]
+        # a member's keys die with the membership: one notice per key
+        ok(rpc(conn, "add_member", {"workspace_id": world.ws_b, "principal": "bob", "role": "member",
+                                    "scopes": ["read"]}, claims=ALICE))
+        ok(rpc(conn, "accept_invitation", {"workspace_id": world.ws_b}, claims=BOB))
+        b1 = world.mint(BOB, world.ws_b, "bob-one", ["read"])
+        b2 = world.mint(BOB, world.ws_b, "bob-two", ["read"])
+        ok(rpc(conn, "remove_member", {"workspace_id": world.ws_b, "principal": "bob"}, claims=ALICE))
+        assert sorted(received(listen)) == sorted([str(b1["id"]), str(b2["id"])])
+    finally:
+        listen.close()
+
+
+def test_leak_report_notifies(conn, world, database, su):
+    listen = listener(database)
+    try:
+        k = world.mint(ALICE, world.ws_a, "leaked-notify", ["read"])
+        with su.transaction():
+            rows = su.execute("SELECT label FROM apikeys.report_leaked(%s, 'test')", ([k["key"]],)).fetchall()
+        assert [r[0] for r in rows] == ["true_positive"]
+        assert received(listen) == [str(k["id"])]
+    finally:
+        listen.close()
