@@ -220,6 +220,19 @@ $$;
 COMMENT ON FUNCTION apikeys.report_leaked(text[], text, text) IS
     'Revoke every key whose token is in the list (a leak report); one row per token: its SHA-256 and true_positive or false_positive. For roles granted by grant_leak_reporter only.';
 
+-- GitHub's secret-scanning intake (src/leaks.rs): verify the report's
+-- ECDSA P-256 signature over the exact body with a current key of
+-- scanning_keys, then report_leaked every token; returns GitHub's feedback
+-- array. SECURITY DEFINER (it reads scanning_keys and calls report_leaked);
+-- granted with report_leaked by grant_leak_reporter.
+CREATE FUNCTION apikeys.github_secret_scanning(body text, key_identifier text, signature text)
+    RETURNS json
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_github_secret_scanning';
+COMMENT ON FUNCTION apikeys.github_secret_scanning(text, text, text) IS
+    'GitHub secret scanning: verify the signed report, revoke every token of ours in it, return the feedback array.';
+
 -- Keys about to expire, for an application that warns their owners. SECURITY
 -- INVOKER: the caller sees what RLS shows it of keys (admins their
 -- workspace's, members their own).

@@ -80,9 +80,10 @@ CREATE FUNCTION apikeys.grant_leak_reporter(role regrole) RETURNS void
 BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text),
+        apikeys.github_secret_scanning(text, text, text) TO %s', role);
 END
 $$;
 REVOKE ALL ON FUNCTION apikeys.grant_leak_reporter(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_leak_reporter(regrole) IS
-    'Let a role report leaked tokens (report_leaked): not part of grant_to; for a scanning intake or an incident responder.';
+    'Let a role report leaked tokens (report_leaked, github_secret_scanning): not part of grant_to; for a scanning intake or an incident responder.';

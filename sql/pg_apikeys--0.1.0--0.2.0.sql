@@ -416,8 +416,9 @@ REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
     'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
 
--- 8. Leak reports, keys about to expire, revocation notices (audit_keys
--- above sends NOTIFY apikeys_revoked).
+-- 8. Leak reports (report_leaked, GitHub's signed intake and its keys),
+-- keys about to expire, revocation notices (audit_keys above sends
+-- NOTIFY apikeys_revoked).
 CREATE FUNCTION apikeys.report_leaked(tokens text[], source text DEFAULT NULL, url text DEFAULT NULL)
     RETURNS TABLE (token_hash text, label text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -481,6 +482,25 @@ CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
 COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS
     'Active keys the caller can see that expire within the interval (default 7 days), soonest first.';
 
+CREATE TABLE apikeys.scanning_keys (
+    key_identifier  text    PRIMARY KEY,
+    public_key_pem  text    NOT NULL,
+    is_current      boolean NOT NULL DEFAULT true
+);
+COMMENT ON TABLE apikeys.scanning_keys IS
+    'Public keys that sign secret-scanning reports (GitHub''s), loaded by an administrator.';
+SELECT pg_catalog.pg_extension_config_dump('apikeys.scanning_keys', '');
+ALTER TABLE apikeys.scanning_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.scanning_keys FORCE ROW LEVEL SECURITY;
+
+CREATE FUNCTION apikeys.github_secret_scanning(body text, key_identifier text, signature text)
+    RETURNS json
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_github_secret_scanning';
+COMMENT ON FUNCTION apikeys.github_secret_scanning(text, text, text) IS
+    'GitHub secret scanning: verify the signed report, revoke every token of ours in it, return the feedback array.';
+
 CREATE FUNCTION apikeys.grant_leak_reporter(role regrole) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
@@ -488,12 +508,13 @@ CREATE FUNCTION apikeys.grant_leak_reporter(role regrole) RETURNS void
 BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text) TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.report_leaked(text[], text, text),
+        apikeys.github_secret_scanning(text, text, text) TO %s', role);
 END
 $$;
 REVOKE ALL ON FUNCTION apikeys.grant_leak_reporter(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_leak_reporter(regrole) IS
-    'Let a role report leaked tokens (report_leaked): not part of grant_to; for a scanning intake or an incident responder.';
+    'Let a role report leaked tokens (report_leaked, github_secret_scanning): not part of grant_to; for a scanning intake or an incident responder.';
 
 -- 9. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
@@ -508,6 +529,8 @@ REVOKE ALL ON FUNCTION apikeys.audit_invitations() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.accept_invitation(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.report_leaked(text[], text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.expiring_keys(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.github_secret_scanning(text, text, text) FROM PUBLIC;
+REVOKE ALL ON apikeys.scanning_keys FROM PUBLIC;
 DO $$
 BEGIN
     RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.accept_invitation(uuid) and apikeys.expiring_keys(interval) for clients'

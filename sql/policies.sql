@@ -16,6 +16,9 @@ ALTER TABLE apikeys.audit_log  ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.audit_log  FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.invitations ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.invitations FORCE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.scanning_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.scanning_keys FORCE ROW LEVEL SECURITY;
+-- scanning_keys has no policy either: only its owner (a superuser) uses it.
 -- key_hashes has no policy at all: no row is visible to any role subject to RLS.
 
 -- Members see the workspaces they belong to.

@@ -117,6 +117,19 @@ CREATE INDEX invitations_principal
 COMMENT ON TABLE apikeys.invitations IS
     'Membership invitations: a principal joins a workspace only by accepting one as themself.';
 
+-- The public keys GitHub's secret scanning signs its reports with, loaded
+-- by an administrator from GitHub's published list (docs/postgrest.md,
+-- "GitHub secret scanning"). Only current keys verify a report. No client
+-- role reads or writes it; unlike the other tables it is configuration:
+-- the administrator may update and delete its rows.
+CREATE TABLE apikeys.scanning_keys (
+    key_identifier  text    PRIMARY KEY,
+    public_key_pem  text    NOT NULL,
+    is_current      boolean NOT NULL DEFAULT true
+);
+COMMENT ON TABLE apikeys.scanning_keys IS
+    'Public keys that sign secret-scanning reports (GitHub''s), loaded by an administrator.';
+
 -- pg_dump keeps the rows of these tables (dump and restore keep keys
 -- verifiable; docs/reference.md, "Decisions").
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');
@@ -129,3 +142,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.scanning_keys', '');

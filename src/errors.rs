@@ -92,6 +92,9 @@ pub enum ApiError {
     KeyCannotManageAdmins,
     /// PT404: no open invitation to this workspace for the caller.
     InvitationNotFound,
+    /// PT401: a secret-scanning report whose signature does not verify under
+    /// a current scanning key.
+    BadSignature,
     /// 42501: a request authenticated by an API key tried to act outside
     /// the key's workspace (join another workspace).
     KeyOutsideWorkspace,
@@ -126,7 +129,7 @@ impl ApiError {
             WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound | InvitationNotFound => {
                 SqlState::NOT_FOUND
             }
-            Unauthenticated => SqlState::UNAUTHENTICATED,
+            Unauthenticated | BadSignature => SqlState::UNAUTHENTICATED,
             ReadOnly => SqlState::READ_ONLY,
             Internal => SqlState::INTERNAL,
         }
@@ -168,6 +171,9 @@ impl ApiError {
                     c"invalid sha256_hex: use the 64 hexadecimal characters of a SHA-256 digest"
                 }
                 crate::rules::RuleError::Grace => c"invalid grace: use an interval from zero to 100 years",
+                crate::rules::RuleError::Report => {
+                    c"invalid report: send a JSON array of objects with a string token, at most 1000 of them and 1 MB"
+                }
                 crate::rules::RuleError::Subject => {
                     c"invalid JWT sub: use 1-256 characters, no control characters or surrounding spaces"
                 }
@@ -203,6 +209,7 @@ impl ApiError {
             }
             PublicKeyNotFound => c"public key not found",
             Unauthenticated => c"invalid API key",
+            BadSignature => c"invalid signature: the report is not signed by a current scanning key",
             ReadOnly => c"cannot change API keys, workspaces or members in a read-only transaction",
             Internal => c"internal error in pg_apikeys",
         }
@@ -320,6 +327,8 @@ mod tests {
             ApiError::KeyCannotManageAdmins,
             ApiError::InvitationNotFound,
             ApiError::KeyOutsideWorkspace,
+            ApiError::BadSignature,
+            ApiError::Invalid(RuleError::Report),
             ApiError::Invalid(RuleError::Subject),
         ];
         for e in all {

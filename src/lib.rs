@@ -17,6 +17,8 @@
 //! * [`verify`]: `verify_key` and the check behind `authenticate()`: the hot
 //!   path, reading the two unique indexes directly
 //! * [`public_keys`]: `create_public_key`, `revoke_public_key`, `resolve_public_key`
+//! * [`leaks`]: GitHub's signed secret-scanning intake,
+//!   `github_secret_scanning` (`report_leaked` itself is SQL)
 //!
 //! The DDL lives in `sql/*.sql` (tables, functions, triggers, policies,
 //! grants), loaded below in that order.
@@ -27,6 +29,7 @@ pub mod errors;
 mod fmgr;
 pub mod gucs;
 pub mod keys;
+pub mod leaks;
 pub mod principal;
 pub mod public_keys;
 pub mod rules;
@@ -67,6 +70,7 @@ fmgr::entry_points! {
     apikeys_create_public_key / pg_finfo_apikeys_create_public_key => public_keys::create_public_key_wrapper;
     apikeys_revoke_public_key / pg_finfo_apikeys_revoke_public_key => public_keys::revoke_public_key_wrapper;
     apikeys_resolve_public_key / pg_finfo_apikeys_resolve_public_key => public_keys::resolve_public_key_wrapper;
+    apikeys_github_secret_scanning / pg_finfo_apikeys_github_secret_scanning => leaks::github_secret_scanning_wrapper;
 }
 
 #[pg_guard]

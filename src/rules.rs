@@ -41,6 +41,9 @@ pub enum RuleError {
     Grace,
     /// A JWT `sub` that is no valid principal.
     Subject,
+    /// A secret-scanning report that is not a JSON array of `{token, …}`
+    /// objects, or is too large.
+    Report,
 }
 
 /// Normalise and check a key name: ASCII lower-cased, then

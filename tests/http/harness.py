@@ -44,6 +44,30 @@ JWT_SECRET = "pg_apikeys-http-tests-secret-0123456789abcdef"  # a test secret, H
 ORIGIN = "https://app.example"
 ALICE_JWT_CLAIMS = {"sub": "alice", "role": "authenticated"}
 
+# GitHub's secret-scanning endpoint, as docs/postgrest.md sets it up: a
+# SECURITY DEFINER wrapper owned by an intake role that holds
+# grant_leak_reporter; anon may call the wrapper, whose signature check is
+# the gate, never report_leaked itself
+GITHUB_INTAKE = """
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'github_intake') THEN CREATE ROLE github_intake NOLOGIN; END IF;
+END $$;
+SELECT apikeys.grant_leak_reporter('github_intake');
+GRANT USAGE, CREATE ON SCHEMA api TO github_intake;
+SET ROLE github_intake;
+CREATE FUNCTION api.github_secret_scanning(json) RETURNS json
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $f$ SELECT apikeys.github_secret_scanning(
+              $1::text,
+              current_setting('request.headers', true)::json ->> 'github-public-key-identifier',
+              current_setting('request.headers', true)::json ->> 'github-public-key-signature') $f$;
+REVOKE ALL ON FUNCTION api.github_secret_scanning(json) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION api.github_secret_scanning(json) TO anon;
+RESET ROLE;
+REVOKE USAGE, CREATE ON SCHEMA api FROM github_intake;
+"""
+
 
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
@@ -68,7 +92,7 @@ class Response:
 
 
 def request(method: str, path: str, *, key: str | None = None, token: str | None = None,
-            body: Any = None, headers: dict[str, str] | None = None) -> Response:
+            body: Any = None, headers: dict[str, str] | None = None, raw: str | None = None) -> Response:
     """One HTTP request to the server under /api."""
     h = {"Accept": "application/json", **(headers or {})}
     if key is not None:
@@ -76,7 +100,10 @@ def request(method: str, path: str, *, key: str | None = None, token: str | None
     if token is not None:
         h["Authorization"] = f"Bearer {token}"
     data = None
-    if body is not None:
+    if raw is not None:  # a body sent byte for byte as given
+        data = raw.encode()
+        h["Content-Type"] = "application/json"
+    elif body is not None:
         data = json.dumps(body).encode()
         h["Content-Type"] = "application/json"
     req = urllib.request.Request(f"http://{HOST}:{HTTP_PORT}/api{path}", data=data, headers=h, method=method)
@@ -145,6 +172,7 @@ def make_world() -> tuple[World, psycopg.Connection]:
     admin.execute(SETUP_ROLES)
     su = connect()
     su.execute(SETUP_DATABASE)
+    su.execute(GITHUB_INTAKE)
     w = World(su)
     w.ws_a = as_user(su, "alice", "SELECT apikeys.create_workspace('Acme')::text AS id")[0]["id"]
     w.ws_b = as_user(su, "alice", "SELECT apikeys.create_workspace('Beta')::text AS id")[0]["id"]

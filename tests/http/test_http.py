@@ -7,7 +7,13 @@ tests/client asserts PostgREST's documented mapping of the same SQLSTATEs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import ALICE_JWT_CLAIMS as ALICE_JWT
 from harness import ORIGIN, as_user, jwt, request
@@ -175,3 +181,37 @@ def test_server_kept_working(server, world):
     time.sleep(0.05)
     assert "a-one" in names(request("GET", "/projects", key=world.keys["reader-a"]["key"]))
     assert as_user(world.su, "alice", "SELECT count(*) AS n FROM apikeys.keys")[0]["n"] >= 5
+
+
+# -- GitHub secret scanning ------------------------------------------------------------------
+
+
+def test_a_signed_github_report_over_http_revokes_the_key(server, world):
+    """POST /rpc/github_secret_scanning as GitHub sends it: the raw JSON body
+    and the two headers; the body reaches the signature check byte for
+    byte."""
+    gh = ec.generate_private_key(ec.SECP256R1())
+    pem = gh.public_key().public_bytes(serialization.Encoding.PEM,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    world.su.execute("INSERT INTO apikeys.scanning_keys VALUES ('gh-kid', %s, true) "
+                     "ON CONFLICT (key_identifier) DO UPDATE SET public_key_pem = EXCLUDED.public_key_pem", (pem,))
+    k = world.mint("to-leak", world.ws_a, ["read"])
+    # GitHub's own spacing: what is signed is these exact bytes
+    body = json.dumps([{"token": k["key"], "type": "pg_apikeys_secret", "url": "https://github.com/a/b",
+                        "source": "content"}], separators=(", ", ": "))
+
+    def post(text: str, sig: str):
+        return request("POST", "/rpc/github_secret_scanning", raw=text,
+                       headers={"Github-Public-Key-Identifier": "gh-kid", "Github-Public-Key-Signature": sig})
+
+    sig = base64.b64encode(gh.sign(body.encode(), ec.ECDSA(hashes.SHA256()))).decode()
+    # the same JSON, other whitespace: another body, refused, nothing revoked
+    compact = json.dumps(json.loads(body), separators=(",", ":"))
+    refused = post(compact, sig)
+    assert (refused.status, refused.body["code"]) == (401, "PT401")
+    assert request("GET", "/projects", key=k["key"]).status == 200
+    r = post(body, sig)
+    assert r.status == 200, r.body
+    assert r.body == [{"label": "true_positive", "token_hash": hashlib.sha256(k["key"].encode()).hexdigest(),
+                       "token_type": "pg_apikeys_secret"}]
+    assert_refused_key(request("GET", "/projects", key=k["key"]))
