@@ -7,6 +7,10 @@ SELECT apikeys.grant_to('bench_client'), apikeys.grant_to('bench_anon'), apikeys
 SELECT apikeys.create_workspace('bench');
 SELECT apikeys.create_workspace('bench-mint') AS mint_ws \gset
 SELECT apikeys.add_member(:'mint_ws', 'bench_admin', 'admin');
+-- membership needs consent: bench_admin accepts as itself
+SET ROLE bench_admin;
+SELECT apikeys.accept_invitation(:'mint_ws');
+RESET ROLE;
 
 CREATE SCHEMA bench;
 GRANT USAGE ON SCHEMA bench TO bench_client, bench_authenticator, bench_admin;
