@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Ops tests (tests/ops): dump and restore, crash recovery (kill -9 under
-# load), hot standby, each in throw-away clusters of its own under
+# load), hot standby, logical replication (a 15 publisher, PG15_BIN), each
+# in throw-away clusters of its own under
 # /tmp/pg_apikeys_ops on ports 28830-28839, against the installed extension.
 # Never touches the local cluster on $PGPORT.
 #   scripts/ops.sh [ops|upgrade] [extra pytest arguments, e.g. -k standby]
@@ -14,6 +15,8 @@ set -uo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
 export PGBIN
+# the logical replication test's publisher is PostgreSQL 15 on every layer
+export PG15_BIN="${PG15_BIN:-/usr/lib/postgresql/15/bin}"
 . "$ROOT/scripts/pytest-lib.sh"
 ensure_venv || exit 1
 

@@ -134,7 +134,7 @@ run_counted() {
 run_client() { run_counted "client on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence over TCP)" scripts/client.sh; }
 run_http() { run_counted "http on PostgreSQL $PG_MAJOR (tests/http, postrust-server over HTTP)" scripts/http.sh; }
 run_upgrade() { run_counted "upgrade on PostgreSQL $PG_MAJOR (0.1.0 with data, ALTER EXTENSION UPDATE, schema diff)" scripts/ops.sh upgrade; }
-run_ops() { run_counted "ops on PostgreSQL $PG_MAJOR (tests/ops: dump/restore, crash, hot standby)" scripts/ops.sh ops; }
+run_ops() { run_counted "ops on PostgreSQL $PG_MAJOR (tests/ops: dump/restore, crash, hot standby, logical replication from 15)" scripts/ops.sh ops; }
 run_docs() { run_counted "docs on PostgreSQL $PG_MAJOR (tests/docs: the docs' sql blocks, run as written)" scripts/docs.sh; }
 run_package() { run_counted "package (Debian package for PostgreSQL 15)" tests/package/check.sh; }
 

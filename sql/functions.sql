@@ -293,6 +293,10 @@ BEGIN
                         TG_TABLE_NAME, pg_catalog.quote_ident(col), pg_catalog.format_type(typ, NULL)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- a replicated row keeps the provenance its publisher stamped
+    IF apikeys.applying_replicated_change() THEN
+        RETURN NEW;
+    END IF;
     IF TG_OP = 'INSERT' THEN
         who := apikeys.current_principal();
         IF who IS NULL THEN

@@ -38,6 +38,7 @@ BEGIN
         apikeys.revoke_public_key(uuid),
         apikeys.resolve_public_key(text, text),
         apikeys.stamp_created_by(),
+        apikeys.applying_replicated_change(),
         apikeys.expiring_keys(interval)
         TO %s', role);
 END

@@ -516,7 +516,342 @@ REVOKE ALL ON FUNCTION apikeys.grant_leak_reporter(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_leak_reporter(regrole) IS
     'Let a role report leaked tokens (report_leaked, github_secret_scanning): not part of grant_to; for a scanning intake or an incident responder.';
 
--- 9. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- 9. Logical replication: the triggers recognise a change a subscription is
+-- applying (applying_replicated_change) and write nothing it already
+-- carries: no audit rows, no cascaded revokes, no re-stamped provenance; a
+-- replicated revoke still notifies listeners. Replicated ids move their
+-- sequence on (follow_replicated_id), so a switched-over subscriber never
+-- reuses one. grant_to grants applying_replicated_change, which
+-- stamp_created_by calls as the writer.
+CREATE FUNCTION apikeys.applying_replicated_change() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_applying_replicated_change';
+
+CREATE FUNCTION apikeys.follow_replicated_id() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    seq regclass;
+BEGIN
+    IF apikeys.applying_replicated_change() THEN
+        seq := pg_catalog.pg_get_serial_sequence(pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id');
+        IF NEW.id > coalesce(pg_catalog.pg_sequence_last_value(seq), 0) THEN
+            PERFORM pg_catalog.setval(seq, NEW.id);
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.members_follow() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- a replicated removal brings the revokes its publisher made
+    IF apikeys.applying_replicated_change() THEN
+        RETURN NULL;
+    END IF;
+    IF NEW.removed_at IS NOT NULL AND OLD.removed_at IS NULL THEN
+        UPDATE apikeys.keys k
+           SET revoked_at = pg_catalog.now()
+         WHERE k.workspace_id = NEW.workspace_id
+           AND k.owner = NEW.principal
+           AND k.revoked_at IS NULL;
+    ELSIF NEW.role = 'member' THEN
+        UPDATE apikeys.keys k
+           SET scopes = ARRAY(SELECT s FROM pg_catalog.unnest(k.scopes) WITH ORDINALITY AS u(s, o)
+                               WHERE s = ANY (NEW.scopes) ORDER BY o)
+         WHERE k.workspace_id = NEW.workspace_id
+           AND k.owner = NEW.principal
+           AND k.revoked_at IS NULL
+           AND NOT (k.scopes <@ NEW.scopes);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+    replaces uuid;
+BEGIN
+    IF apikeys.applying_replicated_change() THEN
+        -- the publisher's audit rows arrive on their own; applications
+        -- listening here still hear of the revoke, at the apply's commit
+        IF TG_OP = 'UPDATE' AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.source = 'imported' THEN
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.imported', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at)));
+        ELSE
+            SELECT k.id INTO replaces FROM apikeys.keys k WHERE k.replaced_by = NEW.id;
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.created', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at, 'replaces', replaces)));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.rotated', NEW.id,
+                jsonb_build_object('name', NEW.name, 'replaced_by', NEW.replaced_by));
+    END IF;
+    IF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
+                jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+        -- for applications that cache verifications: delivered at commit,
+        -- never for a rolled-back revoke (docs/managing-keys.md)
+        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+    END IF;
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.expiry_shortened', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.expires_at, 'to', NEW.expires_at));
+    END IF;
+    IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.scopes_changed', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.scopes, 'to', NEW.scopes));
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.updated', NEW.id,
+                jsonb_build_object('name', jsonb_build_object('from', OLD.name, 'to', NEW.name),
+                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_members() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+BEGIN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.added',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.removed_at IS DISTINCT FROM OLD.removed_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.removed',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role));
+    ELSIF NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, who, 'member.changed',
+                jsonb_build_object('principal', NEW.principal,
+                                   'role', jsonb_build_object('from', OLD.role, 'to', NEW.role),
+                                   'scopes', jsonb_build_object('from', OLD.scopes, 'to', NEW.scopes)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_workspaces() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+    VALUES (NEW.id, apikeys.current_principal(), 'workspace.created',
+            jsonb_build_object('name', NEW.name));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_public_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.created', NEW.id,
+                jsonb_build_object('allowed_origins', NEW.allowed_origins));
+    ELSIF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'public_key.revoked', NEW.id,
+                jsonb_build_object('revoked_at', NEW.revoked_at));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_invitations() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'member.invited',
+                jsonb_build_object('principal', NEW.principal, 'role', NEW.role, 'scopes', NEW.scopes));
+    ELSIF NEW.withdrawn_at IS DISTINCT FROM OLD.withdrawn_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (NEW.workspace_id, apikeys.current_principal(), 'invitation.withdrawn',
+                jsonb_build_object('principal', NEW.principal));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.stamp_created_by() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    col   text;
+    typ   oid;
+    who   text;
+    stays boolean;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'BEFORE' OR TG_OP NOT IN ('INSERT', 'UPDATE') THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by must be a BEFORE INSERT OR UPDATE ... FOR EACH ROW trigger (on %)',
+                        TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF TG_NARGS <> 1 THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by takes one argument, the column name (trigger % on %)',
+                        TG_NAME, TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    col := TG_ARGV[0];
+    SELECT a.atttypid INTO typ
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = TG_RELID AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: table % has no column %', TG_TABLE_NAME, pg_catalog.quote_ident(col)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF typ NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'apikeys.stamp_created_by: column %.% must be of type text, not %',
+                        TG_TABLE_NAME, pg_catalog.quote_ident(col), pg_catalog.format_type(typ, NULL)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- a replicated row keeps the provenance its publisher stamped
+    IF apikeys.applying_replicated_change() THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        who := apikeys.current_principal();
+        IF who IS NULL THEN
+            RAISE EXCEPTION 'no principal: this write needs a database role, JWT claims with a sub, or an API key'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        NEW := pg_catalog.jsonb_populate_record(NEW, pg_catalog.jsonb_build_object(col, who));
+    ELSE
+        IF (SELECT c.relispartition FROM pg_catalog.pg_class c WHERE c.oid = TG_RELID) THEN
+            -- the partition's own constraint (its ancestors' included), on NEW
+            EXECUTE pg_catalog.format('SELECT (%s) IS NOT FALSE FROM (SELECT ($1).*) s',
+                                      coalesce(pg_catalog.pg_get_partition_constraintdef(TG_RELID), 'true'))
+               INTO stays USING NEW;
+            IF NOT stays THEN
+                RAISE EXCEPTION 'apikeys.stamp_created_by: this update would move the row out of partition %, and the move would stamp it anew',
+                                TG_TABLE_NAME
+                    USING ERRCODE = 'check_violation',
+                          HINT = 'insert a new row and keep the old one, or move it as the table owner with the trigger disabled';
+            END IF;
+        END IF;
+        NEW := pg_catalog.jsonb_populate_record(NEW,
+                   pg_catalog.jsonb_build_object(col, pg_catalog.to_jsonb(OLD) OPERATOR(pg_catalog.->) col));
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        apikeys.current_principal(),
+        apikeys.member_role(uuid),
+        apikeys.create_workspace(text, uuid),
+        apikeys.add_member(uuid, text, text, text[]),
+        apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
+        apikeys.verify_key(text, text[]),
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by(),
+        apikeys.applying_replicated_change(),
+        apikeys.expiring_keys(interval)
+        TO %s', role);
+END
+$$;
+
+CREATE TRIGGER members_follow_replicated_id BEFORE INSERT ON apikeys.members
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+
+CREATE TRIGGER invitations_follow_replicated_id BEFORE INSERT ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+
+CREATE TRIGGER audit_log_follow_replicated_id BEFORE INSERT ON apikeys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+
+ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_follow_replicated_id;
+
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_follow_replicated_id;
+
+ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_follow_replicated_id;
+
+COMMENT ON FUNCTION apikeys.applying_replicated_change() IS 'Internal: whether this backend is a logical replication worker applying a subscription''s changes; used by the triggers.';
+
+COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function (moves an id sequence past a replicated row''s id); not for calling.';
+REVOKE ALL ON FUNCTION apikeys.applying_replicated_change() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.follow_replicated_id() FROM PUBLIC;
+
+-- 10. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
 -- running grant_to again after the update: a GRANT made inside this script
 -- would be recorded as the extension's own initial privilege, which pg_dump

@@ -107,6 +107,10 @@ CREATE FUNCTION apikeys.members_follow() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
+    -- a replicated removal brings the revokes its publisher made
+    IF apikeys.applying_replicated_change() THEN
+        RETURN NULL;
+    END IF;
     IF NEW.removed_at IS NOT NULL AND OLD.removed_at IS NULL THEN
         UPDATE apikeys.keys k
            SET revoked_at = pg_catalog.now()
@@ -208,6 +212,38 @@ $$;
 -- detail holds names, scopes, times and ids: never a token or a hash (there
 -- is none in these tables to leak).
 
+-- Whether this backend is a logical replication worker applying a
+-- subscription's changes (src/replication.rs). Such a change carries what its
+-- publisher's triggers wrote (audit rows, cascaded revokes, stamped
+-- provenance), so the triggers that derive writes stand aside for it; the
+-- guards keep firing. It is the backend's state, not session_replication_role,
+-- which a superuser may set by hand (docs/operations.md).
+CREATE FUNCTION apikeys.applying_replicated_change() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_applying_replicated_change';
+
+-- Logical replication does not carry sequences. When a subscription applies
+-- a row with a generated id (members, invitations, audit_log), the table's
+-- sequence is moved past it, so that after a switch-over the subscriber's
+-- own rows never take a replicated id. Only for replicated rows: a local
+-- insert (or a restore, which sets the sequence itself) is left alone.
+CREATE FUNCTION apikeys.follow_replicated_id() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    seq regclass;
+BEGIN
+    IF apikeys.applying_replicated_change() THEN
+        seq := pg_catalog.pg_get_serial_sequence(pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'id');
+        IF NEW.id > coalesce(pg_catalog.pg_sequence_last_value(seq), 0) THEN
+            PERFORM pg_catalog.setval(seq, NEW.id);
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- Whether a row being inserted is history arriving with its own audit rows
 -- (pg_restore, pg_dump's plain SQL, a superuser's backfill) rather than a new
 -- event: its created_at lies before this transaction. The audit triggers
@@ -226,6 +262,14 @@ DECLARE
     who text := apikeys.current_principal();
     replaces uuid;
 BEGIN
+    IF apikeys.applying_replicated_change() THEN
+        -- the publisher's audit rows arrive on their own; applications
+        -- listening here still hear of the revoke, at the apply's commit
+        IF TG_OP = 'UPDATE' AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        END IF;
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
         RETURN NULL;
     END IF;
@@ -286,7 +330,8 @@ CREATE FUNCTION apikeys.audit_members() RETURNS trigger
 DECLARE
     who text := apikeys.current_principal();
 BEGIN
-    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -313,7 +358,8 @@ CREATE FUNCTION apikeys.audit_workspaces() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
         RETURN NULL;
     END IF;
     INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
@@ -328,7 +374,8 @@ CREATE FUNCTION apikeys.audit_public_keys() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -351,7 +398,8 @@ CREATE FUNCTION apikeys.audit_invitations() RETURNS trigger
     SET search_path = pg_catalog, pg_temp
     AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+    IF apikeys.applying_replicated_change()
+       OR (TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at)) THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'INSERT' OR NEW.role IS DISTINCT FROM OLD.role OR NEW.scopes IS DISTINCT FROM OLD.scopes THEN
@@ -484,6 +532,16 @@ ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_audit;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_delete;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_no_truncate;
 
+CREATE TRIGGER members_follow_replicated_id BEFORE INSERT ON apikeys.members
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+CREATE TRIGGER invitations_follow_replicated_id BEFORE INSERT ON apikeys.invitations
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+CREATE TRIGGER audit_log_follow_replicated_id BEFORE INSERT ON apikeys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION apikeys.follow_replicated_id();
+ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_follow_replicated_id;
+ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_follow_replicated_id;
+ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_follow_replicated_id;
+
 -- Internal functions: each says so, so that \df apikeys.* tells them from the API.
 COMMENT ON FUNCTION apikeys.forbid_delete() IS 'Internal trigger function (refuses DELETE and TRUNCATE on the extension''s tables); not for calling.';
 COMMENT ON FUNCTION apikeys.keys_guard() IS 'Internal trigger function (the revoke and rotation latches, shrink-only expiry and write-once columns of keys); not for calling.';
@@ -500,3 +558,5 @@ COMMENT ON FUNCTION apikeys.audit_workspaces() IS 'Internal trigger function (wr
 COMMENT ON FUNCTION apikeys.audit_public_keys() IS 'Internal trigger function (writes the audit rows of public keys); not for calling.';
 COMMENT ON FUNCTION apikeys.audit_invitations() IS 'Internal trigger function (writes the audit rows of invitations); not for calling.';
 COMMENT ON FUNCTION apikeys.arrives_with_history(timestamptz) IS 'Internal: whether an inserted row is restored history (created before this transaction); used by the audit triggers.';
+COMMENT ON FUNCTION apikeys.applying_replicated_change() IS 'Internal: whether this backend is a logical replication worker applying a subscription''s changes; used by the triggers.';
+COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function (moves an id sequence past a replicated row''s id); not for calling.';

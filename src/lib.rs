@@ -17,6 +17,8 @@
 //! * [`verify`]: `verify_key` and the check behind `authenticate()`: the hot
 //!   path, reading the two unique indexes directly
 //! * [`public_keys`]: `create_public_key`, `revoke_public_key`, `resolve_public_key`
+//! * [`replication`]: how the triggers recognise a change a logical
+//!   replication subscription is applying
 //! * [`leaks`]: GitHub's signed secret-scanning intake,
 //!   `github_secret_scanning` (`report_leaked` itself is SQL)
 //!
@@ -32,6 +34,7 @@ pub mod keys;
 pub mod leaks;
 pub mod principal;
 pub mod public_keys;
+pub mod replication;
 pub mod rules;
 mod spi;
 pub mod token;
@@ -71,6 +74,7 @@ fmgr::entry_points! {
     apikeys_revoke_public_key / pg_finfo_apikeys_revoke_public_key => public_keys::revoke_public_key_wrapper;
     apikeys_resolve_public_key / pg_finfo_apikeys_resolve_public_key => public_keys::resolve_public_key_wrapper;
     apikeys_github_secret_scanning / pg_finfo_apikeys_github_secret_scanning => leaks::github_secret_scanning_wrapper;
+    apikeys_applying_replicated_change / pg_finfo_apikeys_applying_replicated_change => replication::applying_replicated_change_wrapper;
 }
 
 #[pg_guard]

@@ -25,6 +25,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
+# PostgreSQL 15, for the side of a test that must be 15 whatever version the
+# layer runs on (the publisher of the 15 -> 18 logical replication test)
+PG15_BIN = Path(os.environ.get("PG15_BIN", "/usr/lib/postgresql/15/bin"))
 BASE = Path(os.environ.get("OPS_BASE", "/tmp/pg_apikeys_ops"))
 PORTS = range(28830, 28840)
 HOST = "127.0.0.1"
@@ -117,8 +120,9 @@ def _exists(pid: int) -> bool:
 class Cluster:
     """One throw-away cluster. Create with `init()` or `basebackup_of()`."""
 
-    def __init__(self, name: str, ports: PortPool):
+    def __init__(self, name: str, ports: PortPool, pgbin: Path | None = None):
         self.name = name
+        self.pgbin = pgbin or PGBIN
         self.dir = BASE / name
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
@@ -143,7 +147,7 @@ class Cluster:
     def _stop_stale(self) -> None:
         """A cluster left by an aborted run: stop it before removing it."""
         if (self.data / "postmaster.pid").exists():
-            run([PGBIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"],
+            run([self.pgbin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"],
                 as_owner=True, check=False, timeout=60)
 
     def _conf(self, settings: dict[str, Any]) -> None:
@@ -171,7 +175,7 @@ class Cluster:
     def init(self, settings: dict[str, Any] | None = None, hba: Iterable[str] = ()) -> "Cluster":
         self._fresh_dir()
         self.port = self.ports.take()
-        run([PGBIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+        run([self.pgbin / "initdb", "-D", self.data, "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--locale=C.UTF-8", "--no-sync"], as_owner=True)
         self._conf({**self._base_settings(), **(settings or {})})
         hba = list(hba)
@@ -183,7 +187,7 @@ class Cluster:
         """A streaming standby of `primary` (pg_basebackup -R -X stream)."""
         self._fresh_dir()
         self.port = self.ports.take()
-        run([PGBIN / "pg_basebackup", "-R", "-D", self.data, "-h", HOST, "-p", primary.port,
+        run([self.pgbin / "pg_basebackup", "-R", "-D", self.data, "-h", HOST, "-p", primary.port,
              "-U", "postgres", "-X", "stream", "-c", "fast", "--no-sync"], as_owner=True)
         # the copy carries the primary's postgresql.conf: override port and socket
         self._conf({**self._base_settings(), "hot_standby": "on", **(settings or {})})
@@ -192,7 +196,7 @@ class Cluster:
     # -- life cycle ----------------------------------------------------------
 
     def start(self) -> None:
-        p = run([PGBIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"],
+        p = run([self.pgbin / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "60", "start"],
                 as_owner=True, timeout=90, check=False)
         if p.returncode != 0:
             tail = "\n".join(self.log_text().splitlines()[-15:])
@@ -201,7 +205,7 @@ class Cluster:
 
     def stop(self, mode: str = "immediate") -> None:
         if (self.data / "postmaster.pid").exists():
-            run([PGBIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"], as_owner=True,
+            run([self.pgbin / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"], as_owner=True,
                 check=False, timeout=60)
 
     def destroy(self) -> None:
@@ -254,7 +258,7 @@ class Cluster:
 
     def client(self, tool: str, *args: Any, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         """A client tool (psql, pg_dump, pg_restore) as ourselves, over TCP."""
-        return run([PGBIN / tool, "-h", HOST, "-p", self.port, "-U", "postgres", *args],
+        return run([self.pgbin / tool, "-h", HOST, "-p", self.port, "-U", "postgres", *args],
                    check=check, timeout=timeout)
 
 

@@ -63,8 +63,8 @@ def prerequisites():
 def clusters(ports):
     made: list[Cluster] = []
 
-    def make(name: str) -> Cluster:
-        c = Cluster(name, ports)
+    def make(name: str, pgbin: Path | None = None) -> Cluster:
+        c = Cluster(name, ports, pgbin)
         made.append(c)
         return c
 
