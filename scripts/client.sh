@@ -3,6 +3,10 @@
 # statement, through a real connection (psycopg 3 over TCP to
 # 127.0.0.1:$PGPORT), against the installed extension in the local cluster.
 #   scripts/client.sh [extra pytest arguments, e.g. -k public_key]
+# With no arguments the suite runs twice: the cluster restarted without the
+# preload (usage recorded in transaction), then with it (the usage engine);
+# a test about one mode skips itself in the other. With arguments, once, in
+# the running cluster's mode.
 # Creates target/venv-client on first use (and refreshes it when
 # tests/client/requirements.txt changes). Ends with "N passed, N failed" and
 # exits with pytest's status.
@@ -24,5 +28,21 @@ if ! "$PGBIN/psql" -X -h 127.0.0.1 -p "$PGPORT" -U postgres -d postgres -Atc \
     exit 1
 fi
 
-say "client tests on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence, port $PGPORT)"
-run_pytest "$ROOT/target/test-client-pg$PG_MAJOR-pytest.log" tests/client "$@"
+if [ "$#" -gt 0 ]; then
+    say "client tests on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence, port $PGPORT)"
+    run_pytest "$ROOT/target/test-client-pg$PG_MAJOR-pytest.log" tests/client "$@"
+    exit
+fi
+tp=0; tf=0; status=0
+for mode in in_transaction shared_memory; do
+    preload=1; [ "$mode" = in_transaction ] && preload=0
+    APIKEYS_PRELOAD=$preload scripts/cluster.sh restart >/dev/null || exit 1
+    say "client tests on PostgreSQL $PG_MAJOR, usage recorded $mode (tests/client, port $PGPORT)"
+    line=$(run_pytest "$ROOT/target/test-client-pg$PG_MAJOR-$mode-pytest.log" tests/client | tee /dev/stderr | tail -1) || status=1
+    read -r p _ f _ <<<"$line"
+    tp=$((tp + ${p:-0})); tf=$((tf + ${f:-1}))
+done
+scripts/cluster.sh restart >/dev/null
+echo "$tp passed, $tf failed"
+[ "$tf" = 0 ] || status=1
+exit "$status"

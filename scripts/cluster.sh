@@ -5,6 +5,10 @@
 # 18 in target/pg18 on port 28818. The cluster runs as `postgres` when we are root, listens on a Unix socket in
 # target/pg/sock and on 127.0.0.1:$PGPORT, and trusts local connections
 # (a development cluster: never expose it).
+# The cluster preloads the library (shared_preload_libraries = 'pg_apikeys',
+# the usage engine). APIKEYS_PRELOAD=0 starts it without: usage is then
+# recorded in each verify's transaction (apikeys.usage_mode() says which).
+# The mode is a start option, so `restart` switches it.
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 
@@ -48,8 +52,14 @@ CONF
     if as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
         return 0
     fi
-    say "starting PostgreSQL $PG_MAJOR on port $PGPORT"
-    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 start >/dev/null
+    local opts=()
+    if [ "${APIKEYS_PRELOAD:-1}" = 1 ]; then
+        opts=(-o "-c shared_preload_libraries=pg_apikeys")
+        say "starting PostgreSQL $PG_MAJOR on port $PGPORT (pg_apikeys preloaded: usage engine)"
+    else
+        say "starting PostgreSQL $PG_MAJOR on port $PGPORT (no preload: usage recorded in transaction)"
+    fi
+    as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 "${opts[@]}" start >/dev/null
 }
 
 stop() {

@@ -6,7 +6,12 @@
 # tests/isolation/specs/X.spec through isolationtester and compares the output
 # with tests/isolation/expected/X.out. Results land in target/isolation
 # (results/X.out, regression.diffs).
-#   scripts/isolation.sh [spec ...]   (default: every spec in schedule order)
+# Specs whose output depends on how use is recorded have a variant per mode
+# (X.out without the preload, X_1.out with it) and print usage_mode().
+#   scripts/isolation.sh              the schedule twice: the cluster
+#                                     restarted without the preload, then with
+#                                     it (target/isolation-<mode>)
+#   scripts/isolation.sh spec ...     those specs in the running cluster's mode
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -15,15 +20,41 @@ if [ ! -x "$PG_ISOLATION_REGRESS" ]; then
     echo "pg_isolation_regress not found at $PG_ISOLATION_REGRESS (install postgresql-server-dev-$PG_MAJOR)" >&2
     exit 2
 fi
-out="$ROOT/target/isolation"
-rm -rf "$out"; mkdir -p "$out"
-# a fresh database with the roles and helpers every spec shares
-psql_local -q -d postgres -c 'DROP DATABASE IF EXISTS apikeys_isolation' -c 'CREATE DATABASE apikeys_isolation'
-psql_local -q -d apikeys_isolation -f tests/isolation/setup.sql >/dev/null
-args=(--host="$PGHOST_DIR" --port="$PGPORT" --user=postgres --dbname=apikeys_isolation --use-existing
-      --inputdir=tests/isolation --outputdir="$out" --bindir="$PGBIN")
+run() {
+    local out="$1"; shift
+    rm -rf "$out"; mkdir -p "$out"
+    # a fresh database with the roles and helpers every spec shares
+    psql_local -q -d postgres -c 'DROP DATABASE IF EXISTS apikeys_isolation' -c 'CREATE DATABASE apikeys_isolation'
+    psql_local -q -d apikeys_isolation -f tests/isolation/setup.sql >/dev/null
+    "$PG_ISOLATION_REGRESS" --host="$PGHOST_DIR" --port="$PGPORT" --user=postgres \
+        --dbname=apikeys_isolation --use-existing \
+        --inputdir=tests/isolation --outputdir="$out" --bindir="$PGBIN" "$@"
+}
 if [ "$#" -gt 0 ]; then
-    "$PG_ISOLATION_REGRESS" "${args[@]}" "$@"
+    run "$ROOT/target/isolation" "$@"
+    exit
+fi
+total=0; failed=0; status=0
+for mode in ${ISOLATION_MODES:-in_transaction shared_memory}; do
+    preload=1; [ "$mode" = in_transaction ] && preload=0
+    APIKEYS_PRELOAD=$preload scripts/cluster.sh restart >/dev/null
+    say "isolation, usage recorded $mode"
+    log="$ROOT/target/isolation-$mode.log"
+    run "$ROOT/target/isolation-$mode" --schedule=tests/isolation/schedule 2>&1 | tee "$log" || status=1
+    line=$(grep -E 'tests (passed|failed)' "$log" | tail -1)
+    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
+        total=$((total + BASH_REMATCH[1]))
+    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
+        total=$((total + BASH_REMATCH[2])); failed=$((failed + BASH_REMATCH[1]))
+    else
+        failed=$((failed + 1)); total=$((total + 1))
+    fi
+done
+scripts/cluster.sh restart >/dev/null
+echo
+if [ "$failed" = 0 ] && [ "$status" = 0 ]; then
+    echo "# All $total tests passed."
 else
-    "$PG_ISOLATION_REGRESS" "${args[@]}" --schedule=tests/isolation/schedule
+    echo "# $failed of $total tests failed."
+    exit 1
 fi

@@ -325,3 +325,28 @@ END
 $$;
 COMMENT ON FUNCTION apikeys.stamp_created_by() IS
     'Trigger for application tables: stamps the named text column with current_principal() on INSERT and keeps it on UPDATE.';
+
+-- The usage engine (src/usage.rs; docs/reference.md, "Usage").
+CREATE FUNCTION apikeys.usage_mode() RETURNS text
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_usage_mode';
+COMMENT ON FUNCTION apikeys.usage_mode() IS
+    'How use is recorded: shared_memory (the library is preloaded; a worker writes usage) or in_transaction (verify writes last_used_at itself).';
+
+CREATE FUNCTION apikeys.usage_stats(
+        OUT mode text, OUT slots bigint, OUT slots_in_use bigint,
+        OUT verified bigint, OUT rejected bigint, OUT unknown bigint, OUT malformed bigint,
+        OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
+        OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
+        OUT last_flush timestamptz)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE ROWS 1
+    AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
+COMMENT ON FUNCTION apikeys.usage_stats() IS
+    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded.';
+
+CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS boolean
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'apikeys_flush_usage';
+COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
+    'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';

@@ -17,7 +17,7 @@ BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
-        apikeys.public_keys, apikeys.audit_log, apikeys.invitations TO %s', role);
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -39,6 +39,7 @@ BEGIN
         apikeys.resolve_public_key(text, text),
         apikeys.stamp_created_by(),
         apikeys.applying_replicated_change(),
+        apikeys.usage_mode(),
         apikeys.expiring_keys(interval)
         TO %s', role);
 END

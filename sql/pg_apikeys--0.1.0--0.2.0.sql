@@ -851,7 +851,166 @@ COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function
 REVOKE ALL ON FUNCTION apikeys.applying_replicated_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.follow_replicated_id() FROM PUBLIC;
 
--- 10. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- 10. The usage engine: per-key hourly counts (key_usage, written by the
+-- background worker when the library is preloaded, RLS like keys, counts
+-- only grow), usage_mode, usage_stats and flush_usage; grant_to grants
+-- SELECT on key_usage and usage_mode.
+CREATE TABLE apikeys.key_usage (
+    key_id        uuid        NOT NULL,
+    workspace_id  uuid        NOT NULL,
+    hour          timestamptz NOT NULL,
+    verified      bigint      NOT NULL DEFAULT 0 CHECK (verified >= 0),
+    rejected      bigint      NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    PRIMARY KEY (key_id, hour)
+);
+
+CREATE INDEX key_usage_workspace ON apikeys.key_usage (workspace_id, hour);
+
+COMMENT ON TABLE apikeys.key_usage IS
+    'Verifies per key and hour (verified, rejected), written by the usage engine; readable under RLS like keys.';
+
+SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');
+
+ALTER TABLE apikeys.key_usage ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE apikeys.key_usage FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY key_usage_visible ON apikeys.key_usage FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin'
+           OR (apikeys.member_role(workspace_id) IS NOT NULL
+               AND EXISTS (SELECT FROM apikeys.keys k
+                            WHERE k.id = key_usage.key_id
+                              AND k.owner = apikeys.current_principal())));
+
+CREATE OR REPLACE FUNCTION apikeys.forbid_delete() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    RAISE EXCEPTION '% on apikeys.% is not allowed: rows are kept for audit', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = CASE TG_TABLE_NAME
+                  WHEN 'keys' THEN 'revoke keys instead (apikeys.revoke_key)'
+                  WHEN 'key_hashes' THEN 'revoke the key instead (apikeys.revoke_key); its hash stays'
+                  WHEN 'members' THEN 'remove members instead (apikeys.remove_member)'
+                  WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
+                  WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
+                  WHEN 'key_usage' THEN 'usage rows are history; they are only added and incremented'
+                  WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
+                  ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
+              END;
+END
+$$;
+
+CREATE FUNCTION apikeys.key_usage_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.hour IS DISTINCT FROM OLD.hour THEN
+        RAISE EXCEPTION 'key_id, workspace_id and hour of a usage row are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected THEN
+        RAISE EXCEPTION 'usage counts only grow'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
+CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+
+CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+
+CREATE TRIGGER key_usage_no_delete BEFORE DELETE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+
+CREATE TRIGGER key_usage_no_truncate BEFORE TRUNCATE ON apikeys.key_usage
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_guard;
+
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_guard_final;
+
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_no_delete;
+
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_no_truncate;
+
+COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usage counts only grow; write-once columns of key_usage); not for calling.';
+
+CREATE FUNCTION apikeys.usage_mode() RETURNS text
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_usage_mode';
+
+CREATE FUNCTION apikeys.usage_stats(
+        OUT mode text, OUT slots bigint, OUT slots_in_use bigint,
+        OUT verified bigint, OUT rejected bigint, OUT unknown bigint, OUT malformed bigint,
+        OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
+        OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
+        OUT last_flush timestamptz)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE ROWS 1
+    AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
+
+CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS boolean
+    LANGUAGE c VOLATILE STRICT
+    AS 'MODULE_PATHNAME', 'apikeys_flush_usage';
+
+COMMENT ON FUNCTION apikeys.usage_mode() IS
+    'How use is recorded: shared_memory (the library is preloaded; a worker writes usage) or in_transaction (verify writes last_used_at itself).';
+
+COMMENT ON FUNCTION apikeys.usage_stats() IS
+    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded.';
+
+COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
+    'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';
+
+CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        apikeys.current_principal(),
+        apikeys.member_role(uuid),
+        apikeys.create_workspace(text, uuid),
+        apikeys.add_member(uuid, text, text, text[]),
+        apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
+        apikeys.verify_key(text, text[]),
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by(),
+        apikeys.applying_replicated_change(),
+        apikeys.usage_mode(),
+        apikeys.expiring_keys(interval)
+        TO %s', role);
+END
+$$;
+REVOKE ALL ON apikeys.key_usage FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.key_usage_guard() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.usage_mode() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.usage_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.flush_usage(integer) FROM PUBLIC;
+
+-- 11. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
 -- running grant_to again after the update: a GRANT made inside this script
 -- would be recorded as the extension's own initial privilege, which pg_dump
@@ -868,7 +1027,7 @@ REVOKE ALL ON FUNCTION apikeys.github_secret_scanning(text, text, text) FROM PUB
 REVOKE ALL ON apikeys.scanning_keys FROM PUBLIC;
 DO $$
 BEGIN
-    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.accept_invitation(uuid) and apikeys.expiring_keys(interval) for clients'
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval) and apikeys.usage_mode() for clients'
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
 END
 $$;

@@ -53,3 +53,14 @@ CREATE POLICY audit_log_visible ON apikeys.audit_log FOR SELECT
 CREATE POLICY invitations_visible ON apikeys.invitations FOR SELECT
     USING ((principal = apikeys.current_principal() AND apikeys.current_key_id() IS NULL)
            OR apikeys.member_role(workspace_id) = 'admin');
+
+-- Usage counts, like keys: admins see their workspaces', members their own
+-- keys' (the keys subquery runs under keys' own policy).
+ALTER TABLE apikeys.key_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.key_usage FORCE ROW LEVEL SECURITY;
+CREATE POLICY key_usage_visible ON apikeys.key_usage FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin'
+           OR (apikeys.member_role(workspace_id) IS NOT NULL
+               AND EXISTS (SELECT FROM apikeys.keys k
+                            WHERE k.id = key_usage.key_id
+                              AND k.owner = apikeys.current_principal())));

@@ -130,6 +130,23 @@ CREATE TABLE apikeys.scanning_keys (
 COMMENT ON TABLE apikeys.scanning_keys IS
     'Public keys that sign secret-scanning reports (GitHub''s), loaded by an administrator.';
 
+-- Usage per key and hour, written by the usage engine's worker (with
+-- shared_preload_libraries = 'pg_apikeys'; docs/reference.md, "Usage").
+-- Rows are only added and incremented. No foreign key: the worker writes
+-- only rows of keys it finds, and a subscriber may receive them before
+-- their key.
+CREATE TABLE apikeys.key_usage (
+    key_id        uuid        NOT NULL,
+    workspace_id  uuid        NOT NULL,
+    hour          timestamptz NOT NULL,
+    verified      bigint      NOT NULL DEFAULT 0 CHECK (verified >= 0),
+    rejected      bigint      NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    PRIMARY KEY (key_id, hour)
+);
+CREATE INDEX key_usage_workspace ON apikeys.key_usage (workspace_id, hour);
+COMMENT ON TABLE apikeys.key_usage IS
+    'Verifies per key and hour (verified, rejected), written by the usage engine; readable under RLS like keys.';
+
 -- pg_dump keeps the rows of these tables (dump and restore keep keys
 -- verifiable; docs/reference.md, "Decisions").
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');
@@ -143,3 +160,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.audit_log_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.scanning_keys', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');

@@ -26,6 +26,7 @@ BEGIN
                   WHEN 'members' THEN 'remove members instead (apikeys.remove_member)'
                   WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
                   WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
+                  WHEN 'key_usage' THEN 'usage rows are history; they are only added and incremented'
                   WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
                   ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
               END;
@@ -187,6 +188,25 @@ BEGIN
        OR NEW.principal IS DISTINCT FROM OLD.principal
        OR NEW.created_at IS DISTINCT FROM OLD.created_at THEN
         RAISE EXCEPTION 'id, workspace_id, principal and created_at of an invitation are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
+-- key_usage: counters only grow; key_id, workspace_id and hour are write-once.
+CREATE FUNCTION apikeys.key_usage_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.hour IS DISTINCT FROM OLD.hour THEN
+        RAISE EXCEPTION 'key_id, workspace_id and hour of a usage row are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected THEN
+        RAISE EXCEPTION 'usage counts only grow'
             USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;  -- ignored when fired AFTER
@@ -542,6 +562,19 @@ ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_follow_replicated_id;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_follow_replicated_id;
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_follow_replicated_id;
 
+CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+CREATE TRIGGER key_usage_no_delete BEFORE DELETE ON apikeys.key_usage
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER key_usage_no_truncate BEFORE TRUNCATE ON apikeys.key_usage
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_guard;
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_guard_final;
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_no_delete;
+ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_no_truncate;
+
 -- Internal functions: each says so, so that \df apikeys.* tells them from the API.
 COMMENT ON FUNCTION apikeys.forbid_delete() IS 'Internal trigger function (refuses DELETE and TRUNCATE on the extension''s tables); not for calling.';
 COMMENT ON FUNCTION apikeys.keys_guard() IS 'Internal trigger function (the revoke and rotation latches, shrink-only expiry and write-once columns of keys); not for calling.';
@@ -560,3 +593,4 @@ COMMENT ON FUNCTION apikeys.audit_invitations() IS 'Internal trigger function (w
 COMMENT ON FUNCTION apikeys.arrives_with_history(timestamptz) IS 'Internal: whether an inserted row is restored history (created before this transaction); used by the audit triggers.';
 COMMENT ON FUNCTION apikeys.applying_replicated_change() IS 'Internal: whether this backend is a logical replication worker applying a subscription''s changes; used by the triggers.';
 COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function (moves an id sequence past a replicated row''s id); not for calling.';
+COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usage counts only grow; write-once columns of key_usage); not for calling.';

@@ -26,7 +26,41 @@ pub static KEY_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static CLAIMS_ROLES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"authenticator"));
 
+/// `apikeys.usage_slots` (default 65536): entries of the usage engine's
+/// shared-memory table, one per (database, key, hour) used since the last
+/// flush. Postmaster-only; defined only when the library is preloaded.
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65536);
+
+/// `apikeys.usage_flush_interval` (seconds, default 10): the usage engine's
+/// worker writes pending usage at least this often. Reloadable (`SIGHUP`).
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+
+/// The postmaster-only settings: only while `shared_preload_libraries`
+/// loads (PostgreSQL refuses them later).
+pub fn init_preload() {
+    GucRegistry::define_int_guc(
+        c"apikeys.usage_slots",
+        c"Entries of the usage engine's shared-memory table (one per database, key and hour pending).",
+        c"Needs a restart. Each entry takes 56 bytes; when the table is full a verify writes last_used_at in its own transaction instead.",
+        &USAGE_SLOTS,
+        1024,
+        16 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"apikeys.usage_flush_interval",
+        c"Seconds between writes of pending usage by the usage engine's worker.",
+        c"Only with shared_preload_libraries = 'pg_apikeys'. A crash loses at most this much usage.",
+        &USAGE_FLUSH_INTERVAL,
+        1,
+        3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_int_guc(
         c"apikeys.last_used_interval",
         c"Seconds between writes of a key's last_used_at by verify_key.",

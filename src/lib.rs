@@ -19,6 +19,8 @@
 //! * [`public_keys`]: `create_public_key`, `revoke_public_key`, `resolve_public_key`
 //! * [`replication`]: how the triggers recognise a change a logical
 //!   replication subscription is applying
+//! * [`usage`]: the usage engine (shared memory and its background
+//!   workers; with `shared_preload_libraries`)
 //! * [`leaks`]: GitHub's signed secret-scanning intake,
 //!   `github_secret_scanning` (`report_leaked` itself is SQL)
 //!
@@ -38,6 +40,7 @@ pub mod replication;
 pub mod rules;
 mod spi;
 pub mod token;
+pub mod usage;
 pub mod verify;
 pub mod workspaces;
 
@@ -75,6 +78,9 @@ fmgr::entry_points! {
     apikeys_resolve_public_key / pg_finfo_apikeys_resolve_public_key => public_keys::resolve_public_key_wrapper;
     apikeys_github_secret_scanning / pg_finfo_apikeys_github_secret_scanning => leaks::github_secret_scanning_wrapper;
     apikeys_applying_replicated_change / pg_finfo_apikeys_applying_replicated_change => replication::applying_replicated_change_wrapper;
+    apikeys_usage_mode / pg_finfo_apikeys_usage_mode => usage::usage_mode_wrapper;
+    apikeys_usage_stats / pg_finfo_apikeys_usage_stats => usage::usage_stats_wrapper;
+    apikeys_flush_usage / pg_finfo_apikeys_flush_usage => usage::flush_usage_wrapper;
 }
 
 #[pg_guard]
@@ -86,6 +92,11 @@ pub extern "C-unwind" fn _PG_init() {
     // Backends are single-threaded, so changing the environment is safe here.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
     gucs::init();
+    // SAFETY: a plain read of a postmaster flag
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        gucs::init_preload();
+        usage::init_preload();
+    }
     principal::init();
     verify::init();
 }

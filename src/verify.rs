@@ -49,7 +49,7 @@ use pgrx::{PgBuiltInOids, PgOid, Uuid};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::fmgr::deferred;
-use crate::{gucs, token};
+use crate::{gucs, token, usage};
 
 // ---------------------------------------------------------------------------
 // The two tables, found once per backend
@@ -264,6 +264,16 @@ struct Hit<R> {
     stale: bool,
 }
 
+/// What a look-up by hash found.
+enum Found<R> {
+    /// no key has this hash
+    NoKey,
+    /// a key has it, but it is revoked, expired or refused by the caller's
+    /// check (a missing scope)
+    Refused([u8; UUID_BYTES]),
+    Hit(Hit<R>),
+}
+
 /// Bytes of a varlena's 4-byte length header.
 const VARHDRSZ: usize = 4;
 /// Bytes of a uuid datum.
@@ -425,7 +435,7 @@ fn find_live_key<R>(
     digest: &[u8; DIGEST_BYTES],
     interval: i32,
     f: impl FnOnce(&Row<'_>) -> Option<R>,
-) -> ApiResult<Option<Hit<R>>> {
+) -> ApiResult<Found<R>> {
     let r = rels()?;
     let mut hash = HashKey { header: [0; VARHDRSZ], bytes: *digest };
     // SAFETY: writes the varlena header of a 36-byte bytea
@@ -458,20 +468,20 @@ fn find_live_key<R>(
         }
         p.end();
         if !found {
-            return Ok(None);
+            return Ok(Found::NoKey);
         }
 
         let p = Probe::key_by_id(&r, &mut key_id, snapshot);
         nulls = [true; MAX_COLS];
         if !p.deform(&mut values, &mut nulls) {
             p.end();
-            return Ok(None);
+            return Ok(Found::NoKey);
         }
         let k = r.key_cols;
         let now = statement_now();
         if !live(&values, &nulls, k, now) {
             p.end();
-            return Ok(None);
+            return Ok(Found::Refused(key_id));
         }
         let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
         let window = i64::from(interval.max(0)) * 1_000_000;
@@ -479,7 +489,10 @@ fn find_live_key<R>(
         let row = Row { values: &values, nulls: &nulls, key_cols: k };
         let result = f(&row);
         p.end();
-        Ok(result.map(|result| Hit { result, key_id, stale }))
+        Ok(match result {
+            Some(result) => Found::Hit(Hit { result, key_id, stale }),
+            None => Found::Refused(key_id),
+        })
     }
 }
 
@@ -624,18 +637,52 @@ fn touch(key_id: [u8; UUID_BYTES], interval: i32) -> ApiResult<()> {
 fn check_token<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<R>> {
     // a non-UTF-8 string (only possible in a database of another encoding)
     // is no token of any shape
-    let Ok(token_text) = std::str::from_utf8(token_bytes) else { return Ok(None) };
+    let engine = usage::active();
+    let Ok(token_text) = std::str::from_utf8(token_bytes) else {
+        if engine {
+            usage::record_nokey(true);
+        }
+        return Ok(None);
+    };
     // this extension's tokens with a bad checksum, empty and oversized
     // strings never reach a table; other shapes may be imported keys
     match token::shape(token_text) {
         token::Shape::Own | token::Shape::Foreign => {}
-        token::Shape::Mistyped | token::Shape::Rejected => return Ok(None),
+        token::Shape::Mistyped | token::Shape::Rejected => {
+            if engine {
+                usage::record_nokey(true);
+            }
+            return Ok(None);
+        }
     }
     let digest = token::digest(token_text);
     let interval = gucs::LAST_USED_INTERVAL.get();
-    let Some(hit) = find_live_key(&digest, interval, f)? else { return Ok(None) };
+    let hit = match find_live_key(&digest, interval, f)? {
+        Found::Hit(hit) => hit,
+        Found::NoKey => {
+            if engine {
+                usage::record_nokey(false);
+            }
+            return Ok(None);
+        }
+        Found::Refused(key_id) => {
+            // a refusal has nothing to write in a transaction: without room
+            // in the table it goes unrecorded (and counted as such)
+            if engine && !usage::record(&key_id, usage::Outcome::Rejected, statement_now()) {
+                usage::record_unrecorded();
+            }
+            return Ok(None);
+        }
+    };
+    // the usage engine records the use in shared memory: no write here,
+    // unless its table is full (then the write of old, counted as a fallback)
+    if engine && usage::record(&hit.key_id, usage::Outcome::Verified, statement_now()) {
+        return Ok(Some(hit.result));
+    }
     if hit.stale && interval >= 0 && may_touch() {
         touch(hit.key_id, interval)?;
+    } else if engine && !may_touch() {
+        usage::record_unrecorded();
     }
     Ok(Some(hit.result))
 }

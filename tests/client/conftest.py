@@ -123,6 +123,16 @@ class World:
         assert len(rows) == 1
         return rows[0]
 
+    def usage_mode(self) -> str:
+        """How use is recorded: shared_memory (the cluster preloads the
+        library) or in_transaction."""
+        return self.su.execute("SELECT apikeys.usage_mode()").fetchone()[0]
+
+    def flush(self) -> None:
+        """Let the usage engine's worker write what is pending (nothing to
+        do without the engine)."""
+        assert self.su.execute("SELECT apikeys.flush_usage()").fetchone()[0] is True
+
     def key_row(self, key_id: uuid.UUID) -> dict[str, Any]:
         with self.su.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT * FROM apikeys.keys WHERE id = %s", (key_id,))

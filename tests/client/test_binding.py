@@ -36,6 +36,8 @@ def test_binding_does_not_leak_into_a_jwt_request(conn, world):
 
 
 def test_get_is_read_only_and_does_not_write_last_used_at(conn, world):
+    if world.usage_mode() != "in_transaction":
+        pytest.skip("in_transaction mode only; test_get_records_use_with_the_usage_engine covers the other")
     k = world.mint(ALICE, world.ws_a, "touch-me", ["read"])
     rows = ok(projects(conn, headers=key(k["key"])))
     assert {r["workspace_id"] for r in rows} == {world.ws_a}
@@ -52,6 +54,28 @@ def test_get_is_read_only_and_does_not_write_last_used_at(conn, world):
     assert world.writes()[0] == audit
     ok(whoami(conn, "POST", headers=key(k["key"])))
     assert world.key_row(k["id"])["last_used_at"] == first
+
+
+def test_get_records_use_with_the_usage_engine(conn, world):
+    """With the preload, a GET (READ ONLY) records its use like any request:
+    nothing is written by the request itself, the worker writes
+    last_used_at and key_usage."""
+    if world.usage_mode() != "shared_memory":
+        pytest.skip("needs shared_preload_libraries = 'pg_apikeys'")
+    k = world.mint(ALICE, world.ws_a, "touch-me-too", ["read"])
+    before = world.writes()
+    ok(projects(conn, headers=key(k["key"])))
+    ok(whoami(conn, "GET", headers=key(k["key"])))
+    ok(whoami(conn, "POST", headers=key(k["key"]), read_only=True))
+    ok(whoami(conn, "POST", headers=key(k["key"])))
+    # the requests wrote nothing: no audit row, no last_used_at
+    assert world.writes() == before
+    assert world.key_row(k["id"])["last_used_at"] is None
+    world.flush()
+    assert world.key_row(k["id"])["last_used_at"] is not None
+    row = world.su.execute("SELECT sum(verified), sum(rejected) FROM apikeys.key_usage WHERE key_id = %s",
+                           (k["id"],)).fetchone()
+    assert row == (4, 0)
 
 
 def test_read_only_transaction_refuses_writes_after_authenticate(conn, world):

@@ -46,6 +46,7 @@ def test_bad_request_headers_fail_closed(conn, world, probe, case):
     body = refused(whoami(conn, "POST", headers=CASES[case](probe["key"])), "PT401", 401)
     assert body == INVALID_API_KEY
     assert world.writes() == before
+    world.flush()
     assert world.key_row(probe["id"])["last_used_at"] is None
 
 
@@ -62,4 +63,5 @@ def test_the_probe_key_was_usable_all_along(conn, world, probe):
     # with the same key is accepted and stamps it
     [me] = ok(whoami(conn, "POST", headers=key(probe["key"])))
     assert me["key_id"] == probe["id"]
+    world.flush()
     assert world.key_row(probe["id"])["last_used_at"] is not None

@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/03_verify.out without the preload,
+-- expected/03_verify_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- verify_key: one row for a good key, zero rows for every
 -- failure alike; works for anonymous callers, in READ ONLY transactions;
 -- last_used_at written at most once per interval.
@@ -71,19 +75,26 @@ SELECT last_used_at IS NULL AS untouched_by_read_only FROM apikeys.keys
  WHERE workspace_id = regress.id('vws') AND name = 'bobs';
 
 -- last_used_at: written by the first verify, then not again within the interval
+-- (with the usage engine, by its worker: flush_usage() waits for it; without,
+-- flush_usage() has nothing to do)
+SELECT apikeys.flush_usage() AS flushed;
 SELECT last_used_at IS NOT NULL AS touched FROM apikeys.keys WHERE id = regress.id('good_id');
 SELECT regress.put('t1', last_used_at::text) FROM apikeys.keys WHERE id = regress.id('good_id');
 SELECT regress.ok('good');
 SELECT regress.ok('good');
+SELECT apikeys.flush_usage() AS flushed;
 SELECT last_used_at::text = regress.tok('t1') AS unchanged FROM apikeys.keys WHERE id = regress.id('good_id');
--- with an interval of 0 every verify (in a new transaction) writes
+-- with an interval of 0 every verify (in a new transaction) writes; the
+-- usage engine's worker follows the server's setting, not this session's
 SET apikeys.last_used_interval = 0;
 SELECT regress.ok('good');
+SELECT apikeys.flush_usage() AS flushed;
 SELECT last_used_at::text <> regress.tok('t1') AS rewritten FROM apikeys.keys WHERE id = regress.id('good_id');
 -- -1: never
 SET apikeys.last_used_interval = -1;
 SELECT regress.put('t2', last_used_at::text) FROM apikeys.keys WHERE id = regress.id('good_id');
 SELECT regress.ok('good');
+SELECT apikeys.flush_usage() AS flushed;
 SELECT last_used_at::text = regress.tok('t2') AS unchanged FROM apikeys.keys WHERE id = regress.id('good_id');
 RESET apikeys.last_used_interval;
 -- clients cannot change the interval (superuser-only setting)

@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/08_errors.out without the preload,
+-- expected/08_errors_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- Errors: PostgreSQL errors raised inside the extension's own
 -- statements reach the client with their SQLSTATE and message and nothing
 -- added (no Rust backtrace, no token); the extension's own errors carry only

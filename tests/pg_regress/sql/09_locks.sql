@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/09_locks.out without the preload,
+-- expected/09_locks_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- A verify never waits: while another session holds the key's
 -- row lock, verify_key still answers at once and skips the last_used_at write.
 -- The other session is a real second connection, through dblink.

@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/10_authenticate.out without the preload,
+-- expected/10_authenticate_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- authenticate(): PostgREST's db-pre-request hook, and the
 -- helpers an application's own policies use. Requests are replayed the way
 -- PostgREST makes them: role, claims and headers set local to a transaction.

@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/14_audit.out without the preload,
+-- expected/14_audit_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- The audit log: append-only, written by triggers in the
 -- same transaction as each change; admins read their workspace's rows.
 \set SHOW_CONTEXT never

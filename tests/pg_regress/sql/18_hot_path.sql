@@ -1,3 +1,7 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/18_hot_path.out without the preload,
+-- expected/18_hot_path_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
 -- verify_key's direct index reads (src/verify.rs, docs/performance.md): the
 -- row comes straight from the keys heap tuple, so out-of-line (TOASTed)
 -- values, every calling form, visibility inside one transaction and

@@ -1,0 +1,104 @@
+-- how use is recorded changes what this file sees: its expected output
+-- has a variant per mode (expected/21_usage.out without the preload,
+-- expected/21_usage_1.out with it)
+SELECT apikeys.usage_mode() AS usage_mode;
+-- The usage engine: with shared_preload_libraries = 'pg_apikeys', verify_key
+-- and authenticate() record each outcome in shared memory and a background
+-- worker writes key_usage (per key and hour) and last_used_at. Without the
+-- preload, key_usage stays empty and flush_usage() has nothing to do.
+\set SHOW_CONTEXT never
+SET ROLE alice;
+SELECT regress.put('uws', apikeys.create_workspace('Usage Inc')::text);
+SELECT regress.add_member(regress.id('uws'), 'bob', 'member', '{read}');
+SELECT regress.put('ua', key), regress.put('ua_id', id::text)
+  FROM apikeys.create_key(regress.id('uws'), 'alice-usage', '{read}');
+RESET ROLE;
+SET ROLE bob;
+SELECT regress.put('ub', key), regress.put('ub_id', id::text)
+  FROM apikeys.create_key(regress.id('uws'), 'bob-usage', '{read}');
+RESET ROLE;
+SELECT apikeys.flush_usage() AS flushed_before;
+SELECT regress.put('s0', row_to_json(s)::text) FROM apikeys.usage_stats() s;
+
+-- 5 good verifies of alice's key (two in READ ONLY transactions, as every
+-- PostgREST GET), 2 refused for a missing scope; bob's key 3 times; two
+-- unknown tokens (a string that could be an imported key counts as
+-- unknown); two malformed ones (a token of ours with a wrong checksum, an
+-- empty string): these belong to no key
+SELECT regress.ok('ua'), regress.ok('ua'), regress.ok('ua');
+BEGIN READ ONLY;
+SELECT regress.ok('ua'), regress.ok('ua');
+COMMIT;
+SELECT regress.ok('ua', '{write}'), regress.ok('ua', '{admin}');
+SET ROLE bob;
+SELECT regress.ok('ub'), regress.ok('ub'), regress.ok('ub');
+RESET ROLE;
+SELECT count(*) AS unknown FROM apikeys.verify_key('sk_00000000000000000000000000000000000000000000000000');
+SELECT count(*) AS unknown FROM apikeys.verify_key('not a key');
+SELECT count(*) AS malformed FROM apikeys.verify_key(
+    left(regress.tok('ua'), -1) || CASE WHEN right(regress.tok('ua'), 1) = 'A' THEN 'B' ELSE 'A' END);
+SELECT count(*) AS malformed FROM apikeys.verify_key('');
+
+-- counts since s0, before the worker wrote anything
+SELECT s.verified - (regress.tok('s0')::json->>'verified')::bigint AS verified,
+       s.rejected - (regress.tok('s0')::json->>'rejected')::bigint AS rejected,
+       s.unknown - (regress.tok('s0')::json->>'unknown')::bigint AS unknown,
+       s.malformed - (regress.tok('s0')::json->>'malformed')::bigint AS malformed,
+       s.pending, s.slots_in_use
+  FROM apikeys.usage_stats() s;
+-- a verify wrote nothing itself
+SELECT name, last_used_at IS NULL AS not_written_by_verify FROM apikeys.keys
+ WHERE workspace_id = regress.id('uws') ORDER BY name;
+SELECT apikeys.flush_usage() AS flushed;
+SELECT s.pending, s.flushed - (regress.tok('s0')::json->>'flushed')::bigint AS flushed_since,
+       s.discarded - (regress.tok('s0')::json->>'discarded')::bigint AS discarded_since
+  FROM apikeys.usage_stats() s;
+SELECT k.name, u.hour = date_trunc('hour', now()) AS this_hour, u.verified, u.rejected,
+       u.workspace_id = regress.id('uws') AS right_workspace
+  FROM apikeys.key_usage u JOIN apikeys.keys k ON k.id = u.key_id
+ WHERE u.workspace_id = regress.id('uws') ORDER BY k.name;
+SELECT name, last_used_at IS NOT NULL AS written_by_worker FROM apikeys.keys
+ WHERE workspace_id = regress.id('uws') ORDER BY name;
+-- a second flush adds to the same hour's row
+SELECT regress.ok('ua');
+SELECT apikeys.flush_usage() AS flushed;
+SELECT verified FROM apikeys.key_usage WHERE key_id = regress.id('ua_id');
+
+-- RLS like keys: the admin sees the workspace, a member their own keys,
+-- an outsider nothing (every file's verifies are in key_usage by now: look
+-- at this file's workspace)
+SET ROLE alice;
+SELECT k.name FROM apikeys.key_usage u JOIN apikeys.keys k ON k.id = u.key_id
+ WHERE u.workspace_id = regress.id('uws') ORDER BY 1;
+RESET ROLE;
+SET ROLE bob;
+SELECT count(*) AS bob_rows, bool_and(key_id = regress.id('ub_id')) AS only_his FROM apikeys.key_usage
+ WHERE workspace_id = regress.id('uws');
+RESET ROLE;
+SET ROLE carol;
+SELECT count(*) AS outsider_rows FROM apikeys.key_usage WHERE workspace_id = regress.id('uws');
+RESET ROLE;
+SET ROLE nobody;
+SELECT regress.try($$SELECT count(*) FROM apikeys.key_usage$$) AS ungranted;
+RESET ROLE;
+
+-- counts only grow; rows are never deleted; clients cannot write
+SELECT regress.try($$UPDATE apikeys.key_usage SET verified = 0$$) AS shrink;
+SELECT regress.try($$UPDATE apikeys.key_usage SET hour = hour - interval '1 hour'$$) AS move;
+SELECT regress.try($$DELETE FROM apikeys.key_usage$$) AS delete;
+SELECT regress.try($$TRUNCATE apikeys.key_usage$$) AS truncate;
+SET ROLE alice;
+SELECT regress.try($$INSERT INTO apikeys.key_usage VALUES (gen_random_uuid(), gen_random_uuid(), now(), 1, 0)$$) AS client_insert;
+-- clients may ask how use is recorded, not for the cluster's counters or a flush
+SELECT apikeys.usage_mode() IS NOT NULL AS mode_visible;
+SELECT regress.try($$SELECT * FROM apikeys.usage_stats()$$) AS stats;
+SELECT regress.try($$SELECT apikeys.flush_usage()$$) AS flush;
+RESET ROLE;
+
+-- a revoked key's verifies count as rejected, and the revoke waited for no one
+SET ROLE bob;
+SELECT apikeys.revoke_key(regress.id('ub_id')) IS NOT NULL AS revoked;
+SELECT regress.ok('ub') AS after_revoke;
+RESET ROLE;
+SELECT apikeys.flush_usage() AS flushed;
+SELECT verified, rejected FROM apikeys.key_usage WHERE key_id = regress.id('ub_id');
