@@ -17,6 +17,8 @@
 #   BENCH_MEM_VERIFIES=1000000   verifies in one backend for the memory check (0: skip)
 #   BENCH_LOAD_JOBS=2            parallel psql sessions minting / warming keys
 #   BENCH_BATCH=50000            keys per minting transaction
+#   BENCH_USAGE_SLOTS=262144     apikeys.usage_slots of the bench cluster
+#   BENCH_FLUSH_KEYS=100000      distinct keys in the measured usage flush (at most what is left)
 #   BENCH_SHARED_BUFFERS         default: enough for the largest size
 #   BENCH_PUBLISH=1              copy the chart to docs/performance.png
 #   BENCH_KEEP=1                 leave the cluster running (and its data) at the end
@@ -39,6 +41,8 @@ COLD="${BENCH_COLD_KEYS:-5000}"
 MEM_N="${BENCH_MEM_VERIFIES:-1000000}"
 LOAD_JOBS="${BENCH_LOAD_JOBS:-2}"
 BATCH="${BENCH_BATCH:-50000}"
+USAGE_SLOTS="${BENCH_USAGE_SLOTS:-262144}"
+FLUSH_KEYS="${BENCH_FLUSH_KEYS:-100000}"
 WARMUP_SECS=2
 OUT="$ROOT/target/bench"
 SOCK="$DIR/sock"
@@ -153,8 +157,31 @@ log_line_prefix = '%m [%p] %q%u@%d '
 # steady state = every key used within the interval: the bench warms every
 # key once, then runs for less than an hour
 apikeys.last_used_interval = 3600
+# the usage engine (its cold phase runs once without it too: cluster_mode)
+shared_preload_libraries = 'pg_apikeys'
+apikeys.usage_slots = $USAGE_SLOTS
 CONF
     as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
+}
+
+# cluster_mode shared_memory|in_transaction: restart the cluster with or
+# without the preload (the same data, a cold cache: callers prewarm if needed)
+cluster_mode() {
+    local opts=()
+    [ "$1" = in_transaction ] && opts=(-o "-c shared_preload_libraries=")
+    as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+    as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 "${opts[@]}" start >/dev/null
+}
+
+# flush_usage DB: the usage engine writes what is pending; prints "seconds wal_bytes"
+flush_usage() {
+    local lsn0 lsn1 t0
+    lsn0=$(q "$1" "SELECT pg_current_wal_insert_lsn()")
+    t0=$(now)
+    [ "$(q "$1" "SELECT apikeys.flush_usage(600000)")" = t ] || { echo "flush_usage timed out" >&2; return 1; }
+    local secs; secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+    lsn1=$(q "$1" "SELECT pg_current_wal_insert_lsn()")
+    echo "$secs $(q "$1" "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")"
 }
 
 # ---------------------------------------------------------------- pgbench
@@ -258,15 +285,62 @@ bench_size() {
     cold=$((cold / CLIENTS * CLIENTS))
     c2=$((2 * cold))
     fact "$n" cold_keys "$cold"
-    say "$n keys: cold verifies ($cold never-used keys per set)"
-    # spread: each key once, the clients on different keys
+    say "$n keys: cold verifies ($cold never-used keys per set), usage engine"
+    psql_b postgres "$db" -At -f "$BENCH_SRC/prewarm.sql" >/dev/null
+    local fl
+    # spread: each key once, the clients on different keys; then the flush
+    # that writes their use (time and WAL, amortised per verify)
+    run_pgbench "$n" cold 5 cold_floor postgres "$db" -t $((cold / CLIENTS)) -D k=0 -D base=0 -D stride="$CLIENTS" -D spread=1
     run_pgbench "$n" cold 1 cold bench_client "$db" -t $((cold / CLIENTS)) -D k=0 -D base=0 -D stride="$CLIENTS" -D spread=1
+    read -r -a fl <<<"$(flush_usage "$db")"
+    fact "$n" cold_spread_flush_s "${fl[0]}"
+    fact "$n" cold_spread_flush_wal "${fl[1]}"
     fact "$n" cold_spread_used_keys "$(used_keys "$db" 1 "$cold")"
     # contended: every client verifies the same keys in the same order
     run_pgbench "$n" cold 2 cold bench_client "$db" -t "$cold" -D k=0 -D base="$cold" -D stride=1 -D spread=0
+    read -r -a fl <<<"$(flush_usage "$db")"
+    fact "$n" cold_contended_flush_wal "${fl[1]}"
     fact "$n" cold_contended_used_keys "$(used_keys "$db" $((cold + 1)) "$c2")"
     # again, within the interval: no writes expected
     run_pgbench "$n" cold 3 cold bench_client "$db" -t $((cold / CLIENTS)) -D k=0 -D base=0 -D stride="$CLIENTS" -D spread=1
+    read -r -a fl <<<"$(flush_usage "$db")"
+    fact "$n" cold_again_flush_wal "${fl[1]}"
+    # the same spread, one more set of never-used keys, without the preload:
+    # use recorded in each verify's transaction (the mode of old)
+    say "$n keys: cold verifies without the preload (usage recorded in transaction)"
+    cluster_mode in_transaction
+    psql_b postgres "$db" -At -f "$BENCH_SRC/prewarm.sql" >/dev/null
+    run_pgbench "$n" cold 6 cold_floor postgres "$db" -t $((cold / CLIENTS)) -D k=0 -D base="$c2" -D stride="$CLIENTS" -D spread=1
+    run_pgbench "$n" cold 4 cold bench_client "$db" -t $((cold / CLIENTS)) -D k=0 -D base="$c2" -D stride="$CLIENTS" -D spread=1
+    fact "$n" cold_tx_used_keys "$(used_keys "$db" $((c2 + 1)) $((c2 + cold)))"
+    cluster_mode shared_memory
+    fact "$n" usage_mode_after "\"$(q "$db" "SELECT apikeys.usage_mode()")\""
+
+    # -- one flush of many distinct keys: FLUSH_KEYS keys verified in big
+    # statements (nothing written meanwhile: flush interval one hour), then
+    # the flush that writes key_usage rows and last_used_at for all of them
+    # (apikeys.last_used_interval 0 for it: every key is stamped)
+    local fk=$FLUSH_KEYS from=$((c2 + cold + 1))
+    [ "$fk" -gt $((n - from + 1)) ] && fk=$((n - from + 1))
+    if [ "$fk" -gt 0 ]; then
+        say "$n keys: one usage flush of $fk distinct keys"
+        psql_b postgres "$db" -c "ALTER SYSTEM SET apikeys.usage_flush_interval = 3600" \
+            -c "ALTER SYSTEM SET apikeys.last_used_interval = 0" -c "SELECT pg_reload_conf()" >/dev/null
+        sleep 1
+        flush_usage "$db" >/dev/null
+        psql_b bench_client "$db" -c "SELECT count(*) FROM bench.tokens t, apikeys.verify_key(t.token)
+                                       WHERE t.i BETWEEN $from AND $((from + fk - 1))" >/dev/null
+        fact "$n" flush_keys "$fk"
+        fact "$n" flush_pending "$(q "$db" "SELECT slots_in_use FROM apikeys.usage_stats()")"
+        read -r -a fl <<<"$(flush_usage "$db")"
+        fact "$n" flush_s "${fl[0]}"
+        fact "$n" flush_wal "${fl[1]}"
+        fact "$n" flush_rows "$(q "$db" "SELECT count(*) FROM apikeys.key_usage")"
+        psql_b postgres "$db" -c "ALTER SYSTEM RESET apikeys.usage_flush_interval" \
+            -c "ALTER SYSTEM RESET apikeys.last_used_interval" -c "SELECT pg_reload_conf()" >/dev/null
+    fi
+    fact "$n" usage_shmem_bytes "$(q "$db" "SELECT size FROM pg_shmem_allocations WHERE name = 'pg_apikeys usage table'")"
+    fact "$n" usage_slots "$(q "$db" "SELECT slots FROM apikeys.usage_stats()")"
 
     # -- warm every other key once (steady state: every key used within the
     # interval), in big statements, as the client role

@@ -30,7 +30,10 @@ SELECT apikeys.grant_leak_reporter('scanner');
 SET ROLE scanner;
 SELECT label, token_hash = encode(sha256(convert_to(t, 'UTF8')), 'hex') AS hash_is_sha256_hex, ord
   FROM unnest(ARRAY[regress.tok('leak1'), regress.tok('leak2'), regress.tok('gone'),
-                    left(regress.tok('stays'), -1) || 'A', 'not a token at all']) WITH ORDINALITY AS u(t, ord)
+                    -- its last character changed (to B when it was A): a wrong checksum
+                    left(regress.tok('stays'), -1)
+                      || CASE WHEN right(regress.tok('stays'), 1) = 'A' THEN 'B' ELSE 'A' END,
+                    'not a token at all']) WITH ORDINALITY AS u(t, ord)
   JOIN LATERAL (SELECT * FROM apikeys.report_leaked(ARRAY[u.t], 'github', 'https://github.com/acme/app/blob/main/.env')) r ON true
  ORDER BY ord;
 -- the reporter sees nothing of keys, hashes or the audit log
