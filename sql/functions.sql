@@ -88,12 +88,17 @@ CREATE FUNCTION apikeys.create_key(workspace_id uuid,
                                    scopes text[] DEFAULT '{}',
                                    expires_at timestamptz DEFAULT NULL,
                                    metadata jsonb DEFAULT '{}',
-                                   prefix text DEFAULT 'sk')
+                                   prefix text DEFAULT 'sk',
+                                   rate_limit integer DEFAULT NULL,
+                                   rate_window interval DEFAULT NULL,
+                                   credits bigint DEFAULT NULL,
+                                   refill_amount bigint DEFAULT NULL,
+                                   refill_interval interval DEFAULT NULL)
     RETURNS TABLE (id uuid, name text, prefix text, key text)
     LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
     SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'apikeys_create_key';
-COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text) IS
+    AS 'MODULE_PATHNAME', 'apikeys_create_key_limited';
+COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) IS
     'Mint a secret key. The key column is shown here once and never again.';
 
 -- The hot path. SECURITY INVOKER on purpose: it reads the unique indexes of
@@ -116,12 +121,12 @@ CREATE FUNCTION apikeys.revoke_key(key_id uuid) RETURNS timestamptz
 COMMENT ON FUNCTION apikeys.revoke_key(uuid) IS
     'Revoke a key; revoking it again returns the original time.';
 
-CREATE FUNCTION apikeys.rotate_key(key_id uuid, grace interval DEFAULT '0')
+CREATE FUNCTION apikeys.rotate_key(key_id uuid, grace interval DEFAULT '0', expires_at timestamptz DEFAULT NULL)
     RETURNS TABLE (id uuid, name text, prefix text, key text)
     LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
     SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'apikeys_rotate_key';
-COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval) IS
+    AS 'MODULE_PATHNAME', 'apikeys_rotate_key_renew';
+COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval, timestamptz) IS
     'Owner only: replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
 
 CREATE FUNCTION apikeys.import_key(workspace_id uuid, owner text, name text, sha256_hex text,
@@ -350,3 +355,59 @@ CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS bo
     AS 'MODULE_PATHNAME', 'apikeys_flush_usage';
 COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
     'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';
+
+-- Limits, credits, suspension and updates (src/key_admin.rs, src/limits.rs;
+-- docs/reference.md, "Limits and credits").
+CREATE FUNCTION apikeys.check_key(key text, required_scopes text[] DEFAULT NULL, cost integer DEFAULT 1)
+    RETURNS TABLE (valid boolean, code text, key_id uuid, workspace_id uuid, owner text, scopes text[],
+                   metadata jsonb, expires_at timestamptz, credits_remaining bigint, rate_limit integer,
+                   rate_remaining integer, rate_reset timestamptz)
+    LANGUAGE c VOLATILE ROWS 1
+    AS 'MODULE_PATHNAME', 'apikeys_check_key';
+COMMENT ON FUNCTION apikeys.check_key(text, text[], integer) IS
+    'Check a key and consume cost from its rate limit and credits: always one row, code valid, invalid, insufficient_scope, rate_limited or usage_exceeded.';
+
+CREATE FUNCTION apikeys.update_key(key_id uuid,
+                                   name text DEFAULT NULL,
+                                   scopes text[] DEFAULT NULL,
+                                   metadata jsonb DEFAULT NULL,
+                                   rate_limit integer DEFAULT NULL,
+                                   rate_window interval DEFAULT NULL,
+                                   credits bigint DEFAULT NULL,
+                                   refill_amount bigint DEFAULT NULL,
+                                   refill_interval interval DEFAULT NULL,
+                                   expires_at timestamptz DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_update_key';
+COMMENT ON FUNCTION apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz) IS
+    'Change a key: NULL leaves a field alone; rate_limit 0 removes the rate limit, credits -1 the credits, refill_amount 0 the refill; expiry only moves earlier.';
+
+CREATE FUNCTION apikeys.suspend_key(key_id uuid) RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_suspend_key';
+COMMENT ON FUNCTION apikeys.suspend_key(uuid) IS
+    'Pause a key (it verifies as invalid until resumed); true when it was active. A revoked key cannot be suspended.';
+
+CREATE FUNCTION apikeys.resume_key(key_id uuid) RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_resume_key';
+COMMENT ON FUNCTION apikeys.resume_key(uuid) IS
+    'End a key''s suspension; true when it was suspended. A revoked key can never be resumed.';
+
+CREATE FUNCTION apikeys.set_owner_limit(workspace_id uuid, owner text, rate_limit integer, rate_window interval)
+    RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_set_owner_limit';
+COMMENT ON FUNCTION apikeys.set_owner_limit(uuid, text, integer, interval) IS
+    'Admins: a rate limit shared by all of an owner''s keys in the workspace; NULL, NULL removes it.';
+
+CREATE FUNCTION apikeys.in_usage_worker() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_in_usage_worker';
+COMMENT ON FUNCTION apikeys.in_usage_worker() IS
+    'Internal: whether this backend is the usage engine''s flusher (its credit debits are not audited).';

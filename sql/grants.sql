@@ -17,7 +17,8 @@ BEGIN
     -- regrole's text form is already a quoted identifier
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
-        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage TO %s', role);
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
+        apikeys.owner_limits TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -25,10 +26,15 @@ BEGIN
         apikeys.add_member(uuid, text, text, text[]),
         apikeys.remove_member(uuid, text),
         apikeys.accept_invitation(uuid),
-        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
         apikeys.verify_key(text, text[]),
         apikeys.revoke_key(uuid),
-        apikeys.rotate_key(uuid, interval),
+        apikeys.rotate_key(uuid, interval, timestamptz),
+        apikeys.check_key(text, text[], integer),
+        apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz),
+        apikeys.suspend_key(uuid),
+        apikeys.resume_key(uuid),
+        apikeys.set_owner_limit(uuid, text, integer, interval),
         apikeys.import_key(uuid, text, text, text, text[], timestamptz),
         apikeys.authenticate(),
         apikeys.current_key_id(),

@@ -1010,7 +1010,378 @@ REVOKE ALL ON FUNCTION apikeys.usage_mode() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.usage_stats() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.flush_usage(integer) FROM PUBLIC;
 
--- 11. Nothing new for PUBLIC (the fresh install revokes everything in the
+-- 11. Rate limits, credits, suspension, updates and renewal: new columns of
+-- keys (at the end), the owner_limits table, check_key, update_key,
+-- suspend_key, resume_key, set_owner_limit; create_key gains the limit
+-- arguments and rotate_key an expires_at (each dropped and created again:
+-- a new argument list is a new function; grant_to grants them again).
+CREATE FUNCTION apikeys.refill_period(i interval) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT CASE
+            WHEN $1 IS NULL THEN NULL
+            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 1
+                 AND pg_catalog.date_part('day', $1) = 0
+                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 month') = 0 THEN 'month'
+            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 0
+                 AND pg_catalog.date_part('day', $1) = 1
+                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 day') = 0 THEN 'day'
+        END
+    $$;
+
+COMMENT ON FUNCTION apikeys.refill_period(interval) IS
+    'Internal: day or month for a refill interval of exactly 1 day or 1 month, else NULL.';
+
+ALTER TABLE apikeys.keys
+    ADD COLUMN rate_limit          integer     CHECK (rate_limit > 0),
+    ADD COLUMN rate_window         interval    CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
+    ADD COLUMN credits             bigint      CHECK (credits >= 0),
+    ADD COLUMN refill_amount       bigint      CHECK (refill_amount > 0),
+    ADD COLUMN refill_interval     interval    CHECK (refill_interval IS NULL OR apikeys.refill_period(refill_interval) IS NOT NULL),
+    ADD COLUMN credits_refilled_at timestamptz,
+    ADD COLUMN suspended_at        timestamptz,
+    ADD COLUMN owner_rate_limit    integer,
+    ADD COLUMN owner_rate_window   interval,
+    ADD CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
+    ADD CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    ADD CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL);
+
+CREATE TABLE apikeys.owner_limits (
+    workspace_id  uuid        NOT NULL,
+    owner         text        NOT NULL,
+    rate_limit    integer     NOT NULL CHECK (rate_limit > 0),
+    rate_window   interval    NOT NULL CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
+    PRIMARY KEY (workspace_id, owner)
+);
+
+COMMENT ON TABLE apikeys.owner_limits IS
+    'Rate limits shared by all keys of one owner in a workspace; readable under RLS like keys.';
+
+SELECT pg_catalog.pg_extension_config_dump('apikeys.owner_limits', '');
+
+ALTER TABLE apikeys.owner_limits ENABLE ROW LEVEL SECURITY;
+
+ALTER TABLE apikeys.owner_limits FORCE ROW LEVEL SECURITY;
+
+CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin'
+           OR (owner = apikeys.current_principal() AND apikeys.member_role(workspace_id) IS NOT NULL));
+
+CREATE OR REPLACE FUNCTION apikeys.keys_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF OLD.revoked_at IS NOT NULL AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        RAISE EXCEPTION 'a revoked key stays revoked: revoked_at cannot be cleared or moved'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.expires_at IS NOT NULL
+       AND (NEW.expires_at IS NULL OR NEW.expires_at > OLD.expires_at) THEN
+        RAISE EXCEPTION 'expires_at may only move earlier'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.replaced_by IS NOT NULL AND NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        RAISE EXCEPTION 'a rotated key stays rotated: replaced_by cannot be cleared or moved'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF OLD.revoked_at IS NOT NULL AND NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
+        RAISE EXCEPTION 'a revoked key stays revoked: it cannot be suspended or resumed'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.id IS DISTINCT FROM OLD.id
+       OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+       OR NEW.owner IS DISTINCT FROM OLD.owner
+       OR NEW.prefix IS DISTINCT FROM OLD.prefix
+       OR NEW.created_at IS DISTINCT FROM OLD.created_at
+       OR NEW.source IS DISTINCT FROM OLD.source THEN
+        RAISE EXCEPTION 'id, workspace_id, owner, prefix, source and created_at of a key are write-once'
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;  -- ignored when fired AFTER
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apikeys.audit_keys() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    who text := apikeys.current_principal();
+    replaces uuid;
+BEGIN
+    IF apikeys.applying_replicated_change() THEN
+        -- the publisher's audit rows arrive on their own; applications
+        -- listening here still hear of the revoke, at the apply's commit
+        IF TG_OP = 'UPDATE' AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' AND apikeys.arrives_with_history(NEW.created_at) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.source = 'imported' THEN
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.imported', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at)));
+        ELSE
+            SELECT k.id INTO replaces FROM apikeys.keys k WHERE k.replaced_by = NEW.id;
+            INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+            VALUES (NEW.workspace_id, who, 'key.created', NEW.id,
+                    jsonb_strip_nulls(jsonb_build_object(
+                        'name', NEW.name, 'owner', NEW.owner, 'prefix', NEW.prefix,
+                        'scopes', NEW.scopes, 'expires_at', NEW.expires_at, 'replaces', replaces)));
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF NEW.replaced_by IS DISTINCT FROM OLD.replaced_by THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.rotated', NEW.id,
+                jsonb_build_object('name', NEW.name, 'replaced_by', NEW.replaced_by));
+    END IF;
+    IF NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.revoked', NEW.id,
+                jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
+        -- for applications that cache verifications: delivered at commit,
+        -- never for a rolled-back revoke (docs/managing-keys.md)
+        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+    END IF;
+    IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.expiry_shortened', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.expires_at, 'to', NEW.expires_at));
+    END IF;
+    IF NEW.scopes IS DISTINCT FROM OLD.scopes THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.scopes_changed', NEW.id,
+                jsonb_build_object('name', NEW.name, 'from', OLD.scopes, 'to', NEW.scopes));
+    END IF;
+    IF NEW.name IS DISTINCT FROM OLD.name OR NEW.metadata IS DISTINCT FROM OLD.metadata THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.updated', NEW.id,
+                jsonb_build_object('name', jsonb_build_object('from', OLD.name, 'to', NEW.name),
+                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata)
+                || CASE WHEN NEW.metadata IS DISTINCT FROM OLD.metadata
+                        THEN jsonb_build_object('metadata', jsonb_build_object('from', OLD.metadata, 'to', NEW.metadata))
+                        ELSE '{}' END);
+    END IF;
+    IF NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, CASE WHEN NEW.suspended_at IS NULL THEN 'key.resumed' ELSE 'key.suspended' END,
+                NEW.id, jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at)));
+        IF NEW.suspended_at IS NOT NULL THEN
+            -- caches drop a suspended key as they drop a revoked one
+            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        END IF;
+    END IF;
+    IF NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window
+       OR NEW.refill_amount IS DISTINCT FROM OLD.refill_amount
+       OR NEW.refill_interval IS DISTINCT FROM OLD.refill_interval
+       OR (NEW.credits IS DISTINCT FROM OLD.credits AND NOT apikeys.in_usage_worker()) THEN
+        -- the usage engine's own debits and refills are usage, not changes
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.limits_changed', NEW.id,
+                jsonb_build_object('name', NEW.name,
+                    'from', jsonb_strip_nulls(jsonb_build_object('rate_limit', OLD.rate_limit, 'rate_window', OLD.rate_window,
+                        'credits', OLD.credits, 'refill_amount', OLD.refill_amount, 'refill_interval', OLD.refill_interval)),
+                    'to', jsonb_strip_nulls(jsonb_build_object('rate_limit', NEW.rate_limit, 'rate_window', NEW.rate_window,
+                        'credits', NEW.credits, 'refill_amount', NEW.refill_amount, 'refill_interval', NEW.refill_interval))));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
+        SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
+          FROM apikeys.owner_limits l
+         WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER keys_owner_limit BEFORE INSERT ON apikeys.keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_owner_limit();
+
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_owner_limit;
+
+COMMENT ON FUNCTION apikeys.keys_owner_limit() IS 'Internal trigger function (a new key carries its owner''s shared rate limit); not for calling.';
+
+DROP FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text);
+
+CREATE FUNCTION apikeys.create_key(workspace_id uuid,
+                                   name text DEFAULT NULL,
+                                   scopes text[] DEFAULT '{}',
+                                   expires_at timestamptz DEFAULT NULL,
+                                   metadata jsonb DEFAULT '{}',
+                                   prefix text DEFAULT 'sk',
+                                   rate_limit integer DEFAULT NULL,
+                                   rate_window interval DEFAULT NULL,
+                                   credits bigint DEFAULT NULL,
+                                   refill_amount bigint DEFAULT NULL,
+                                   refill_interval interval DEFAULT NULL)
+    RETURNS TABLE (id uuid, name text, prefix text, key text)
+    LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_create_key_limited';
+
+COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) IS
+    'Mint a secret key. The key column is shown here once and never again.';
+
+DROP FUNCTION apikeys.rotate_key(uuid, interval);
+
+CREATE FUNCTION apikeys.rotate_key(key_id uuid, grace interval DEFAULT '0', expires_at timestamptz DEFAULT NULL)
+    RETURNS TABLE (id uuid, name text, prefix text, key text)
+    LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_rotate_key_renew';
+
+COMMENT ON FUNCTION apikeys.rotate_key(uuid, interval, timestamptz) IS
+    'Owner only: replace a key by a new one with the same name and settings; the old one expires after grace (revoked at once when zero).';
+
+CREATE FUNCTION apikeys.check_key(key text, required_scopes text[] DEFAULT NULL, cost integer DEFAULT 1)
+    RETURNS TABLE (valid boolean, code text, key_id uuid, workspace_id uuid, owner text, scopes text[],
+                   metadata jsonb, expires_at timestamptz, credits_remaining bigint, rate_limit integer,
+                   rate_remaining integer, rate_reset timestamptz)
+    LANGUAGE c VOLATILE ROWS 1
+    AS 'MODULE_PATHNAME', 'apikeys_check_key';
+
+CREATE FUNCTION apikeys.update_key(key_id uuid,
+                                   name text DEFAULT NULL,
+                                   scopes text[] DEFAULT NULL,
+                                   metadata jsonb DEFAULT NULL,
+                                   rate_limit integer DEFAULT NULL,
+                                   rate_window interval DEFAULT NULL,
+                                   credits bigint DEFAULT NULL,
+                                   refill_amount bigint DEFAULT NULL,
+                                   refill_interval interval DEFAULT NULL,
+                                   expires_at timestamptz DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_update_key';
+
+CREATE FUNCTION apikeys.suspend_key(key_id uuid) RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_suspend_key';
+
+CREATE FUNCTION apikeys.resume_key(key_id uuid) RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_resume_key';
+
+CREATE FUNCTION apikeys.set_owner_limit(workspace_id uuid, owner text, rate_limit integer, rate_window interval)
+    RETURNS boolean
+    LANGUAGE c VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'apikeys_set_owner_limit';
+
+CREATE FUNCTION apikeys.in_usage_worker() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_in_usage_worker';
+
+COMMENT ON FUNCTION apikeys.check_key(text, text[], integer) IS
+    'Check a key and consume cost from its rate limit and credits: always one row, code valid, invalid, insufficient_scope, rate_limited or usage_exceeded.';
+
+COMMENT ON FUNCTION apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz) IS
+    'Change a key: NULL leaves a field alone; rate_limit 0 removes the rate limit, credits -1 the credits, refill_amount 0 the refill; expiry only moves earlier.';
+
+COMMENT ON FUNCTION apikeys.suspend_key(uuid) IS
+    'Pause a key (it verifies as invalid until resumed); true when it was active. A revoked key cannot be suspended.';
+
+COMMENT ON FUNCTION apikeys.resume_key(uuid) IS
+    'End a key''s suspension; true when it was suspended. A revoked key can never be resumed.';
+
+COMMENT ON FUNCTION apikeys.set_owner_limit(uuid, text, integer, interval) IS
+    'Admins: a rate limit shared by all of an owner''s keys in the workspace; NULL, NULL removes it.';
+
+COMMENT ON FUNCTION apikeys.in_usage_worker() IS
+    'Internal: whether this backend is the usage engine''s flusher (its credit debits are not audited).';
+
+CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
+        apikeys.owner_limits TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        apikeys.current_principal(),
+        apikeys.member_role(uuid),
+        apikeys.create_workspace(text, uuid),
+        apikeys.add_member(uuid, text, text, text[]),
+        apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
+        apikeys.verify_key(text, text[]),
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval, timestamptz),
+        apikeys.check_key(text, text[], integer),
+        apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz),
+        apikeys.suspend_key(uuid),
+        apikeys.resume_key(uuid),
+        apikeys.set_owner_limit(uuid, text, integer, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by(),
+        apikeys.applying_replicated_change(),
+        apikeys.usage_mode(),
+        apikeys.expiring_keys(interval)
+        TO %s', role);
+END
+$$;
+-- the audit of changes now also sees suspension, limits and credits
+DROP TRIGGER keys_audit_change ON apikeys.keys;
+CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
+    FOR EACH ROW
+    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+          OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+          OR OLD.replaced_by IS DISTINCT FROM NEW.replaced_by
+          OR OLD.scopes IS DISTINCT FROM NEW.scopes
+          OR OLD.name IS DISTINCT FROM NEW.name
+          OR OLD.metadata IS DISTINCT FROM NEW.metadata
+          OR OLD.suspended_at IS DISTINCT FROM NEW.suspended_at
+          OR OLD.rate_limit IS DISTINCT FROM NEW.rate_limit
+          OR OLD.rate_window IS DISTINCT FROM NEW.rate_window
+          OR OLD.credits IS DISTINCT FROM NEW.credits
+          OR OLD.refill_amount IS DISTINCT FROM NEW.refill_amount
+          OR OLD.refill_interval IS DISTINCT FROM NEW.refill_interval)
+    EXECUTE FUNCTION apikeys.audit_keys();
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_audit_change;
+REVOKE ALL ON apikeys.owner_limits FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.refill_period(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.keys_owner_limit() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.rotate_key(uuid, interval, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.check_key(text, text[], integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.suspend_key(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.resume_key(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.set_owner_limit(uuid, text, integer, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.in_usage_worker() FROM PUBLIC;
+
+-- 12. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by
 -- running grant_to again after the update: a GRANT made inside this script
 -- would be recorded as the extension's own initial privilege, which pg_dump
@@ -1027,7 +1398,7 @@ REVOKE ALL ON FUNCTION apikeys.github_secret_scanning(text, text, text) FROM PUB
 REVOKE ALL ON apikeys.scanning_keys FROM PUBLIC;
 DO $$
 BEGIN
-    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval) and apikeys.usage_mode() for clients'
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval), apikeys.usage_mode(), apikeys.owner_limits, check_key, update_key, suspend_key, resume_key, set_owner_limit, and new argument lists of create_key and rotate_key for clients'
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
 END
 $$;

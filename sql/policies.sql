@@ -64,3 +64,10 @@ CREATE POLICY key_usage_visible ON apikeys.key_usage FOR SELECT
                AND EXISTS (SELECT FROM apikeys.keys k
                             WHERE k.id = key_usage.key_id
                               AND k.owner = apikeys.current_principal())));
+
+-- Owner limits: admins see their workspaces', everyone their own.
+ALTER TABLE apikeys.owner_limits ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.owner_limits FORCE ROW LEVEL SECURITY;
+CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin'
+           OR (owner = apikeys.current_principal() AND apikeys.member_role(workspace_id) IS NOT NULL));

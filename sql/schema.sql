@@ -2,6 +2,26 @@
 -- Every object lives in schema apikeys. Client roles never write these tables
 -- directly: all writes go through the functions in functions.sql.
 
+-- The refill period an interval names: 'day' for exactly 1 day, 'month' for
+-- exactly 1 month, else NULL (a CHECK on keys.refill_interval uses it:
+-- interval equality would take '30 days' for '1 month').
+CREATE FUNCTION apikeys.refill_period(i interval) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT CASE
+            WHEN $1 IS NULL THEN NULL
+            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 1
+                 AND pg_catalog.date_part('day', $1) = 0
+                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 month') = 0 THEN 'month'
+            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 0
+                 AND pg_catalog.date_part('day', $1) = 1
+                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 day') = 0 THEN 'day'
+        END
+    $$;
+COMMENT ON FUNCTION apikeys.refill_period(interval) IS
+    'Internal: day or month for a refill interval of exactly 1 day or 1 month, else NULL.';
+
 CREATE TABLE apikeys.workspaces (
     id          uuid        PRIMARY KEY,
     name        text        NOT NULL,
@@ -44,7 +64,26 @@ CREATE TABLE apikeys.keys (
     -- keeps working until its (shortened) expires_at but gives its name up.
     replaced_by   uuid,
     -- 'minted' by create_key/rotate_key, or 'imported' by import_key
-    source        text        NOT NULL DEFAULT 'minted' CHECK (source IN ('minted', 'imported'))
+    source        text        NOT NULL DEFAULT 'minted' CHECK (source IN ('minted', 'imported')),
+    -- limits and credits (docs/reference.md, "Limits and credits"), enforced
+    -- by the usage engine: at most rate_limit accepted verifies (by cost) per
+    -- rate_window; credits (NULL: unlimited) debited per accepted verify and
+    -- set back to refill_amount every refill_interval ('1 day' or '1 month')
+    rate_limit          integer     CHECK (rate_limit > 0),
+    rate_window         interval    CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
+    credits             bigint      CHECK (credits >= 0),
+    refill_amount       bigint      CHECK (refill_amount > 0),
+    refill_interval     interval    CHECK (refill_interval IS NULL OR apikeys.refill_period(refill_interval) IS NOT NULL),
+    credits_refilled_at timestamptz,
+    -- a reversible pause (suspend_key / resume_key); revoked_at is the latch
+    suspended_at        timestamptz,
+    -- the owner's limit in this workspace (owner_limits), copied onto each of
+    -- the owner's keys so that a verify reads it with the key
+    owner_rate_limit    integer,
+    owner_rate_window   interval,
+    CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
+    CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
+    CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL)
 )
 -- Room on every page for the last_used_at stamps a verify writes: they stay
 -- HOT (no index is touched) and never need to extend the table, so a verify
@@ -57,6 +96,20 @@ CREATE UNIQUE INDEX keys_active_name
 CREATE INDEX keys_replaced_by ON apikeys.keys (replaced_by) WHERE replaced_by IS NOT NULL;
 CREATE INDEX keys_owner ON apikeys.keys (workspace_id, owner);
 COMMENT ON TABLE apikeys.keys IS 'Secret API keys (no secrets stored here); readable under RLS.';
+
+-- A limit shared by all keys of one owner in a workspace (set_owner_limit):
+-- a key is refused when its own limit or its owner's is exhausted.
+-- (No foreign key: set_owner_limit checks the workspace, and rows are
+-- configuration that an admin removes.)
+CREATE TABLE apikeys.owner_limits (
+    workspace_id  uuid        NOT NULL,
+    owner         text        NOT NULL,
+    rate_limit    integer     NOT NULL CHECK (rate_limit > 0),
+    rate_window   interval    NOT NULL CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
+    PRIMARY KEY (workspace_id, owner)
+);
+COMMENT ON TABLE apikeys.owner_limits IS
+    'Rate limits shared by all keys of one owner in a workspace; readable under RLS like keys.';
 
 -- SHA-256 of each whole token. No client role can read or write this table.
 CREATE TABLE apikeys.key_hashes (
@@ -161,3 +214,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.scanning_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.owner_limits', '');

@@ -54,6 +54,10 @@ BEGIN
         RAISE EXCEPTION 'a rotated key stays rotated: replaced_by cannot be cleared or moved'
             USING ERRCODE = 'check_violation';
     END IF;
+    IF OLD.revoked_at IS NOT NULL AND NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
+        RAISE EXCEPTION 'a revoked key stays revoked: it cannot be suspended or resumed'
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF NEW.id IS DISTINCT FROM OLD.id
        OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
        OR NEW.owner IS DISTINCT FROM OLD.owner
@@ -264,6 +268,22 @@ BEGIN
 END
 $$;
 
+-- A new key carries its owner's shared limit (owner_limits), so that a
+-- verify reads it with the key. Replicated and restored rows bring theirs.
+CREATE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
+        SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
+          FROM apikeys.owner_limits l
+         WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
 -- Whether a row being inserted is history arriving with its own audit rows
 -- (pg_restore, pg_dump's plain SQL, a superuser's backfill) rather than a new
 -- event: its created_at lies before this transaction. The audit triggers
@@ -337,7 +357,32 @@ BEGIN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, who, 'key.updated', NEW.id,
                 jsonb_build_object('name', jsonb_build_object('from', OLD.name, 'to', NEW.name),
-                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata));
+                                   'metadata_changed', NEW.metadata IS DISTINCT FROM OLD.metadata)
+                || CASE WHEN NEW.metadata IS DISTINCT FROM OLD.metadata
+                        THEN jsonb_build_object('metadata', jsonb_build_object('from', OLD.metadata, 'to', NEW.metadata))
+                        ELSE '{}' END);
+    END IF;
+    IF NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, CASE WHEN NEW.suspended_at IS NULL THEN 'key.resumed' ELSE 'key.suspended' END,
+                NEW.id, jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at)));
+        IF NEW.suspended_at IS NOT NULL THEN
+            -- caches drop a suspended key as they drop a revoked one
+            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        END IF;
+    END IF;
+    IF NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window
+       OR NEW.refill_amount IS DISTINCT FROM OLD.refill_amount
+       OR NEW.refill_interval IS DISTINCT FROM OLD.refill_interval
+       OR (NEW.credits IS DISTINCT FROM OLD.credits AND NOT apikeys.in_usage_worker()) THEN
+        -- the usage engine's own debits and refills are usage, not changes
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
+        VALUES (NEW.workspace_id, who, 'key.limits_changed', NEW.id,
+                jsonb_build_object('name', NEW.name,
+                    'from', jsonb_strip_nulls(jsonb_build_object('rate_limit', OLD.rate_limit, 'rate_window', OLD.rate_window,
+                        'credits', OLD.credits, 'refill_amount', OLD.refill_amount, 'refill_interval', OLD.refill_interval)),
+                    'to', jsonb_strip_nulls(jsonb_build_object('rate_limit', NEW.rate_limit, 'rate_window', NEW.rate_window,
+                        'credits', NEW.credits, 'refill_amount', NEW.refill_amount, 'refill_interval', NEW.refill_interval))));
     END IF;
     RETURN NULL;
 END
@@ -473,7 +518,13 @@ CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
           OR OLD.replaced_by IS DISTINCT FROM NEW.replaced_by
           OR OLD.scopes IS DISTINCT FROM NEW.scopes
           OR OLD.name IS DISTINCT FROM NEW.name
-          OR OLD.metadata IS DISTINCT FROM NEW.metadata)
+          OR OLD.metadata IS DISTINCT FROM NEW.metadata
+          OR OLD.suspended_at IS DISTINCT FROM NEW.suspended_at
+          OR OLD.rate_limit IS DISTINCT FROM NEW.rate_limit
+          OR OLD.rate_window IS DISTINCT FROM NEW.rate_window
+          OR OLD.credits IS DISTINCT FROM NEW.credits
+          OR OLD.refill_amount IS DISTINCT FROM NEW.refill_amount
+          OR OLD.refill_interval IS DISTINCT FROM NEW.refill_interval)
     EXECUTE FUNCTION apikeys.audit_keys();
 CREATE TRIGGER members_audit AFTER INSERT OR UPDATE ON apikeys.members
     FOR EACH ROW EXECUTE FUNCTION apikeys.audit_members();
@@ -562,6 +613,10 @@ ALTER TABLE apikeys.members ENABLE ALWAYS TRIGGER members_follow_replicated_id;
 ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_follow_replicated_id;
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_follow_replicated_id;
 
+CREATE TRIGGER keys_owner_limit BEFORE INSERT ON apikeys.keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_owner_limit();
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_owner_limit;
+
 CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
     FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
 CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
@@ -594,3 +649,4 @@ COMMENT ON FUNCTION apikeys.arrives_with_history(timestamptz) IS 'Internal: whet
 COMMENT ON FUNCTION apikeys.applying_replicated_change() IS 'Internal: whether this backend is a logical replication worker applying a subscription''s changes; used by the triggers.';
 COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function (moves an id sequence past a replicated row''s id); not for calling.';
 COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usage counts only grow; write-once columns of key_usage); not for calling.';
+COMMENT ON FUNCTION apikeys.keys_owner_limit() IS 'Internal trigger function (a new key carries its owner''s shared rate limit); not for calling.';

@@ -25,6 +25,7 @@ impl SqlState {
     pub const NOT_FOUND: SqlState = SqlState(*b"PT404");
     pub const UNAUTHENTICATED: SqlState = SqlState(*b"PT401");
     pub const READ_ONLY: SqlState = SqlState(*b"25006");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState(*b"0A000");
     pub const INTERNAL: SqlState = SqlState(*b"XX000");
 
     /// PostgreSQL's `MAKE_SQLSTATE`.
@@ -102,6 +103,10 @@ pub enum ApiError {
     PublicKeyNotFound,
     /// PT401: `authenticate()` rejected the API key.
     Unauthenticated,
+    /// 0A000: a rate limit or credits without the usage engine.
+    LimitsNeedPreload,
+    /// 23514: a revoked key cannot be suspended or resumed.
+    KeyRevokedForGood,
     /// 25006: a function that writes was called in a read-only transaction
     /// or on a hot standby.
     ReadOnly,
@@ -124,7 +129,8 @@ impl ApiError {
             | ImportForOthers
             | KeyCannotManageAdmins
             | KeyOutsideWorkspace => SqlState::INSUFFICIENT_PRIVILEGE,
-            LastAdmin | KeyNotActive | KeyAlreadyRotated => SqlState::CHECK_VIOLATION,
+            LastAdmin | KeyNotActive | KeyAlreadyRotated | KeyRevokedForGood => SqlState::CHECK_VIOLATION,
+            LimitsNeedPreload => SqlState::FEATURE_NOT_SUPPORTED,
             NameTaken | WorkspaceExists | DigestTaken => SqlState::UNIQUE_VIOLATION,
             WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound | InvitationNotFound => {
                 SqlState::NOT_FOUND
@@ -174,6 +180,14 @@ impl ApiError {
                 crate::rules::RuleError::Report => {
                     c"invalid report: send a JSON array of objects with a string token, at most 1000 of them and 1 MB"
                 }
+                crate::rules::RuleError::Cost => c"invalid cost: use 0 to 1000000000",
+                crate::rules::RuleError::RateLimit => {
+                    c"invalid rate limit: give rate_limit (1 or more) and rate_window (1 second to 1 day) together"
+                }
+                crate::rules::RuleError::Credits => c"invalid credits: use 0 or more",
+                crate::rules::RuleError::Refill => {
+                    c"invalid refill: give refill_amount (1 or more) and refill_interval ('1 day' or '1 month') together, on a key with credits"
+                }
                 crate::rules::RuleError::Subject => {
                     c"invalid JWT sub: use 1-256 characters, no control characters or surrounding spaces"
                 }
@@ -210,6 +224,8 @@ impl ApiError {
             PublicKeyNotFound => c"public key not found",
             Unauthenticated => c"invalid API key",
             BadSignature => c"invalid signature: the report is not signed by a current scanning key",
+            LimitsNeedPreload => c"rate limits and credits need the usage engine",
+            KeyRevokedForGood => c"a revoked key stays revoked: it cannot be suspended or resumed",
             ReadOnly => c"cannot change API keys, workspaces or members in a read-only transaction",
             Internal => c"internal error in pg_apikeys",
         }
@@ -231,6 +247,9 @@ impl ApiError {
             InvitationNotFound => Some(c"an admin invites you with apikeys.add_member(); accept as yourself"),
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),
+            LimitsNeedPreload => Some(
+                c"add pg_apikeys to shared_preload_libraries in postgresql.conf and restart the server",
+            ),
             Unauthenticated => Some(c"send a valid, active API key, or none"),
             ReadOnly => Some(c"call it in a read-write transaction on the primary (PostgREST: POST, not GET); verify_key and resolve_public_key work read-only"),
             _ => None,
@@ -330,10 +349,19 @@ mod tests {
             ApiError::BadSignature,
             ApiError::Invalid(RuleError::Report),
             ApiError::Invalid(RuleError::Subject),
+            ApiError::Invalid(RuleError::Cost),
+            ApiError::Invalid(RuleError::RateLimit),
+            ApiError::Invalid(RuleError::Credits),
+            ApiError::Invalid(RuleError::Refill),
+            ApiError::KeyRevokedForGood,
+            ApiError::LimitsNeedPreload,
         ];
         for e in all {
             let s = e.sqlstate();
-            assert!(["22023", "42501", "23505", "23514", "PT404", "PT401"].contains(&s.as_str()), "{e:?}");
+            assert!(
+                ["22023", "42501", "23505", "23514", "PT404", "PT401", "0A000"].contains(&s.as_str()),
+                "{e:?}"
+            );
             assert!(!e.message().to_bytes().is_empty());
         }
         // a write on a standby or in a READ ONLY transaction: PostgreSQL's

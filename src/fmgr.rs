@@ -24,13 +24,16 @@
 //! A pgrx upgrade must re-check both; the regress suite's error tests
 //! (every `try()` with a SQLSTATE) fail if either changes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
 use std::ffi::{c_char, c_int, CStr};
 
 use crate::errors::{ApiError, ApiResult};
 
 thread_local! {
     static PENDING: Cell<Option<ApiError>> = const { Cell::new(None) };
+    /// PostgREST's error takeover (SQLSTATE PGRST): MESSAGE and DETAIL
+    static PENDING_PGRST: RefCell<Option<(CString, CString)>> = const { RefCell::new(None) };
 }
 
 /// Park `err` to be raised by the entry point once pgrx's wrapper returns.
@@ -49,7 +52,16 @@ pub(crate) fn deferred<T>(r: ApiResult<T>) -> Option<T> {
     }
 }
 
+/// Park an error for PostgREST's error takeover: SQLSTATE `PGRST`, MESSAGE
+/// the JSON body, DETAIL the JSON status and headers (docs/postgrest.md).
+pub(crate) fn defer_pgrst((message, detail): (String, String)) {
+    let m = CString::new(message).unwrap_or_default();
+    let d = CString::new(detail).unwrap_or_default();
+    PENDING_PGRST.with(|p| *p.borrow_mut() = Some((m, d)));
+}
+
 pub(crate) fn clear_pending() {
+    PENDING_PGRST.with(|p| *p.borrow_mut() = None);
     PENDING.with(|p| p.set(None));
 }
 
@@ -59,6 +71,7 @@ unsafe extern "C-unwind" {
     fn errcode(sqlerrcode: c_int) -> c_int;
     fn errmsg(fmt: *const c_char, ...) -> c_int;
     fn errhint(fmt: *const c_char, ...) -> c_int;
+    fn errdetail(fmt: *const c_char, ...) -> c_int;
     fn errfinish(filename: *const c_char, lineno: c_int, funcname: *const c_char);
 }
 
@@ -70,6 +83,24 @@ unsafe extern "C-unwind" {
 /// outside any Rust frame that owns a value with a destructor.
 #[inline(never)]
 pub(crate) unsafe fn raise_pending() {
+    // copies in PostgreSQL's memory; the Rust strings are dropped at the end
+    // of this block, before any jump
+    let pgrst = PENDING_PGRST.with(|p| p.borrow_mut().take()).map(|(m, d)| {
+        // SAFETY: pstrdup of NUL-terminated strings into the current context
+        unsafe { (pgrx::pg_sys::pstrdup(m.as_ptr()), pgrx::pg_sys::pstrdup(d.as_ptr())) }
+    });
+    if let Some((m, d)) = pgrst {
+        // SAFETY: plain FFI into PostgreSQL's ereport(); only raw pointers live here
+        unsafe {
+            if errstart(pgrx::pg_sys::PGERROR as c_int, std::ptr::null()) {
+                errcode(crate::errors::SqlState(*b"PGRST").code());
+                errmsg(c"%s".as_ptr(), m);
+                errdetail(c"%s".as_ptr(), d);
+                errfinish(c"pg_apikeys".as_ptr(), 0, std::ptr::null());
+            }
+        }
+        return;
+    }
     let Some(err) = PENDING.with(|p| p.take()) else { return };
     let code = err.sqlstate().code();
     let msg = err.message().as_ptr();

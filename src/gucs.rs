@@ -31,6 +31,12 @@ pub static CLAIMS_ROLES: GucSetting<Option<CString>> =
 /// flush. Postmaster-only; defined only when the library is preloaded.
 pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65536);
 
+/// `apikeys.limit_slots` (default 131072): entries of the shared-memory
+/// table of rate-limit windows and credit balances (one per key with a limit
+/// or credits, one per owner with a shared limit). Postmaster-only; defined
+/// only when the library is preloaded.
+pub static LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(131072);
+
 /// `apikeys.usage_flush_interval` (seconds, default 10): the usage engine's
 /// worker writes pending usage at least this often. Reloadable (`SIGHUP`).
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -43,6 +49,16 @@ pub fn init_preload() {
         c"Entries of the usage engine's shared-memory table (one per database, key and hour pending).",
         c"Needs a restart. Each entry takes 56 bytes; when the table is full a verify writes last_used_at in its own transaction instead.",
         &USAGE_SLOTS,
+        1024,
+        16 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"apikeys.limit_slots",
+        c"Entries of the shared-memory table of rate-limit windows and credit balances.",
+        c"Needs a restart. One per key with a rate limit or credits, one per owner with a shared limit; 88 bytes each. A check that finds no entry is refused.",
+        &LIMIT_SLOTS,
         1024,
         16 * 1024 * 1024,
         GucContext::Postmaster,

@@ -38,7 +38,7 @@ impl NewKey {
 
 /// `expires_at` must lie in the future (after the statement's start, the
 /// clock verify_key judges expiry by).
-fn check_future(expires_at: Option<TimestampWithTimeZone>) -> ApiResult<()> {
+pub(crate) fn check_future(expires_at: Option<TimestampWithTimeZone>) -> ApiResult<()> {
     if let Some(t) = expires_at {
         let at: pg_sys::TimestampTz = t.into();
         // SAFETY: reads the current statement's start time
@@ -169,7 +169,7 @@ pub fn authorize_scopes(caller: &Caller, role: Role, held: &[String], scopes: &[
 }
 
 #[allow(clippy::too_many_arguments)]
-fn create_key_impl(
+pub(crate) fn create_key_impl(
     workspace_id: Option<Uuid>,
     name: Option<&str>,
     scopes: Option<Vec<Option<String>>>,
@@ -292,7 +292,14 @@ fn token_prefix(display_prefix: &str, source: &str) -> String {
     }
 }
 
-fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -> ApiResult<NewKey> {
+/// Rotate a key: a new token for its owner, the old one replaced (after
+/// `grace`). The new key keeps the old one's expiry unless `renew` gives
+/// another (checked to be in the future by the caller): renewal.
+pub(crate) fn rotate_key_impl(
+    key_id: Option<Uuid>,
+    grace: Option<pgrx::datum::Interval>,
+    renew: Option<TimestampWithTimeZone>,
+) -> ApiResult<NewKey> {
     crate::errors::require_writable()?;
     let caller = caller()?;
     let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
@@ -367,10 +374,35 @@ fn rotate_key_impl(key_id: Option<Uuid>, grace: Option<pgrx::datum::Interval>) -
             name: Some(name),
             scopes,
             metadata: Metadata::CopyOf(key_id),
-            expires_at,
+            expires_at: renew.or(expires_at),
             prefix: token_prefix(&display, &source),
         };
-        mint(client, &spec)
+        let new = mint(client, &spec)?;
+        // the replacement keeps the old key's limits and its credit balance
+        // (a schema from before 0.2.0 has none)
+        let has_limits = !client
+            .select(
+                "SELECT 1 FROM pg_catalog.pg_attribute
+                  WHERE attrelid = 'apikeys.keys'::pg_catalog.regclass AND attname = 'suspended_at'
+                    AND NOT attisdropped",
+                Some(1),
+                &[],
+            )?
+            .is_empty();
+        if has_limits {
+            client.update(
+                "UPDATE apikeys.keys n
+                    SET rate_limit = o.rate_limit, rate_window = o.rate_window,
+                        credits = o.credits, refill_amount = o.refill_amount,
+                        refill_interval = o.refill_interval, credits_refilled_at = o.credits_refilled_at
+                   FROM apikeys.keys o
+                  WHERE n.id = $1 AND o.id = $2
+                    AND (o.rate_limit IS NOT NULL OR o.credits IS NOT NULL)",
+                None,
+                &[new.id.into(), key_id.into()],
+            )?;
+        }
+        Ok(new)
     })
 }
 
@@ -380,7 +412,7 @@ fn rotate_key(
     grace: Option<pgrx::datum::Interval>,
 ) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
 {
-    match deferred(rotate_key_impl(key_id, grace)) {
+    match deferred(rotate_key_impl(key_id, grace, None)) {
         Some(k) => TableIterator::once(k.row()),
         None => TableIterator::empty(),
     }

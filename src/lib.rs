@@ -32,8 +32,10 @@ use pgrx::prelude::*;
 pub mod errors;
 mod fmgr;
 pub mod gucs;
+pub mod key_admin;
 pub mod keys;
 pub mod leaks;
+pub mod limits;
 pub mod principal;
 pub mod public_keys;
 pub mod replication;
@@ -79,6 +81,14 @@ fmgr::entry_points! {
     apikeys_github_secret_scanning / pg_finfo_apikeys_github_secret_scanning => leaks::github_secret_scanning_wrapper;
     apikeys_applying_replicated_change / pg_finfo_apikeys_applying_replicated_change => replication::applying_replicated_change_wrapper;
     apikeys_usage_mode / pg_finfo_apikeys_usage_mode => usage::usage_mode_wrapper;
+    apikeys_check_key / pg_finfo_apikeys_check_key => verify::check_key_wrapper;
+    apikeys_in_usage_worker / pg_finfo_apikeys_in_usage_worker => usage::in_usage_worker_wrapper;
+    apikeys_create_key_limited / pg_finfo_apikeys_create_key_limited => key_admin::create_key_limited_wrapper;
+    apikeys_rotate_key_renew / pg_finfo_apikeys_rotate_key_renew => key_admin::rotate_key_renew_wrapper;
+    apikeys_update_key / pg_finfo_apikeys_update_key => key_admin::update_key_wrapper;
+    apikeys_suspend_key / pg_finfo_apikeys_suspend_key => key_admin::suspend_key_wrapper;
+    apikeys_resume_key / pg_finfo_apikeys_resume_key => key_admin::resume_key_wrapper;
+    apikeys_set_owner_limit / pg_finfo_apikeys_set_owner_limit => key_admin::set_owner_limit_wrapper;
     apikeys_usage_stats / pg_finfo_apikeys_usage_stats => usage::usage_stats_wrapper;
     apikeys_flush_usage / pg_finfo_apikeys_flush_usage => usage::flush_usage_wrapper;
 }

@@ -244,6 +244,49 @@ pub(crate) fn header_token(headers: Option<&str>, header: &str) -> ApiResult<Opt
     }
 }
 
+/// The X-RateLimit-* values of a decision: limit, remaining, reset (Unix
+/// epoch seconds, rounded up).
+fn rate_headers(d: &crate::limits::Decision) -> (String, String, String) {
+    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+    let reset = d.reset.map(|t| (t + 999_999).div_euclid(1_000_000) + PG_EPOCH_UNIX_SECS);
+    (
+        d.limit.map(|l| l.to_string()).unwrap_or_default(),
+        d.remaining.unwrap_or(0).to_string(),
+        reset.map(|r| r.to_string()).unwrap_or_default(),
+    )
+}
+
+/// The MESSAGE and DETAIL of PostgREST's error takeover for a refused
+/// request: HTTP 429, no key data.
+fn too_many_requests(d: &crate::limits::Decision) -> (String, String) {
+    let usage = d.code == crate::limits::Code::UsageExceeded;
+    let message = serde_json::json!({
+        "code": "PT429",
+        "message": if usage { "usage exceeded: no credits left" } else { "rate limit exceeded" },
+        "details": null,
+        "hint": null,
+    });
+    let (limit, _, reset) = rate_headers(d);
+    // SAFETY: the statement's start time
+    let now = unsafe { pgrx::pg_sys::GetCurrentStatementStartTimestamp() };
+    // until the window ends; for credits, until the next refill (a day
+    // when there is none: retrying sooner cannot help)
+    let until = if usage { d.refill_at } else { d.reset };
+    let retry = match until {
+        Some(t) => ((t - now).max(0) + 999_999) / 1_000_000,
+        None => 86_400,
+    };
+    let mut headers = serde_json::Map::new();
+    headers.insert("Retry-After".into(), retry.max(1).to_string().into());
+    if d.limit.is_some() {
+        headers.insert("X-RateLimit-Limit".into(), limit.into());
+        headers.insert("X-RateLimit-Remaining".into(), "0".into());
+        headers.insert("X-RateLimit-Reset".into(), reset.into());
+    }
+    let detail = serde_json::json!({"status": 429, "headers": headers});
+    (message.to_string(), detail.to_string())
+}
+
 fn authenticate_impl() -> ApiResult<()> {
     let header = gucs::HEADER
         .get()
@@ -253,8 +296,37 @@ fn authenticate_impl() -> ApiResult<()> {
         // no API key: the JWT or anonymous flow goes on untouched
         return Ok(());
     };
-    let key = crate::verify::verify(&token)?.ok_or(ApiError::Unauthenticated)?;
+    let (key, outcome) = crate::verify::verify(&token)?.ok_or(ApiError::Unauthenticated)?;
+    let limits = match outcome {
+        crate::verify::Outcome::Valid(d) => d,
+        crate::verify::Outcome::Limited(d) => {
+            // PostgREST's error takeover: status, headers and body of the
+            // 429 come from this error (a response.headers setting would be
+            // rolled back with the failed request)
+            crate::fmgr::defer_pgrst(too_many_requests(&d));
+            return Ok(());
+        }
+        crate::verify::Outcome::Scope => return Err(ApiError::Unauthenticated),
+    };
     bind_key(key.key_id, key.workspace_id, key.owner, key.scopes);
+    if let Some(d) = limits.filter(|d| d.limit.is_some()) {
+        // an accepted request with a rate limit says where it stands
+        let (limit, remaining, reset) = rate_headers(&d);
+        let headers = serde_json::json!([
+            {"X-RateLimit-Limit": limit},
+            {"X-RateLimit-Remaining": remaining},
+            {"X-RateLimit-Reset": reset},
+        ])
+        .to_string();
+        Spi::connect_mut(|client| {
+            client.update(
+                "SELECT pg_catalog.set_config('response.headers', $1, true)",
+                None,
+                &[headers.as_str().into()],
+            )?;
+            Ok::<_, ApiError>(())
+        })?;
+    }
     if let Some(role) = gucs::KEY_ROLE.get() {
         let role = role.to_string_lossy().into_owned();
         if !role.is_empty() {

@@ -44,6 +44,16 @@ pub enum RuleError {
     /// A secret-scanning report that is not a JSON array of `{token, …}`
     /// objects, or is too large.
     Report,
+    /// A check's cost outside 0 to 1 000 000 000.
+    Cost,
+    /// A rate limit below 1, a window outside 1 second to 1 day, or one
+    /// without the other.
+    RateLimit,
+    /// Credits below zero (other than -1, which removes them in update_key).
+    Credits,
+    /// A refill that is not a positive amount every '1 day' or '1 month' on
+    /// a key with credits.
+    Refill,
 }
 
 /// Normalise and check a key name: ASCII lower-cased, then

@@ -139,6 +139,7 @@ unsafe extern "C-unwind" fn shmem_request() {
         }
         pg_sys::RequestAddinShmemSpace(segment_size());
         pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), PARTITIONS as i32);
+        crate::limits::request();
     }
 }
 
@@ -163,6 +164,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         HEADER = base as *mut Header;
         SLOTS = base.add(std::mem::size_of::<Header>()) as *mut Entry;
         LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+        crate::limits::startup();
         pg_sys::LWLockRelease(init_lock);
     }
 }
@@ -408,12 +410,14 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
 /// One flusher per database with pending entries, one after the other.
 fn flush_all() {
     let mut dbs: Vec<u32> = snapshot_all().iter().map(|e| e.dbid).collect();
+    dbs.extend(crate::limits::pending_dbs());
     dbs.sort_unstable();
     dbs.dedup();
     for db in dbs {
         if !database_exists(db) {
             let gone = take(db);
             header().discarded.fetch_add(events(&gone), Ordering::Relaxed);
+            crate::limits::drop_database(db);
             continue;
         }
         let worker = BackgroundWorkerBuilder::new("pg_apikeys usage flush")
@@ -543,12 +547,31 @@ SELECT (SELECT pg_catalog.count(*) FROM counted) AS counted,
        (SELECT coalesce(pg_catalog.sum(verified OPERATOR(pg_catalog.+) rejected), 0)::int8
           FROM known) AS known_events";
 
+thread_local! {
+    static IN_FLUSHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `apikeys.in_usage_worker()`: whether this backend is the usage engine's
+/// flusher (the audit trigger does not record its credit debits).
+#[pgrx::pg_extern(sql = false)]
+fn in_usage_worker() -> bool {
+    IN_FLUSHER.with(|f| f.get())
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_apikeys_usage_flush(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    IN_FLUSHER.with(|f| f.set(true));
     let db = arg.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
+    let credits = crate::limits::take_credits(db);
+    if !credits.is_empty() {
+        let written = BackgroundWorker::transaction(|| write_credits(&credits));
+        for (id, at) in written {
+            crate::limits::written_refill(db, &id, at);
+        }
+    }
     let entries = take(db);
     if entries.is_empty() {
         return;
@@ -630,6 +653,53 @@ fn write(entries: &[Entry], interval: f64) -> u64 {
             }
         }
         written
+    })
+}
+
+const CREDITS_SQL: &str = "\
+WITH c AS (
+    SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::int8[]),
+                             pg_catalog.unnest($3::timestamptz[]))
+        AS c(key_id, debit, refilled_at)
+)
+UPDATE apikeys.keys k
+   SET credits = GREATEST(CASE WHEN c.refilled_at IS NOT NULL
+                               THEN coalesce(k.refill_amount, k.credits) ELSE k.credits END
+                          OPERATOR(pg_catalog.-) c.debit, 0),
+       credits_refilled_at = coalesce(c.refilled_at, k.credits_refilled_at)
+  FROM c
+ WHERE k.id OPERATOR(pg_catalog.=) c.key_id AND k.credits IS NOT NULL
+RETURNING k.id, c.refilled_at";
+
+/// Write credit debits and refills; returns the refills written (key, time).
+fn write_credits(credits: &[crate::limits::CreditWrite]) -> Vec<([u8; 16], i64)> {
+    Spi::connect_mut(|client: &mut SpiClient<'_>| {
+        if client.update("SET LOCAL search_path = pg_catalog, pg_temp", None, &[]).is_err() {
+            return Vec::new();
+        }
+        let present = client
+            .select("SELECT pg_catalog.to_regclass('apikeys.keys') IS NOT NULL", Some(1), &[])
+            .ok()
+            .and_then(|t| t.first().get::<bool>(1).ok().flatten())
+            .unwrap_or(false);
+        if !present {
+            return Vec::new();
+        }
+        let ids: Vec<pgrx::Uuid> = credits.iter().map(|c| pgrx::Uuid::from_bytes(c.key_id)).collect();
+        let debits: Vec<i64> = credits.iter().map(|c| c.debit).collect();
+        let refills: Vec<Option<TimestampWithTimeZone>> =
+            credits.iter().map(|c| c.refilled_at.map(ts)).collect();
+        let mut out = Vec::new();
+        if let Ok(t) = client.update(CREDITS_SQL, None, &[ids.into(), debits.into(), refills.into()]) {
+            for r in t {
+                let id: Option<pgrx::Uuid> = r.get(1).ok().flatten();
+                let at: Option<TimestampWithTimeZone> = r.get(2).ok().flatten();
+                if let (Some(id), Some(at)) = (id, at) {
+                    out.push((*id.as_bytes(), at.into()));
+                }
+            }
+        }
+        out
     })
 }
 

@@ -49,7 +49,8 @@ use pgrx::{PgBuiltInOids, PgOid, Uuid};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::fmgr::deferred;
-use crate::{gucs, token, usage};
+use crate::{gucs, limits, token, usage};
+use sha2::{Digest, Sha256};
 
 // ---------------------------------------------------------------------------
 // The two tables, found once per backend
@@ -68,6 +69,21 @@ struct KeyCols {
     expires_at: usize,
     revoked_at: usize,
     last_used_at: usize,
+    /// limits, credits and suspension (0.2.0; absent from a 0.1.0 schema)
+    extra: Option<ExtraCols>,
+}
+
+#[derive(Clone, Copy)]
+struct ExtraCols {
+    rate_limit: usize,
+    rate_window: usize,
+    credits: usize,
+    refill_amount: usize,
+    refill_interval: usize,
+    credits_refilled_at: usize,
+    suspended_at: usize,
+    owner_rate_limit: usize,
+    owner_rate_window: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -190,6 +206,20 @@ unsafe fn resolve_relations() -> ApiResult<Rels> {
             expires_at: column(krel, c"expires_at")?,
             revoked_at: column(krel, c"revoked_at")?,
             last_used_at: column(krel, c"last_used_at")?,
+            extra: match column(krel, c"suspended_at") {
+                Ok(suspended_at) => Some(ExtraCols {
+                    rate_limit: column(krel, c"rate_limit")?,
+                    rate_window: column(krel, c"rate_window")?,
+                    credits: column(krel, c"credits")?,
+                    refill_amount: column(krel, c"refill_amount")?,
+                    refill_interval: column(krel, c"refill_interval")?,
+                    credits_refilled_at: column(krel, c"credits_refilled_at")?,
+                    suspended_at,
+                    owner_rate_limit: column(krel, c"owner_rate_limit")?,
+                    owner_rate_window: column(krel, c"owner_rate_window")?,
+                }),
+                Err(_) => None,
+            },
         };
         let keys_id_attno = (k.id + 1) as i16;
         let keys_by_id = unique_index_on(krel, keys_id_attno)?;
@@ -246,6 +276,58 @@ impl Row<'_> {
         self.datum(col).map(|d| unsafe { Datum::from(pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr())) })
     }
 
+    fn int8(&self, col: usize) -> Option<i64> {
+        self.datum(col).map(|d| d.value() as i64)
+    }
+
+    fn int4(&self, col: usize) -> Option<i64> {
+        self.datum(col).map(|d| i64::from(d.value() as i32))
+    }
+
+    /// An interval column as (microseconds + days, months).
+    fn interval(&self, col: usize) -> Option<(i64, i32)> {
+        // SAFETY: a non-null interval column points at a pg_sys::Interval
+        self.datum(col).map(|d| unsafe {
+            let i = &*(d.cast_mut_ptr::<pg_sys::Interval>());
+            (i.time + i64::from(i.day) * 86_400_000_000, i.month)
+        })
+    }
+
+    /// What the row says about limits and credits.
+    fn limit_spec(&self) -> limits::Spec {
+        let Some(x) = self.key_cols.extra else { return limits::Spec::default() };
+        let window = |limit: usize, window: usize| match (self.int4(limit), self.interval(window)) {
+            (Some(l), Some((us, _))) if us > 0 => Some((l, us)),
+            _ => None,
+        };
+        let rate = window(x.rate_limit, x.rate_window);
+        let owner_rate = window(x.owner_rate_limit, x.owner_rate_window);
+        let credits = self.int8(x.credits);
+        let refill = match (self.int8(x.refill_amount), self.interval(x.refill_interval)) {
+            (Some(a), Some((_, months))) => {
+                Some((a, if months >= 1 { limits::Period::Month } else { limits::Period::Day }))
+            }
+            _ => None,
+        };
+        let mut spec = limits::Spec {
+            key_id: self.uuid(self.key_cols.id),
+            rate,
+            owner_rate,
+            credits,
+            refill,
+            refilled_at: self.int8(x.credits_refilled_at).unwrap_or(0),
+            ..Default::default()
+        };
+        if owner_rate.is_some() {
+            // (workspace, owner) folded into 16 bytes
+            let mut h = Sha256::new();
+            h.update(self.uuid(self.key_cols.workspace_id));
+            h.update(self.owner_text().as_bytes());
+            spec.owner_id.copy_from_slice(&h.finalize()[..16]);
+        }
+        spec
+    }
+
     fn owner_text(&self) -> String {
         match self.varlena(self.key_cols.owner) {
             // SAFETY: a detoasted text datum
@@ -268,8 +350,7 @@ struct Hit<R> {
 enum Found<R> {
     /// no key has this hash
     NoKey,
-    /// a key has it, but it is revoked, expired or refused by the caller's
-    /// check (a missing scope)
+    /// a key has it, but it is revoked, expired or suspended
     Refused([u8; UUID_BYTES]),
     Hit(Hit<R>),
 }
@@ -406,7 +487,9 @@ fn statement_now() -> pg_sys::TimestampTz {
 
 /// Whether a deformed `keys` row is live at `now`: not revoked, not expired.
 fn live(values: &[Datum], nulls: &[bool], k: KeyCols, now: pg_sys::TimestampTz) -> bool {
-    nulls[k.revoked_at] && (nulls[k.expires_at] || values[k.expires_at].value() as i64 > now)
+    nulls[k.revoked_at]
+        && (nulls[k.expires_at] || values[k.expires_at].value() as i64 > now)
+        && k.extra.is_none_or(|x| nulls[x.suspended_at])
 }
 
 /// Whether the key `key_id` is live now (not revoked, not expired), read as
@@ -434,7 +517,7 @@ pub fn key_is_live(key_id: Uuid) -> ApiResult<bool> {
 fn find_live_key<R>(
     digest: &[u8; DIGEST_BYTES],
     interval: i32,
-    f: impl FnOnce(&Row<'_>) -> Option<R>,
+    f: impl FnOnce(&Row<'_>) -> R,
 ) -> ApiResult<Found<R>> {
     let r = rels()?;
     let mut hash = HashKey { header: [0; VARHDRSZ], bytes: *digest };
@@ -489,10 +572,7 @@ fn find_live_key<R>(
         let row = Row { values: &values, nulls: &nulls, key_cols: k };
         let result = f(&row);
         p.end();
-        Ok(match result {
-            Some(result) => Found::Hit(Hit { result, key_id, stale }),
-            None => Found::Refused(key_id),
-        })
+        Ok(Found::Hit(Hit { result, key_id, stale }))
     }
 }
 
@@ -632,11 +712,34 @@ fn touch(key_id: [u8; UUID_BYTES], interval: i32) -> ApiResult<()> {
     })
 }
 
-/// Check a token and, if good, run `f` on its key's row; `None` for every
-/// kind of failure. Stamps `last_used_at` when due.
-fn check_token<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> ApiResult<Option<R>> {
-    // a non-UTF-8 string (only possible in a database of another encoding)
-    // is no token of any shape
+/// How a check of a key that exists and is live ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    /// accepted (with the limits' state when the key has limits)
+    Valid(Option<limits::Decision>),
+    /// a required scope is missing
+    Scope,
+    /// refused by a rate limit or the credits
+    Limited(limits::Decision),
+}
+
+impl Outcome {
+    pub fn valid(&self) -> bool {
+        matches!(self, Outcome::Valid(_))
+    }
+}
+
+/// Check a token: `None` for every key that does not answer (unknown,
+/// malformed, revoked, expired, suspended); otherwise the scope check, then
+/// the limits (consuming `cost` only when everything admits it), and
+/// `emit`'s result for the key's row and the outcome, called while the row
+/// is pinned. Records the use (the usage engine, or `last_used_at` when due).
+fn check_token<R>(
+    token_bytes: &[u8],
+    required: Option<Datum>,
+    cost: i64,
+    emit: impl FnOnce(&Row<'_>, &Outcome) -> R,
+) -> ApiResult<Option<(R, Outcome)>> {
     let engine = usage::active();
     let Ok(token_text) = std::str::from_utf8(token_bytes) else {
         if engine {
@@ -657,7 +760,36 @@ fn check_token<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> 
     }
     let digest = token::digest(token_text);
     let interval = gucs::LAST_USED_INTERVAL.get();
-    let hit = match find_live_key(&digest, interval, f)? {
+    let found = find_live_key(&digest, interval, |row| {
+        // SAFETY: the row is pinned; `required` is a text[] datum or None
+        let outcome = if !unsafe { holds(row, required) } {
+            Outcome::Scope
+        } else {
+            let spec = row.limit_spec();
+            if !spec.limited() {
+                Outcome::Valid(None)
+            } else if !limits::active() {
+                // limits that cannot be enforced (the preload was removed): refused
+                Outcome::Limited(limits::Decision {
+                    code: limits::Code::RateLimited,
+                    limit: spec.rate.or(spec.owner_rate).map(|r| r.0),
+                    remaining: Some(0),
+                    reset: None,
+                    credits_remaining: spec.credits,
+                    refill_at: None,
+                })
+            } else {
+                let d = limits::admit(&spec, cost, statement_now());
+                if d.code == limits::Code::Valid {
+                    Outcome::Valid(Some(d))
+                } else {
+                    Outcome::Limited(d)
+                }
+            }
+        };
+        (emit(row, &outcome), outcome)
+    })?;
+    let hit = match found {
         Found::Hit(hit) => hit,
         Found::NoKey => {
             if engine {
@@ -674,17 +806,24 @@ fn check_token<R>(token_bytes: &[u8], f: impl FnOnce(&Row<'_>) -> Option<R>) -> 
             return Ok(None);
         }
     };
+    let (result, outcome) = hit.result;
+    if !outcome.valid() {
+        if engine && !usage::record(&hit.key_id, usage::Outcome::Rejected, statement_now()) {
+            usage::record_unrecorded();
+        }
+        return Ok(Some((result, outcome)));
+    }
     // the usage engine records the use in shared memory: no write here,
     // unless its table is full (then the write of old, counted as a fallback)
     if engine && usage::record(&hit.key_id, usage::Outcome::Verified, statement_now()) {
-        return Ok(Some(hit.result));
+        return Ok(Some((result, outcome)));
     }
     if hit.stale && interval >= 0 && may_touch() {
         touch(hit.key_id, interval)?;
     } else if engine && !may_touch() {
         usage::record_unrecorded();
     }
-    Ok(Some(hit.result))
+    Ok(Some((result, outcome)))
 }
 
 // ---------------------------------------------------------------------------
@@ -698,9 +837,10 @@ pub struct Verified {
     pub scopes: Vec<String>,
 }
 
-/// Check a token for `authenticate()` (no required scopes).
-pub fn verify(token_text: &str) -> ApiResult<Option<Verified>> {
-    check_token(token_text.as_bytes(), |row| {
+/// Check a token for `authenticate()` (no required scopes, cost 1): the
+/// key and how the check ended, or `None` for a key that does not answer.
+pub fn verify(token_text: &str) -> ApiResult<Option<(Verified, Outcome)>> {
+    check_token(token_text.as_bytes(), None, 1, |row, _| {
         let scopes = match row.varlena(row.key_cols.scopes) {
             // SAFETY: the row's text[] scopes column
             Some(s) => unsafe { text_elems(s) }
@@ -710,12 +850,12 @@ pub fn verify(token_text: &str) -> ApiResult<Option<Verified>> {
                 .collect(),
             None => Vec::new(),
         };
-        Some(Verified {
+        Verified {
             key_id: Uuid::from_bytes(row.uuid(row.key_cols.id)),
             workspace_id: Uuid::from_bytes(row.uuid(row.key_cols.workspace_id)),
             owner: row.owner_text(),
             scopes,
-        })
+        }
     })
 }
 
@@ -731,6 +871,12 @@ const OUT_TYPES: [Oid; 6] = [
 
 /// The row type `verify_key`'s caller expects, if it is exactly `OUT_TYPES`.
 unsafe fn expected_desc(rsinfo: *mut pg_sys::ReturnSetInfo) -> Option<pg_sys::TupleDesc> {
+    // SAFETY: as expected_desc_of
+    unsafe { expected_desc_of(rsinfo, &OUT_TYPES) }
+}
+
+/// The caller's expected row type, if it is exactly `types`.
+unsafe fn expected_desc_of(rsinfo: *mut pg_sys::ReturnSetInfo, types: &[Oid]) -> Option<pg_sys::TupleDesc> {
     // SAFETY: the executor's descriptor for this call, read only
     unsafe {
         let desc = (*rsinfo).expectedDesc;
@@ -738,7 +884,7 @@ unsafe fn expected_desc(rsinfo: *mut pg_sys::ReturnSetInfo) -> Option<pg_sys::Tu
             return None;
         }
         let d = PgTupleDesc::from_pg_unchecked(desc);
-        let ok = d.len() == OUT_TYPES.len() && d.iter().zip(OUT_TYPES).all(|(a, t)| a.atttypid == t);
+        let ok = d.len() == types.len() && d.iter().zip(types).all(|(a, t)| a.atttypid == *t);
         ok.then_some(desc)
     }
 }
@@ -764,9 +910,9 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
         let key = pg_sys::pg_detoast_datum_packed(key.cast_mut_ptr());
         let key = pgrx::varlena::varlena_to_byte_slice(key);
 
-        check_token(key, |row| {
-            if !holds(row, required) {
-                return None;
+        check_token(key, required, 1, |row, outcome| {
+            if !outcome.valid() {
+                return;
             }
             let k = row.key_cols;
             let mut values = [Datum::from(0usize); 6];
@@ -788,7 +934,6 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
             pg_sys::MemoryContextSwitchTo(old);
             pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
             (*rsinfo).setResult = store;
-            Some(())
         })?;
         Ok(())
     }
@@ -803,5 +948,148 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
 pub unsafe extern "C-unwind" fn verify_key_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     // SAFETY: see verify_key_srf
     deferred(unsafe { verify_key_srf(fcinfo) });
+    Datum::from(0usize)
+}
+
+// ---------------------------------------------------------------------------
+// check_key
+
+/// `check_key`'s columns, in order, and their types.
+const CHECK_TYPES: [Oid; 12] = [
+    pg_sys::BOOLOID,
+    pg_sys::TEXTOID,
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTARRAYOID,
+    pg_sys::JSONBOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::INT8OID,
+    pg_sys::INT4OID,
+    pg_sys::INT4OID,
+    pg_sys::TIMESTAMPTZOID,
+];
+
+/// The largest cost one check may ask for.
+pub const MAX_COST: i64 = 1_000_000_000;
+
+fn code_of(outcome: &Outcome) -> &'static CStr {
+    match outcome {
+        Outcome::Valid(_) => c"valid",
+        Outcome::Scope => c"insufficient_scope",
+        Outcome::Limited(d) if d.code == limits::Code::UsageExceeded => c"usage_exceeded",
+        Outcome::Limited(_) => c"rate_limited",
+    }
+}
+
+unsafe fn check_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
+    // SAFETY: as verify_key_srf
+    unsafe {
+        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        if rsinfo.is_null()
+            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
+            || (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32 == 0
+        {
+            return Err(ApiError::Internal);
+        }
+        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+        (*rsinfo).setResult = std::ptr::null_mut();
+        let Some(desc) = expected_desc_of(rsinfo, &CHECK_TYPES) else { return Err(ApiError::Internal) };
+        let nargs = (*fcinfo).nargs;
+        let required = if nargs > 1 { pgrx::fcinfo::pg_getarg_datum(fcinfo, 1) } else { None };
+        let cost = if nargs > 2 {
+            match pgrx::fcinfo::pg_getarg_datum(fcinfo, 2) {
+                Some(d) => i64::from(d.value() as i32),
+                None => return Err(ApiError::NullArgument(c"cost must not be null")),
+            }
+        } else {
+            1
+        };
+        if !(0..=MAX_COST).contains(&cost) {
+            return Err(ApiError::Invalid(crate::rules::RuleError::Cost));
+        }
+        let store = |values: &mut [Datum; 12], nulls: &mut [bool; 12]| {
+            let econtext = (*rsinfo).econtext;
+            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
+            let random =
+                (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
+            let st = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+            pg_sys::MemoryContextSwitchTo(old);
+            pg_sys::tuplestore_putvalues(st, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            (*rsinfo).setResult = st;
+        };
+        let key = pgrx::fcinfo::pg_getarg_datum(fcinfo, 0).map(|k| {
+            let k = pg_sys::pg_detoast_datum_packed(k.cast_mut_ptr());
+            pgrx::varlena::varlena_to_byte_slice(k)
+        });
+        let answered = match key {
+            Some(key) => check_token(key, required, cost, |row, outcome| {
+                let k = row.key_cols;
+                let mut values = [Datum::from(0usize); 12];
+                let mut nulls = [true; 12];
+                values[0] = Datum::from(outcome.valid());
+                nulls[0] = false;
+                values[1] = Datum::from(pg_sys::cstring_to_text(code_of(outcome).as_ptr()));
+                nulls[1] = false;
+                for (i, col) in [k.id, k.workspace_id, k.owner, k.scopes, k.metadata, k.expires_at]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let v = if (2..=4).contains(&i) { row.varlena(col) } else { row.datum(col) };
+                    if let Some(v) = v {
+                        values[i + 2] = v;
+                        nulls[i + 2] = false;
+                    }
+                }
+                let d = match outcome {
+                    Outcome::Valid(d) => *d,
+                    Outcome::Limited(d) => Some(*d),
+                    Outcome::Scope => None,
+                };
+                let credits = d.and_then(|d| d.credits_remaining).or_else(|| row.limit_spec().credits);
+                if let Some(c) = credits {
+                    values[8] = Datum::from(c);
+                    nulls[8] = false;
+                }
+                if let Some(d) = d {
+                    if let Some(l) = d.limit {
+                        values[9] = Datum::from(l.min(i64::from(i32::MAX)) as i32);
+                        nulls[9] = false;
+                        if let Some(r) = d.remaining {
+                            values[10] = Datum::from(r.min(i64::from(i32::MAX)) as i32);
+                            nulls[10] = false;
+                        }
+                        if let Some(t) = d.reset {
+                            values[11] = Datum::from(t);
+                            nulls[11] = false;
+                        }
+                    }
+                }
+                store(&mut values, &mut nulls);
+            })?
+            .is_some(),
+            None => false,
+        };
+        if !answered {
+            // unknown, malformed, revoked, expired, suspended: one answer
+            let mut values = [Datum::from(0usize); 12];
+            let mut nulls = [true; 12];
+            values[0] = Datum::from(false);
+            nulls[0] = false;
+            values[1] = Datum::from(pg_sys::cstring_to_text(c"invalid".as_ptr()));
+            nulls[1] = false;
+            store(&mut values, &mut nulls);
+        }
+        Ok(())
+    }
+}
+
+/// `check_key`'s wrapper, called by its C entry point (`entry_points!`).
+///
+/// # Safety
+/// Called through the C entry point by PostgreSQL's function manager only.
+pub unsafe extern "C-unwind" fn check_key_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    // SAFETY: see check_key_srf
+    deferred(unsafe { check_key_srf(fcinfo) });
     Datum::from(0usize)
 }

@@ -103,7 +103,7 @@ SELECT t.tgrelid::regclass AS tbl, t.tgname, t.tgenabled, t.tgfoid::regprocedure
    AND t.tgrelid IN (SELECT objid FROM regress.extension_objects WHERE cls = 'pg_class'::regclass)
  ORDER BY t.tgrelid::regclass::text, 2;
 -- what the extension registered for pg_dump
-SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'pg_apikeys' ORDER BY 1;
+SELECT unnest(extconfig)::regclass AS dumped FROM pg_extension WHERE extname = 'pg_apikeys' ORDER BY 1::text;
 -- nothing in the schema escapes the snapshot: every function, table, view
 -- and sequence in apikeys is an extension member
 SELECT p.oid::regprocedure::text AS not_a_member FROM pg_proc p

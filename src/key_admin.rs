@@ -1,0 +1,468 @@
+//! Changing a key after its mint: `update_key`, `suspend_key`,
+//! `resume_key`, limits and credits at mint (`create_key`'s new arguments),
+//! renewal (`rotate_key`'s `expires_at`), and `set_owner_limit`
+//! (docs/reference.md, "Limits and credits").
+//!
+//! Every change is an UPDATE of `keys` (or `owner_limits`) in the caller's
+//! transaction; the audit triggers record it with old and new values.
+//! Limits and credits need the usage engine: without the preload, setting
+//! one raises 0A000.
+
+use pgrx::datum::{AnyElement, Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::Uuid;
+
+use crate::errors::{ApiError, ApiResult};
+use crate::fmgr::deferred;
+use crate::keys::{authorize_scopes, check_metadata, manageable_key, NewKey};
+use crate::rules::{self, RuleError};
+use crate::spi::name_taken;
+use crate::workspaces::{caller, membership, require_admin};
+
+/// Limits and credits given to `create_key` or `update_key`. In
+/// `update_key` a NULL leaves a field alone; `rate_limit = 0` removes the
+/// rate limit, `credits = -1` removes the credits (and the refill),
+/// `refill_amount = 0` removes the refill.
+#[derive(Clone, Copy, Default)]
+pub struct LimitArgs {
+    pub rate_limit: Option<i32>,
+    pub rate_window: Option<Interval>,
+    pub credits: Option<i64>,
+    pub refill_amount: Option<i64>,
+    pub refill_interval: Option<Interval>,
+}
+
+impl LimitArgs {
+    fn any(&self) -> bool {
+        self.rate_limit.is_some()
+            || self.rate_window.is_some()
+            || self.credits.is_some()
+            || self.refill_amount.is_some()
+            || self.refill_interval.is_some()
+    }
+
+    /// Whether these arguments set (not remove) a limit or credits.
+    fn sets_something(&self) -> bool {
+        self.rate_limit.is_some_and(|l| l > 0)
+            || self.credits.is_some_and(|c| c >= 0)
+            || self.refill_amount.is_some_and(|a| a > 0)
+    }
+
+    /// Check the arguments (ranges, pairs) for a key whose current values
+    /// are `current`; 0A000 when a limit is set without the usage engine.
+    fn check(&self, client: &mut SpiClient<'_>, current: &Current) -> ApiResult<()> {
+        self.check_rules(client, current)?;
+        if self.sets_something() && !crate::limits::active() {
+            return Err(ApiError::LimitsNeedPreload);
+        }
+        Ok(())
+    }
+
+    /// The argument rules alone (ranges, pairs).
+    fn check_rules(&self, client: &mut SpiClient<'_>, current: &Current) -> ApiResult<()> {
+        match (self.rate_limit, self.rate_window) {
+            (Some(0), _) => {}
+            (Some(l), Some(w)) if l > 0 => window_in_range(client, w)?,
+            (Some(_), _) | (None, Some(_)) => return Err(RuleError::RateLimit.into()),
+            (None, None) => {}
+        }
+        if let Some(c) = self.credits {
+            if c < -1 {
+                return Err(RuleError::Credits.into());
+            }
+        }
+        let credits_after = match self.credits {
+            Some(-1) => false,
+            Some(_) => true,
+            None => current.has_credits,
+        };
+        match (self.refill_amount, self.refill_interval) {
+            (Some(0), _) => {}
+            (Some(a), Some(i)) if a > 0 => {
+                let period: Option<String> = client
+                    .select("SELECT apikeys.refill_period($1)", Some(1), &[i.into()])?
+                    .first()
+                    .get(1)?;
+                if period.is_none() || !credits_after {
+                    return Err(RuleError::Refill.into());
+                }
+            }
+            (Some(_), _) | (None, Some(_)) => return Err(RuleError::Refill.into()),
+            // removing the credits removes a refill with them (apply_limits)
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
+fn window_in_range(client: &mut SpiClient<'_>, w: Interval) -> ApiResult<()> {
+    let ok: bool = client
+        .select("SELECT $1 >= interval '1 second' AND $1 <= interval '1 day'", Some(1), &[w.into()])?
+        .first()
+        .get(1)?
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::RateLimit.into())
+    }
+}
+
+/// What a key is now, as far as a change needs to know.
+struct Current {
+    workspace_id: Uuid,
+    owner: String,
+    name: String,
+    revoked: bool,
+    has_credits: bool,
+}
+
+fn current(client: &mut SpiClient<'_>, key_id: Uuid) -> ApiResult<Current> {
+    // locked: two changes of one key run one after the other
+    let row = client.update(
+        "SELECT workspace_id, owner, name, revoked_at IS NOT NULL, credits IS NOT NULL
+           FROM apikeys.keys WHERE id = $1 FOR UPDATE",
+        Some(1),
+        &[key_id.into()],
+    )?;
+    if row.is_empty() {
+        return Err(ApiError::KeyNotFound);
+    }
+    let r = row.first();
+    Ok(Current {
+        workspace_id: r.get(1)?.ok_or(ApiError::Internal)?,
+        owner: r.get(2)?.ok_or(ApiError::Internal)?,
+        name: r.get(3)?.ok_or(ApiError::Internal)?,
+        revoked: r.get(4)?.unwrap_or(false),
+        has_credits: r.get(5)?.unwrap_or(false),
+    })
+}
+
+/// Apply limit arguments to a key (validated by [`LimitArgs::check`]).
+fn apply_limits(client: &mut SpiClient<'_>, key_id: Uuid, a: &LimitArgs) -> ApiResult<()> {
+    if !a.any() {
+        return Ok(());
+    }
+    client.update(
+        "UPDATE apikeys.keys SET
+            rate_limit = CASE WHEN $2 IS NULL THEN rate_limit WHEN $2 = 0 THEN NULL ELSE $2 END,
+            rate_window = CASE WHEN $2 IS NULL THEN rate_window WHEN $2 = 0 THEN NULL ELSE $3 END,
+            credits = CASE WHEN $4 IS NULL THEN credits WHEN $4 = -1 THEN NULL ELSE $4 END,
+            credits_refilled_at = CASE WHEN $4 IS NULL OR $4 = -1 THEN credits_refilled_at
+                                       ELSE pg_catalog.statement_timestamp() END,
+            refill_amount = CASE WHEN $4 = -1 OR $5 = 0 THEN NULL WHEN $5 IS NULL THEN refill_amount ELSE $5 END,
+            refill_interval = CASE WHEN $4 = -1 OR $5 = 0 THEN NULL WHEN $5 IS NULL THEN refill_interval ELSE $6 END
+          WHERE id = $1",
+        None,
+        &[
+            key_id.into(),
+            a.rate_limit.into(),
+            a.rate_window.into(),
+            a.credits.into(),
+            a.refill_amount.into(),
+            a.refill_interval.into(),
+        ],
+    )?;
+    if a.credits.is_some() {
+        // this server reloads the balance from the row at the next check;
+        // others see credits_refilled_at change
+        crate::limits::forget(key_id.as_bytes());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// create_key with limits
+
+#[allow(clippy::too_many_arguments)]
+fn create_key_limited_impl(
+    workspace_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+    metadata: Option<AnyElement>,
+    prefix: Option<&str>,
+    limits: LimitArgs,
+) -> ApiResult<NewKey> {
+    // in create_key, 0 and -1 remove nothing: they are out of range
+    if limits.rate_limit.is_some_and(|l| l <= 0) {
+        return Err(RuleError::RateLimit.into());
+    }
+    if limits.credits.is_some_and(|c| c < 0) {
+        return Err(RuleError::Credits.into());
+    }
+    if limits.refill_amount.is_some_and(|a| a <= 0) {
+        return Err(RuleError::Refill.into());
+    }
+    if limits.any() {
+        Spi::connect_mut(|client| {
+            limits.check(
+                client,
+                &Current {
+                    workspace_id: Uuid::from_bytes([0; 16]),
+                    owner: String::new(),
+                    name: String::new(),
+                    revoked: false,
+                    has_credits: false,
+                },
+            )
+        })?;
+    }
+    let k = crate::keys::create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)?;
+    Spi::connect_mut(|client| apply_limits(client, k.id, &limits))?;
+    Ok(k)
+}
+
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn create_key_limited(
+    workspace_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    expires_at: Option<TimestampWithTimeZone>,
+    metadata: Option<AnyElement>,
+    prefix: Option<&str>,
+    rate_limit: Option<i32>,
+    rate_window: Option<Interval>,
+    credits: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_interval: Option<Interval>,
+) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
+{
+    let limits = LimitArgs { rate_limit, rate_window, credits, refill_amount, refill_interval };
+    match deferred(create_key_limited_impl(workspace_id, name, scopes, expires_at, metadata, prefix, limits))
+    {
+        Some(k) => TableIterator::once((k.id, k.name, k.prefix, k.key)),
+        None => TableIterator::empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// rotate_key with a new expiry (renewal)
+
+fn rotate_key_renew_impl(
+    key_id: Option<Uuid>,
+    grace: Option<Interval>,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> ApiResult<NewKey> {
+    // any future expiry: the new key is a new key (the shrink-only rule is
+    // about one key's life)
+    crate::keys::check_future(expires_at)?;
+    crate::keys::rotate_key_impl(key_id, grace, expires_at)
+}
+
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn rotate_key_renew(
+    key_id: Option<Uuid>,
+    grace: Option<Interval>,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
+{
+    match deferred(rotate_key_renew_impl(key_id, grace, expires_at)) {
+        Some(k) => TableIterator::once((k.id, k.name, k.prefix, k.key)),
+        None => TableIterator::empty(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// update_key
+
+#[allow(clippy::too_many_arguments)]
+fn update_key_impl(
+    key_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    metadata: Option<AnyElement>,
+    limits: LimitArgs,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> ApiResult<()> {
+    crate::errors::require_writable()?;
+    let caller = caller()?;
+    let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
+    let name = name.map(rules::key_name).transpose()?;
+    let scopes = scopes.map(|s| rules::scopes(&s)).transpose()?;
+    crate::keys::check_future(expires_at)?;
+    Spi::connect_mut(|client| {
+        manageable_key(client, &caller, key_id)?;
+        caller.require_key_manage()?;
+        let cur = current(client, key_id)?;
+        if cur.revoked {
+            return Err(ApiError::KeyRevokedForGood);
+        }
+        limits.check(client, &cur)?;
+        if let Some(m) = metadata {
+            check_metadata(client, m)?;
+        }
+        if let Some(s) = &scopes {
+            // within the owner's scopes, and the calling key's
+            let m = membership(client, cur.workspace_id, &cur.owner)?;
+            if m.role != rules::Role::Admin && !s.iter().all(|x| m.scopes.contains(x)) {
+                return Err(ApiError::OwnerScopeEscalation);
+            }
+            let me = membership(client, cur.workspace_id, &caller.principal)?;
+            authorize_scopes(&caller, me.role, &me.scopes, s)?;
+        }
+        if let Some(n) = &name {
+            if *n != cur.name && name_taken(client, cur.workspace_id, n)? {
+                return Err(ApiError::NameTaken);
+            }
+        }
+        // SAFETY: the caller's jsonb argument, alive for the call
+        let meta = metadata.map(|m| unsafe { pgrx::datum::DatumWithOid::new(m, pgrx::pg_sys::JSONBOID) });
+        client.update(
+            "UPDATE apikeys.keys SET
+                name = coalesce($2, name),
+                scopes = coalesce($3, scopes),
+                metadata = coalesce($4, metadata),
+                expires_at = coalesce($5, expires_at)
+              WHERE id = $1",
+            None,
+            &[
+                key_id.into(),
+                name.into(),
+                scopes.into(),
+                meta.unwrap_or_else(|| pgrx::datum::DatumWithOid::null_oid(pgrx::pg_sys::JSONBOID)),
+                expires_at.into(),
+            ],
+        )?;
+        apply_limits(client, key_id, &limits)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(sql = false)]
+fn update_key(
+    key_id: Option<Uuid>,
+    name: Option<&str>,
+    scopes: Option<Vec<Option<String>>>,
+    metadata: Option<AnyElement>,
+    rate_limit: Option<i32>,
+    rate_window: Option<Interval>,
+    credits: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_interval: Option<Interval>,
+    expires_at: Option<TimestampWithTimeZone>,
+) -> Option<bool> {
+    let limits = LimitArgs { rate_limit, rate_window, credits, refill_amount, refill_interval };
+    deferred(update_key_impl(key_id, name, scopes, metadata, limits, expires_at)).map(|_| true)
+}
+
+// ---------------------------------------------------------------------------
+// suspend_key / resume_key
+
+fn suspend_impl(key_id: Option<Uuid>, suspend: bool) -> ApiResult<bool> {
+    crate::errors::require_writable()?;
+    let caller = caller()?;
+    let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
+    Spi::connect_mut(|client| {
+        manageable_key(client, &caller, key_id)?;
+        if let Some(k) = &caller.key {
+            // a key may suspend itself; anything else needs apikeys:manage
+            if !(suspend && k.key_id == key_id) {
+                caller.require_key_manage()?;
+            }
+        }
+        let cur = current(client, key_id)?;
+        if cur.revoked {
+            return Err(ApiError::KeyRevokedForGood);
+        }
+        let changed = client.update(
+            if suspend {
+                "UPDATE apikeys.keys SET suspended_at = pg_catalog.now() WHERE id = $1 AND suspended_at IS NULL RETURNING 1"
+            } else {
+                "UPDATE apikeys.keys SET suspended_at = NULL WHERE id = $1 AND suspended_at IS NOT NULL RETURNING 1"
+            },
+            None,
+            &[key_id.into()],
+        )?;
+        Ok(!changed.is_empty())
+    })
+}
+
+/// `suspend_key(key_id)`: true when it suspended the key, false when it was
+/// suspended already.
+#[pg_extern(sql = false)]
+fn suspend_key(key_id: Option<Uuid>) -> Option<bool> {
+    deferred(suspend_impl(key_id, true))
+}
+
+/// `resume_key(key_id)`: true when it resumed the key, false when it was
+/// not suspended.
+#[pg_extern(sql = false)]
+fn resume_key(key_id: Option<Uuid>) -> Option<bool> {
+    deferred(suspend_impl(key_id, false))
+}
+
+// ---------------------------------------------------------------------------
+// set_owner_limit
+
+fn set_owner_limit_impl(
+    workspace_id: Option<Uuid>,
+    owner: Option<&str>,
+    rate_limit: Option<i32>,
+    rate_window: Option<Interval>,
+) -> ApiResult<()> {
+    crate::errors::require_writable()?;
+    let caller = caller()?;
+    let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
+    let owner = owner.ok_or(ApiError::NullArgument(c"owner must not be null"))?;
+    rules::principal(owner)?;
+    if rate_limit.is_some() && !crate::limits::active() {
+        return Err(ApiError::LimitsNeedPreload);
+    }
+    Spi::connect_mut(|client| {
+        require_admin(client, &caller, workspace_id)?;
+        match (rate_limit, rate_window) {
+            (Some(l), Some(w)) if l > 0 => {
+                window_in_range(client, w)?;
+                client.update(
+                    "INSERT INTO apikeys.owner_limits (workspace_id, owner, rate_limit, rate_window)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (workspace_id, owner) DO UPDATE
+                        SET rate_limit = excluded.rate_limit, rate_window = excluded.rate_window",
+                    None,
+                    &[workspace_id.into(), owner.into(), l.into(), w.into()],
+                )?;
+            }
+            (None, None) => {
+                client.update(
+                    "DELETE FROM apikeys.owner_limits WHERE workspace_id = $1 AND owner = $2",
+                    None,
+                    &[workspace_id.into(), owner.into()],
+                )?;
+            }
+            _ => return Err(RuleError::RateLimit.into()),
+        }
+        // every key of the owner in the workspace carries the limit
+        client.update(
+            "UPDATE apikeys.keys SET owner_rate_limit = $3, owner_rate_window = $4
+              WHERE workspace_id = $1 AND owner = $2
+                AND (owner_rate_limit IS DISTINCT FROM $3 OR owner_rate_window IS DISTINCT FROM $4)",
+            None,
+            &[workspace_id.into(), owner.into(), rate_limit.into(), rate_window.into()],
+        )?;
+        client.update(
+            "INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+             VALUES ($1, apikeys.current_principal(), 'owner.limit_set',
+                     pg_catalog.jsonb_build_object('owner', $2::text, 'rate_limit', $3::int,
+                                                   'rate_window', $4::interval))",
+            None,
+            &[workspace_id.into(), owner.into(), rate_limit.into(), rate_window.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// `set_owner_limit(workspace_id, owner, rate_limit, rate_window)`: a limit
+/// shared by all of `owner`'s keys in the workspace; NULL and NULL remove it.
+#[pg_extern(sql = false)]
+fn set_owner_limit(
+    workspace_id: Option<Uuid>,
+    owner: Option<&str>,
+    rate_limit: Option<i32>,
+    rate_window: Option<Interval>,
+) -> Option<bool> {
+    deferred(set_owner_limit_impl(workspace_id, owner, rate_limit, rate_window)).map(|_| true)
+}
