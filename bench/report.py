@@ -100,6 +100,16 @@ def summarise(runs, facts):
                 "lock_waits": r["lock_waits"], "wal_bytes_per_verify": r["wal_bytes"] / r["txns"],
                 "wal_bytes_per_verify_with_flush": (r["wal_bytes"] + (flush_wal.get(rnd) or 0)) / r["txns"],
             }
+        lim = [r for r in rs if r["phase"] == "limits"]
+        if lim:
+            s["limits"] = {
+                "ratio": median(per_round_ratio(lim, "check", "floor")),
+                "floor": median(r["tps"] for r in lim if r["script"] == "floor"),
+                "check": median(r["tps"] for r in lim if r["script"] == "check"),
+            }
+        hot = [r for r in rs if r["phase"] == "hot"]
+        if hot:
+            s["hot_tps"] = hot[0]["tps"]
         out[n] = s
     return out
 
@@ -161,6 +171,21 @@ def report(summary, general) -> list[str]:
                      f"{c['lock_waits']:10d}  {c['wal_bytes_per_verify']:12.1f}  "
                      f"{c['wal_bytes_per_verify_with_flush']:10.1f}")
     L.append("")
+    L.append("Limits: (e) check_key on keys with a rate limit and credits, vs (a) over the same keys")
+    for n, s in summary.items():
+        lim = s.get("limits")
+        if not lim:
+            continue
+        f = s["facts"]
+        L.append(f"  {fmt_n(n):>12} keys ({f.get('limit_keys', 0):,} limited): (e)/(a) {lim['ratio']:.3f}  "
+                 f"(a) {lim['floor']:.0f} tps, (e) {lim['check']:.0f} tps; limits table "
+                 f"{f.get('limits_shmem_bytes', 0) / 2**20:.1f} MB for {f.get('limit_slots', 0):,} slots")
+        if f.get("hot_limit"):
+            secs = f["hot_seconds"]
+            L.append(f"  {'':>12}  one hot key, {f['hot_limit']:,}/s, {s.get('hot_tps', 0):.0f} checks/s: "
+                     f"{f['hot_accepted']:,} accepted in {secs:.1f} s ({f['hot_accepted'] / secs:,.0f}/s), "
+                     f"{f['hot_refused']:,} refused")
+    L.append("")
     L.append("Usage engine")
     for n, s in summary.items():
         f = s["facts"]
@@ -202,6 +227,18 @@ def report(summary, general) -> list[str]:
     for n, s in summary.items():
         v = s["ratios"]["b_over_a"]
         L.append(f"  (b)/(a) >= 0.85 at {fmt_n(n)} keys: {v:.3f}  {'met' if v >= TARGETS['b_over_a'] else 'NOT met'}")
+    for n, s in summary.items():
+        if "limits" in s:
+            v = s["limits"]["ratio"]
+            L.append(f"  check_key with a rate limit and credits >= 0.8 of the floor at {fmt_n(n)} keys: {v:.3f}  "
+                     f"{'met' if v >= 0.8 else 'NOT met'}")
+        f = s["facts"]
+        if f.get("hot_limit"):
+            secs = f["hot_seconds"]
+            most = f["hot_limit"] * (int(secs) + 2)
+            ok = f["hot_accepted"] <= most
+            L.append(f"  one hot key admits at most its limit per window at {fmt_n(n)} keys: "
+                     f"{f['hot_accepted']:,} <= {most:,} ({int(secs) + 2} windows touched)  {'met' if ok else 'NOT met'}")
     for n, s in summary.items():
         v = s["steady"]["verify"]["wal_bytes_per_txn"]
         L.append(f"  WAL per steady verify at {fmt_n(n)} keys (the usage engine's flushes of key_usage included): "

@@ -19,6 +19,8 @@
 #   BENCH_BATCH=50000            keys per minting transaction
 #   BENCH_USAGE_SLOTS=262144     apikeys.usage_slots of the bench cluster
 #   BENCH_FLUSH_KEYS=100000      distinct keys in the measured usage flush (at most what is left)
+#   BENCH_LIMIT_KEYS=100000      keys given a rate limit and credits for (e) check_key
+#   BENCH_HOT_LIMIT=1000         rate limit per second of the one hot key
 #   BENCH_SHARED_BUFFERS         default: enough for the largest size
 #   BENCH_PUBLISH=1              copy the chart to docs/performance.png
 #   BENCH_KEEP=1                 leave the cluster running (and its data) at the end
@@ -43,6 +45,8 @@ LOAD_JOBS="${BENCH_LOAD_JOBS:-2}"
 BATCH="${BENCH_BATCH:-50000}"
 USAGE_SLOTS="${BENCH_USAGE_SLOTS:-262144}"
 FLUSH_KEYS="${BENCH_FLUSH_KEYS:-100000}"
+LIMIT_KEYS="${BENCH_LIMIT_KEYS:-100000}"
+HOT_LIMIT="${BENCH_HOT_LIMIT:-1000}"
 WARMUP_SECS=2
 OUT="$ROOT/target/bench"
 SOCK="$DIR/sock"
@@ -389,6 +393,45 @@ bench_size() {
         done
     done
 
+    # -- limits: check_key on keys with a rate limit and credits (never
+    # reached), against the floor over the same keys; then one hot key
+    local m=$LIMIT_KEYS
+    [ "$m" -gt "$n" ] && m=$n
+    say "$n keys: limits on $m keys; $ROUNDS rounds x ${SECS} s of (a) floor and (e) check_key over them"
+    psql_b postgres "$db" -c "UPDATE apikeys.keys k SET rate_limit = 1000000000, rate_window = '1 day',
+                                     credits = 1000000000000, credits_refilled_at = now()
+                                FROM apikeys.key_hashes h, bench.tokens t
+                               WHERE h.key_id = k.id AND h.hash = sha256(convert_to(t.token, 'UTF8')) AND t.i <= $m" >/dev/null
+    psql_b postgres "$db" -c "VACUUM (ANALYZE) apikeys.keys, apikeys.audit_log" >/dev/null
+    for s in floor check; do # warm-up: every limited key gets its entry
+        (cd "$BENCH_SRC" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$JOBS" -h "$SOCK" -p "$PORT" \
+            -U "$(role_of "$s")" -f "$s.sql" -D n="$m" -T "$WARMUP_SECS" "$db" >/dev/null 2>&1)
+    done
+    psql_b bench_client "$db" -c "SELECT count(*) FROM bench.tokens t, apikeys.check_key(t.token) c WHERE t.i <= $m" >/dev/null
+    for round in $(seq 1 "$ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then order="floor check"; else order="check floor"; fi
+        for s in $order; do
+            run_pgbench "$n" limits "$round" "$s" "$(role_of "$s")" "$db" -T "$SECS" -D n="$m"
+        done
+    done
+    fact "$n" limit_keys "$m"
+    fact "$n" limits_shmem_bytes "$(q "$db" "SELECT size FROM pg_shmem_allocations WHERE name = 'pg_apikeys limits table'")"
+    fact "$n" limit_slots "$(q "$db" "SHOW apikeys.limit_slots")"
+    # one hot key: HOT_LIMIT per second, every client on it
+    psql_b postgres "$db" -c "UPDATE apikeys.keys k SET rate_limit = $HOT_LIMIT, rate_window = '1 second', credits = NULL
+                                FROM apikeys.key_hashes h, bench.tokens t
+                               WHERE h.key_id = k.id AND h.hash = sha256(convert_to(t.token, 'UTF8')) AND t.i = 1" >/dev/null
+    local v0 r0 v1 r1 t0 t1
+    read -r v0 r0 <<<"$(q "$db" "SELECT verified || ' ' || rejected FROM apikeys.usage_stats()")"
+    t0=$(now)
+    run_pgbench "$n" hot 1 hot bench_client "$db" -T "$SECS"
+    t1=$(now)
+    read -r v1 r1 <<<"$(q "$db" "SELECT verified || ' ' || rejected FROM apikeys.usage_stats()")"
+    fact "$n" hot_limit "$HOT_LIMIT"
+    fact "$n" hot_accepted "$((v1 - v0))"
+    fact "$n" hot_refused "$((r1 - r0))"
+    fact "$n" hot_seconds "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')"
+
     # -- minting: create_key vs the bare two-row insert, alternating
     say "$n keys: minting, $ROUNDS rounds x ${MINT_SECS} s of (d) create_key and the bare insert"
     for round in $(seq 1 "$ROUNDS"); do
@@ -439,6 +482,7 @@ role_of() {
         floor) echo postgres ;;
         verify) echo bench_client ;;
         postgrest) echo bench_authenticator ;;
+        check|hot) echo bench_client ;;
         *) echo bench_admin ;;
     esac
 }

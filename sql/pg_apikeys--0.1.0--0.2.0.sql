@@ -1015,30 +1015,19 @@ REVOKE ALL ON FUNCTION apikeys.flush_usage(integer) FROM PUBLIC;
 -- suspend_key, resume_key, set_owner_limit; create_key gains the limit
 -- arguments and rotate_key an expires_at (each dropped and created again:
 -- a new argument list is a new function; grant_to grants them again).
-CREATE FUNCTION apikeys.refill_period(i interval) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT CASE
-            WHEN $1 IS NULL THEN NULL
-            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 1
-                 AND pg_catalog.date_part('day', $1) = 0
-                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 month') = 0 THEN 'month'
-            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 0
-                 AND pg_catalog.date_part('day', $1) = 1
-                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 day') = 0 THEN 'day'
-        END
-    $$;
 
-COMMENT ON FUNCTION apikeys.refill_period(interval) IS
-    'Internal: day or month for a refill interval of exactly 1 day or 1 month, else NULL.';
 
 ALTER TABLE apikeys.keys
     ADD COLUMN rate_limit          integer     CHECK (rate_limit > 0),
     ADD COLUMN rate_window         interval    CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
     ADD COLUMN credits             bigint      CHECK (credits >= 0),
     ADD COLUMN refill_amount       bigint      CHECK (refill_amount > 0),
-    ADD COLUMN refill_interval     interval    CHECK (refill_interval IS NULL OR apikeys.refill_period(refill_interval) IS NOT NULL),
+    ADD COLUMN refill_interval     interval    CHECK (refill_interval IS NULL OR (date_part('year', refill_interval) = 0
+                                        AND date_part('hour', refill_interval) = 0
+                                        AND date_part('minute', refill_interval) = 0
+                                        AND date_part('second', refill_interval) = 0
+                                        AND ((date_part('month', refill_interval) = 1 AND date_part('day', refill_interval) = 0)
+                                             OR (date_part('month', refill_interval) = 0 AND date_part('day', refill_interval) = 1)))),
     ADD COLUMN credits_refilled_at timestamptz,
     ADD COLUMN suspended_at        timestamptz,
     ADD COLUMN owner_rate_limit    integer,
@@ -1370,7 +1359,6 @@ CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
     EXECUTE FUNCTION apikeys.audit_keys();
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_audit_change;
 REVOKE ALL ON apikeys.owner_limits FROM PUBLIC;
-REVOKE ALL ON FUNCTION apikeys.refill_period(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.keys_owner_limit() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.rotate_key(uuid, interval, timestamptz) FROM PUBLIC;

@@ -2,26 +2,6 @@
 -- Every object lives in schema apikeys. Client roles never write these tables
 -- directly: all writes go through the functions in functions.sql.
 
--- The refill period an interval names: 'day' for exactly 1 day, 'month' for
--- exactly 1 month, else NULL (a CHECK on keys.refill_interval uses it:
--- interval equality would take '30 days' for '1 month').
-CREATE FUNCTION apikeys.refill_period(i interval) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT CASE
-            WHEN $1 IS NULL THEN NULL
-            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 1
-                 AND pg_catalog.date_part('day', $1) = 0
-                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 month') = 0 THEN 'month'
-            WHEN pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('month', $1) = 0
-                 AND pg_catalog.date_part('day', $1) = 1
-                 AND pg_catalog.date_part('epoch', $1 OPERATOR(pg_catalog.-) interval '1 day') = 0 THEN 'day'
-        END
-    $$;
-COMMENT ON FUNCTION apikeys.refill_period(interval) IS
-    'Internal: day or month for a refill interval of exactly 1 day or 1 month, else NULL.';
-
 CREATE TABLE apikeys.workspaces (
     id          uuid        PRIMARY KEY,
     name        text        NOT NULL,
@@ -73,7 +53,12 @@ CREATE TABLE apikeys.keys (
     rate_window         interval    CHECK (rate_window >= interval '1 second' AND rate_window <= interval '1 day'),
     credits             bigint      CHECK (credits >= 0),
     refill_amount       bigint      CHECK (refill_amount > 0),
-    refill_interval     interval    CHECK (refill_interval IS NULL OR apikeys.refill_period(refill_interval) IS NOT NULL),
+    refill_interval     interval    CHECK (refill_interval IS NULL OR (date_part('year', refill_interval) = 0
+                                        AND date_part('hour', refill_interval) = 0
+                                        AND date_part('minute', refill_interval) = 0
+                                        AND date_part('second', refill_interval) = 0
+                                        AND ((date_part('month', refill_interval) = 1 AND date_part('day', refill_interval) = 0)
+                                             OR (date_part('month', refill_interval) = 0 AND date_part('day', refill_interval) = 1)))),
     credits_refilled_at timestamptz,
     -- a reversible pause (suspend_key / resume_key); revoked_at is the latch
     suspended_at        timestamptz,

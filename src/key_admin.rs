@@ -80,11 +80,21 @@ impl LimitArgs {
         match (self.refill_amount, self.refill_interval) {
             (Some(0), _) => {}
             (Some(a), Some(i)) if a > 0 => {
-                let period: Option<String> = client
-                    .select("SELECT apikeys.refill_period($1)", Some(1), &[i.into()])?
+                // exactly '1 day' or '1 month' (interval equality would take
+                // '30 days' for a month and '24 hours' for a day)
+                let period: bool = client
+                    .select(
+                        "SELECT pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('hour', $1) = 0
+                            AND pg_catalog.date_part('minute', $1) = 0 AND pg_catalog.date_part('second', $1) = 0
+                            AND ((pg_catalog.date_part('month', $1) = 1 AND pg_catalog.date_part('day', $1) = 0)
+                                 OR (pg_catalog.date_part('month', $1) = 0 AND pg_catalog.date_part('day', $1) = 1))",
+                        Some(1),
+                        &[i.into()],
+                    )?
                     .first()
-                    .get(1)?;
-                if period.is_none() || !credits_after {
+                    .get(1)?
+                    .unwrap_or(false);
+                if !period || !credits_after {
                     return Err(RuleError::Refill.into());
                 }
             }

@@ -621,6 +621,11 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_96_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 96);
+    }
+
+    #[test]
     fn windows_roll_on_their_boundaries() {
         let mut e = Entry::default();
         let w = Window { len: 10 };

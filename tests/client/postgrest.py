@@ -79,6 +79,9 @@ class Response:
     rows: list[dict[str, Any]] = field(default_factory=list)
     sqlstate: str | None = None
     body: dict[str, Any] | None = None  # PostgREST's error JSON, on error
+    # response headers: from response.headers on success, from the DETAIL
+    # of a PGRST error (PostgREST's error takeover) on error
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # short, and never a whole 1 MB header
         what = self.body if self.sqlstate else self.rows
@@ -154,12 +157,26 @@ def request(
             cur.execute(f"SELECT {PRE_REQUEST}()")
             cur.execute(query, params)
             rows = cur.fetchall() if cur.description else []
+            # PostgREST reads response.headers (a JSON array of one-key
+            # objects) after the query, before the commit
+            cur.execute("SELECT current_setting('response.headers', true) AS h")
+            raw = cur.fetchone()["h"]
             cur.execute("COMMIT")
         except psycopg.Error as e:
             conn.execute("ROLLBACK")
             if e.sqlstate is None:  # not a server error: a bug in the test
                 raise
             diag = e.diag
+            if e.sqlstate == "PGRST":
+                # PostgREST's error takeover: MESSAGE is the body, DETAIL
+                # the status and headers (PostgREST v11+)
+                detail = json.loads(diag.message_detail or "{}")
+                return Response(
+                    status=int(detail["status"]),
+                    sqlstate=e.sqlstate,
+                    body=json.loads(diag.message_primary or "{}"),
+                    headers={k: str(v) for k, v in (detail.get("headers") or {}).items()},
+                )
             return Response(
                 status=http_status(e.sqlstate, authed),
                 sqlstate=e.sqlstate,
@@ -171,4 +188,8 @@ def request(
                 },
             )
     created = method == "POST" and not path.startswith("/rpc/")
-    return Response(status=201 if created else 200, rows=rows)
+    headers_out: dict[str, str] = {}
+    if raw:
+        for item in json.loads(raw):
+            headers_out.update({k: str(v) for k, v in item.items()})
+    return Response(status=201 if created else 200, rows=rows, headers=headers_out)

@@ -285,3 +285,106 @@ def test_clean_shutdown_keeps_pending_usage(clusters):
         assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
         assert one(su, None, "SELECT count(*) AS n FROM apikeys.keys WHERE last_used_at IS NOT NULL")["n"] == 3
     assert not (c.data / "pg_apikeys_usage.pending").exists()
+
+
+# -- rate limits and credits ---------------------------------------------------
+
+
+def hammer(c: Cluster, db: str, token: Secret, clients: int, each: int, cost: int = 1) -> dict[str, int]:
+    """`clients` sessions each run `each` check_key calls at once; the codes counted."""
+    counts: dict[str, int] = {}
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def client() -> None:
+        try:
+            with c.connect(db) as conn:
+                for _ in range(each):
+                    code = conn.execute("SELECT code FROM apikeys.check_key(%s, NULL, %s)",
+                                        (token, cost)).fetchone()["code"]
+                    with lock:
+                        counts[code] = counts.get(code, 0) + 1
+        except Exception as e:  # reported below
+            errors.append(redact(str(e)))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return counts
+
+
+def test_limits_are_exact_under_concurrency(primary):
+    """4 sessions × 100 checks of a key allowed 50 a day: exactly 50 valid.
+    A key with 120 credits checked 4 × 100 times at cost 1: exactly 120
+    valid, never below zero, and the written balance and key_usage agree."""
+    data = setup_db(primary, "exactlimits", keys=2)
+    with primary.connect("exactlimits") as su:
+        call(su, None, "UPDATE apikeys.keys SET rate_limit = 50, rate_window = '1 day' WHERE id = %s",
+             (data["ids"][0],))
+        call(su, None, "UPDATE apikeys.keys SET credits = 120, credits_refilled_at = now() WHERE id = %s",
+             (data["ids"][1],))
+        su.execute("SELECT apikeys.flush_usage()")
+    got = hammer(primary, "exactlimits", data["tokens"][0], 4, 100)
+    assert got == {"valid": 50, "rate_limited": 350}
+    got = hammer(primary, "exactlimits", data["tokens"][1], 4, 100)
+    assert got == {"valid": 120, "usage_exceeded": 280}
+    with primary.connect("exactlimits") as su:
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        row = one(su, None, "SELECT credits FROM apikeys.keys WHERE id = %s", (data["ids"][1],))
+        assert row["credits"] == 0
+        usage = one(su, None, "SELECT sum(verified) AS v, sum(rejected) AS r FROM apikeys.key_usage WHERE key_id = %s",
+                    (data["ids"][1],))
+        assert (usage["v"], usage["r"]) == (120, 280)
+        # and the check after all that: still refused, balance 0, not below
+        r = one(su, None, "SELECT code, credits_remaining FROM apikeys.check_key(%s)", (data["tokens"][1],))
+        assert r == {"code": "usage_exceeded", "credits_remaining": 0}
+
+
+def test_a_standby_enforces_its_own_limit(primary, clusters):
+    """Each server counts its own window: a key allowed 3 a day gets 3 on the
+    primary and 3 more on a standby."""
+    data = setup_db(primary, "hslimits", keys=1)
+    with primary.connect("hslimits") as su:
+        call(su, None, "UPDATE apikeys.keys SET rate_limit = 3, rate_window = '1 day' WHERE id = %s",
+             (data["ids"][0],))
+        lsn = one(su, None, "SELECT pg_current_wal_lsn()::text AS l")["l"]
+    standby = clusters("usage_standby2").basebackup_of(primary, {**PRELOAD, "apikeys.usage_slots": 1024})
+    standby.start()
+    with standby.connect("hslimits") as s:
+        wait_until(lambda: one(s, None, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn AS ok", (lsn,))["ok"],
+                   30, "standby replay")
+        codes = [one(s, None, "SELECT code FROM apikeys.check_key(%s)", (data["tokens"][0],))["code"]
+                 for _ in range(4)]
+        assert codes == ["valid", "valid", "valid", "rate_limited"]
+    with primary.connect("hslimits") as p:
+        codes = [one(p, None, "SELECT code FROM apikeys.check_key(%s)", (data["tokens"][0],))["code"]
+                 for _ in range(4)]
+        assert codes == ["valid", "valid", "valid", "rate_limited"]
+
+
+def test_kill_9_over_serves_credits_by_at_most_one_interval(clusters):
+    """Credits 100: 30 used and written by a flush, 20 more used, then kill -9
+    before the next flush. After the restart the balance is the written 70:
+    the 20 debits of the lost interval are served again, never more."""
+    c = clusters("usage_credits_crash").init({**PRELOAD, "apikeys.usage_flush_interval": 3600})
+    c.start()
+    data = setup_db(c, "credits", keys=1)
+    tok = data["tokens"][0]
+    with c.connect("credits") as su:
+        call(su, None, "UPDATE apikeys.keys SET credits = 100, credits_refilled_at = now() WHERE id = %s",
+             (data["ids"][0],))
+        assert hammer(c, "credits", tok, 1, 30) == {"valid": 30}
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        assert one(su, None, "SELECT credits FROM apikeys.keys")["credits"] == 70
+        assert hammer(c, "credits", tok, 1, 20) == {"valid": 20}
+    c.kill9()
+    c.start()
+    with c.connect("credits") as su:
+        assert one(su, None, "SELECT credits FROM apikeys.keys")["credits"] == 70
+    after = hammer(c, "credits", tok, 2, 50)
+    # served in all: 30 + 20 + 70 = 120 of 100 credits: over by the 20 the
+    # lost interval admitted, and no more
+    assert after == {"valid": 70, "usage_exceeded": 30}
