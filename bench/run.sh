@@ -164,6 +164,7 @@ apikeys.last_used_interval = 3600
 # the usage engine (its cold phase runs once without it too: cluster_mode)
 shared_preload_libraries = 'pg_apikeys'
 apikeys.usage_slots = $USAGE_SLOTS
+apikeys.limit_slots = 262144
 CONF
     as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
 }
@@ -363,6 +364,9 @@ bench_size() {
     # those on extending a relation (not a row lock: SKIP LOCKED cannot skip it)
     fact "$n" warm_lock_waits "$(tail -c +"$((log0 + 1))" "$LOG" | grep -c 'still waiting for' || true)"
     fact "$n" warm_lock_waits_extension "$(tail -c +"$((log0 + 1))" "$LOG" | grep 'still waiting for' | grep -c 'on extension of relation' || true)"
+    # the usage engine writes last_used_at: let it write what is pending
+    flush_usage "$db" >/dev/null
+    fact "$n" warm_fallbacks "$(q "$db" "SELECT fallbacks FROM apikeys.usage_stats()")"
     local unused
     unused=$((n - $(used_keys "$db" 1 "$n")))
     fact "$n" unused_after_warm "$unused"
