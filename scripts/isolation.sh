@@ -34,27 +34,5 @@ if [ "$#" -gt 0 ]; then
     run "$ROOT/target/isolation" "$@"
     exit
 fi
-total=0; failed=0; status=0
-for mode in ${ISOLATION_MODES:-in_transaction shared_memory}; do
-    preload=1; [ "$mode" = in_transaction ] && preload=0
-    APIKEYS_PRELOAD=$preload scripts/cluster.sh restart >/dev/null
-    say "isolation, usage recorded $mode"
-    log="$ROOT/target/isolation-$mode.log"
-    run "$ROOT/target/isolation-$mode" --schedule=tests/isolation/schedule 2>&1 | tee "$log" || status=1
-    line=$(grep -E 'tests (passed|failed)' "$log" | tail -1)
-    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
-        total=$((total + BASH_REMATCH[1]))
-    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
-        total=$((total + BASH_REMATCH[2])); failed=$((failed + BASH_REMATCH[1]))
-    else
-        failed=$((failed + 1)); total=$((total + 1))
-    fi
-done
-scripts/cluster.sh restart >/dev/null
-echo
-if [ "$failed" = 0 ] && [ "$status" = 0 ]; then
-    echo "# All $total tests passed."
-else
-    echo "# $failed of $total tests failed."
-    exit 1
-fi
+. "$ROOT/scripts/modes-lib.sh"
+in_both_modes isolation tests/isolation/schedule "${ISOLATION_MODES:-in_transaction shared_memory}"

@@ -29,29 +29,5 @@ if [ "$#" -gt 0 ]; then
     exit
 fi
 
-total=0; failed=0; status=0
-for mode in ${REGRESS_MODES:-in_transaction shared_memory}; do
-    preload=1; [ "$mode" = in_transaction ] && preload=0
-    APIKEYS_PRELOAD=$preload scripts/cluster.sh restart >/dev/null
-    say "pg_regress, usage recorded $mode"
-    log="$ROOT/target/regress-$mode.log"
-    run "$ROOT/target/regress-$mode" --schedule=tests/pg_regress/schedule 2>&1 | tee "$log" || status=1
-    # pg_regress's closing line: "All N tests passed." or "F of N tests failed."
-    line=$(grep -E 'tests (passed|failed)' "$log" | tail -1)
-    if [[ "$line" =~ All\ ([0-9]+)\ tests\ passed ]]; then
-        total=$((total + BASH_REMATCH[1]))
-    elif [[ "$line" =~ ([0-9]+)\ of\ ([0-9]+)\ tests\ failed ]]; then
-        total=$((total + BASH_REMATCH[2])); failed=$((failed + BASH_REMATCH[1]))
-    else
-        failed=$((failed + 1)); total=$((total + 1))
-    fi
-done
-# leave the cluster as make run starts it
-scripts/cluster.sh restart >/dev/null
-echo
-if [ "$failed" = 0 ] && [ "$status" = 0 ]; then
-    echo "# All $total tests passed."
-else
-    echo "# $failed of $total tests failed."
-    exit 1
-fi
+. "$ROOT/scripts/modes-lib.sh"
+in_both_modes regress tests/pg_regress/schedule "${REGRESS_MODES:-in_transaction shared_memory}"
