@@ -17,7 +17,8 @@
 #   BENCH_MEM_VERIFIES=1000000   verifies in one backend for the memory check (0: skip)
 #   BENCH_LOAD_JOBS=2            parallel psql sessions minting / warming keys
 #   BENCH_BATCH=50000            keys per minting transaction
-#   BENCH_USAGE_SLOTS=262144     apikeys.usage_slots of the bench cluster
+#   BENCH_USAGE_SLOTS=1048576    apikeys.usage_slots of the bench cluster (at 1 M keys
+#                                drawn at random, one flush interval sees ~300 000 distinct keys)
 #   BENCH_FLUSH_KEYS=100000      distinct keys in the measured usage flush (at most what is left)
 #   BENCH_LIMIT_KEYS=100000      keys given a rate limit and credits for (e) check_key
 #   BENCH_HOT_LIMIT=1000         rate limit per second of the one hot key
@@ -43,7 +44,7 @@ COLD="${BENCH_COLD_KEYS:-5000}"
 MEM_N="${BENCH_MEM_VERIFIES:-1000000}"
 LOAD_JOBS="${BENCH_LOAD_JOBS:-2}"
 BATCH="${BENCH_BATCH:-50000}"
-USAGE_SLOTS="${BENCH_USAGE_SLOTS:-262144}"
+USAGE_SLOTS="${BENCH_USAGE_SLOTS:-1048576}"
 FLUSH_KEYS="${BENCH_FLUSH_KEYS:-100000}"
 LIMIT_KEYS="${BENCH_LIMIT_KEYS:-100000}"
 HOT_LIMIT="${BENCH_HOT_LIMIT:-1000}"

@@ -480,10 +480,34 @@ BEGIN
 END
 $$;
 
+-- keys_guard's WHEN lists every column the function checks, so the writes
+-- of last_used_at and of credits (every verify's bookkeeping) call nothing
 CREATE TRIGGER keys_guard BEFORE UPDATE ON apikeys.keys
-    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
+    FOR EACH ROW
+    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+          OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+          OR OLD.replaced_by IS DISTINCT FROM NEW.replaced_by
+          OR OLD.suspended_at IS DISTINCT FROM NEW.suspended_at
+          OR OLD.id IS DISTINCT FROM NEW.id
+          OR OLD.workspace_id IS DISTINCT FROM NEW.workspace_id
+          OR OLD.owner IS DISTINCT FROM NEW.owner
+          OR OLD.prefix IS DISTINCT FROM NEW.prefix
+          OR OLD.created_at IS DISTINCT FROM NEW.created_at
+          OR OLD.source IS DISTINCT FROM NEW.source)
+    EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER keys_guard_final AFTER UPDATE ON apikeys.keys
-    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_guard();
+    FOR EACH ROW
+    WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+          OR OLD.expires_at IS DISTINCT FROM NEW.expires_at
+          OR OLD.replaced_by IS DISTINCT FROM NEW.replaced_by
+          OR OLD.suspended_at IS DISTINCT FROM NEW.suspended_at
+          OR OLD.id IS DISTINCT FROM NEW.id
+          OR OLD.workspace_id IS DISTINCT FROM NEW.workspace_id
+          OR OLD.owner IS DISTINCT FROM NEW.owner
+          OR OLD.prefix IS DISTINCT FROM NEW.prefix
+          OR OLD.created_at IS DISTINCT FROM NEW.created_at
+          OR OLD.source IS DISTINCT FROM NEW.source)
+    EXECUTE FUNCTION apikeys.keys_guard();
 CREATE TRIGGER key_hashes_guard BEFORE UPDATE ON apikeys.key_hashes
     FOR EACH ROW EXECUTE FUNCTION apikeys.key_hashes_guard();
 CREATE TRIGGER members_guard BEFORE UPDATE ON apikeys.members
@@ -505,7 +529,8 @@ CREATE TRIGGER audit_log_guard BEFORE UPDATE ON apikeys.audit_log
     FOR EACH ROW EXECUTE FUNCTION apikeys.audit_log_guard();
 
 -- Audit triggers. The keys one skips updates of last_used_at alone, so
--- verify_key never writes an audit row. An INSERT of a row whose created_at
+-- verify_key never writes an audit row, and the usage engine's writes of
+-- credits (a debit is not a change anyone made). An INSERT of a row whose created_at
 -- lies before the transaction (what pg_restore and pg_dump's plain SQL do
 -- with every row) is not audited: the dump brings that row's audit rows
 -- with it, and a second set would collide with their ids.
@@ -522,7 +547,7 @@ CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
           OR OLD.suspended_at IS DISTINCT FROM NEW.suspended_at
           OR OLD.rate_limit IS DISTINCT FROM NEW.rate_limit
           OR OLD.rate_window IS DISTINCT FROM NEW.rate_window
-          OR OLD.credits IS DISTINCT FROM NEW.credits
+          OR (OLD.credits IS DISTINCT FROM NEW.credits AND NOT apikeys.in_usage_worker())
           OR OLD.refill_amount IS DISTINCT FROM NEW.refill_amount
           OR OLD.refill_interval IS DISTINCT FROM NEW.refill_interval)
     EXECUTE FUNCTION apikeys.audit_keys();
@@ -617,10 +642,18 @@ CREATE TRIGGER keys_owner_limit BEFORE INSERT ON apikeys.keys
     FOR EACH ROW EXECUTE FUNCTION apikeys.keys_owner_limit();
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_owner_limit;
 
+-- the usage flush updates many rows at once: the guard's function runs only
+-- for an update that breaks a rule (the WHEN clause is its own test)
 CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
-    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+    FOR EACH ROW
+    WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+    EXECUTE FUNCTION apikeys.key_usage_guard();
 CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
-    FOR EACH ROW EXECUTE FUNCTION apikeys.key_usage_guard();
+    FOR EACH ROW
+    WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+    EXECUTE FUNCTION apikeys.key_usage_guard();
 CREATE TRIGGER key_usage_no_delete BEFORE DELETE ON apikeys.key_usage
     FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
 CREATE TRIGGER key_usage_no_truncate BEFORE TRUNCATE ON apikeys.key_usage

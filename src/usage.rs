@@ -18,8 +18,10 @@
 //!   for each database with pending entries it starts
 //! * a **flusher** (`pg_apikeys_usage_flush`, a dynamic worker connected to
 //!   that database), which takes the database's entries out and writes them
-//!   in one transaction: one `INSERT … ON CONFLICT` into `key_usage` and one
-//!   `UPDATE` of `keys.last_used_at` per batch, then exits. Short-lived, so
+//!   in one transaction: one `INSERT … ON CONFLICT` into `key_usage` per
+//!   batch (the entry carries the key's workspace, so no key is read), and
+//!   one `UPDATE` of `keys.last_used_at` per batch of keys whose verifies
+//!   found it due, then exits. Short-lived, so
 //!   it never holds a database that someone wants to drop.
 //!
 //! Nothing is dropped without being counted: events of keys that no longer
@@ -52,7 +54,7 @@ const BATCH: usize = 10_000;
 const TRANCHE: &CStr = c"pg_apikeys usage";
 const SEGMENT: &CStr = c"pg_apikeys usage table";
 const PENDING_FILE: &str = "pg_apikeys_usage.pending";
-const PENDING_MAGIC: &[u8; 8] = b"PGAKU001";
+const PENDING_MAGIC: &[u8; 8] = b"PGAKU002";
 const USECS_PER_HOUR: i64 = 3_600_000_000;
 
 /// One (database, key, hour): what happened since the last flush.
@@ -62,12 +64,29 @@ pub struct Entry {
     pub used: u32,
     pub dbid: u32,
     pub key: [u8; 16],
+    /// the key's workspace (write-once in `keys`): the flush needs no look-up
+    pub workspace: [u8; 16],
     /// hours since 2000-01-01 00:00 UTC (PostgreSQL's epoch)
     pub hour: i64,
     pub verified: u64,
     pub rejected: u64,
-    /// the latest verified use (TimestampTz), 0 when none
+    /// the latest verified use that found `last_used_at` due (TimestampTz), 0 when none
     pub last_used: i64,
+    /// oid of the `apikeys.keys` the key was read from: an entry of a
+    /// dropped (and maybe re-created) extension no longer matches
+    pub keys_rel: u32,
+    /// 1 when a verify found the key row written by its own open
+    /// transaction (a key minted there): the flush checks that it exists
+    pub uncommitted: u32,
+}
+
+/// The key a verify found, as the usage engine records it.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef {
+    pub id: [u8; 16],
+    pub workspace: [u8; 16],
+    pub keys_rel: u32,
+    pub uncommitted: bool,
 }
 
 const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
@@ -238,6 +257,11 @@ fn put(slots: &mut [Entry], h: u64, e: &Entry) -> Result<bool, ()> {
             s.verified += e.verified;
             s.rejected += e.rejected;
             s.last_used = s.last_used.max(e.last_used);
+            // the latest read wins (an extension dropped and re-created
+            // in between: the key is the new extension's now)
+            s.keys_rel = e.keys_rel;
+            s.workspace = e.workspace;
+            s.uncommitted |= e.uncommitted;
             return Ok(false); // merged
         }
     }
@@ -285,9 +309,12 @@ pub enum Outcome {
     Rejected,
 }
 
-/// Record a verify of `key` in this database at `now`. `false` when the
-/// table had no room: the caller falls back to its in-transaction write.
-pub fn record(key: &[u8; 16], outcome: Outcome, now: pg_sys::TimestampTz) -> bool {
+/// Record a verify of `key` in this database at `now`; `stamp`: the key's
+/// `last_used_at` is due (older than `apikeys.last_used_interval`), so the
+/// flush writes it (a key used again within the interval costs the flush
+/// nothing but its count). `false` when the table had no room: the caller
+/// falls back to its in-transaction write.
+pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: bool) -> bool {
     let hd = header();
     let verified = outcome == Outcome::Verified;
     // SAFETY: backend-local
@@ -295,11 +322,14 @@ pub fn record(key: &[u8; 16], outcome: Outcome, now: pg_sys::TimestampTz) -> boo
     let e = Entry {
         used: 1,
         dbid,
-        key: *key,
+        key: key.id,
+        workspace: key.workspace,
+        keys_rel: key.keys_rel,
+        uncommitted: u32::from(key.uncommitted),
         hour: now.div_euclid(USECS_PER_HOUR),
         verified: u64::from(verified),
         rejected: u64::from(!verified),
-        last_used: if verified { now } else { 0 },
+        last_used: if verified && stamp { now } else { 0 },
     };
     if verified {
         hd.verified.fetch_add(1, Ordering::Relaxed);
@@ -517,35 +547,32 @@ fn load_pending() {
 // ---------------------------------------------------------------------------
 // The flusher
 
-const FLUSH_SQL: &str = "\
-WITH u AS (
-    SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[]),
-                             pg_catalog.unnest($3::int8[]), pg_catalog.unnest($4::int8[]),
-                             pg_catalog.unnest($5::timestamptz[]))
-        AS u(key_id, hour, verified, rejected, last_used)
-), known AS (
-    SELECT u.*, k.workspace_id FROM u JOIN apikeys.keys k ON k.id OPERATOR(pg_catalog.=) u.key_id
-), counted AS (
-    INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected)
-    SELECT key_id, workspace_id, hour, verified, rejected FROM known WHERE $7
-    ON CONFLICT (key_id, hour) DO UPDATE
-       SET verified = ku.verified OPERATOR(pg_catalog.+) excluded.verified,
-           rejected = ku.rejected OPERATOR(pg_catalog.+) excluded.rejected
-    RETURNING 1
-), stamped AS (
-    UPDATE apikeys.keys k SET last_used_at = l.t
-      FROM (SELECT key_id, pg_catalog.max(last_used) AS t FROM known
-             WHERE last_used IS NOT NULL GROUP BY key_id) l
-     WHERE k.id OPERATOR(pg_catalog.=) l.key_id AND $6 OPERATOR(pg_catalog.>=) 0
-       AND (k.last_used_at IS NULL
-            OR k.last_used_at OPERATOR(pg_catalog.<=)
-               (l.t OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $6)))
-    RETURNING 1
-)
-SELECT (SELECT pg_catalog.count(*) FROM counted) AS counted,
-       (SELECT pg_catalog.count(*) FROM stamped) AS stamped,
-       (SELECT coalesce(pg_catalog.sum(verified OPERATOR(pg_catalog.+) rejected), 0)::int8
-          FROM known) AS known_events";
+/// The counts of one batch: one row per entry (an entry is one key and
+/// hour), added to the row already there. The workspace comes with the
+/// entry (write-once in `keys`), so no row of `keys` is read.
+const COUNT_SQL: &str = "\
+INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected)
+SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]),
+                         pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::int8[]),
+                         pg_catalog.unnest($5::int8[]))
+ON CONFLICT (key_id, hour) DO UPDATE
+   SET verified = ku.verified OPERATOR(pg_catalog.+) excluded.verified,
+       rejected = ku.rejected OPERATOR(pg_catalog.+) excluded.rejected";
+
+/// `last_used_at` of the keys whose verifies found it due (each key once),
+/// still at most once per `apikeys.last_used_interval`.
+const STAMP_SQL: &str = "\
+UPDATE apikeys.keys k SET last_used_at = l.t
+  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[])) AS l(key_id, t)
+ WHERE k.id OPERATOR(pg_catalog.=) l.key_id
+   AND (k.last_used_at IS NULL
+        OR k.last_used_at OPERATOR(pg_catalog.<=) (l.t OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $3)))";
+
+/// Of the keys given, those that do not exist (minted by a transaction
+/// that then rolled back, or has not committed yet).
+const MISSING_SQL: &str = "\
+SELECT m.id FROM pg_catalog.unnest($1::uuid[]) AS m(id)
+ WHERE NOT EXISTS (SELECT FROM apikeys.keys k WHERE k.id OPERATOR(pg_catalog.=) m.id)";
 
 thread_local! {
     static IN_FLUSHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -592,13 +619,12 @@ pub extern "C-unwind" fn pg_apikeys_usage_flush(arg: pg_sys::Datum) {
 /// Write the entries; returns how many events landed on an existing key.
 fn write(entries: &[Entry], interval: f64) -> u64 {
     Spi::connect_mut(|client: &mut SpiClient<'_>| {
-        // nothing a database's users created can stand in for a name below
-        if client.update("SET LOCAL search_path = pg_catalog, pg_temp", None, &[]).is_err() {
+        if !flusher_settings(client) {
             return 0;
         }
         let ready = client
             .select(
-                "SELECT pg_catalog.to_regclass('apikeys.keys') IS NOT NULL AS keys,
+                "SELECT pg_catalog.to_regclass('apikeys.keys')::pg_catalog.oid AS keys,
                         pg_catalog.to_regclass('apikeys.key_usage') IS NOT NULL AS usage",
                 Some(1),
                 &[],
@@ -606,9 +632,9 @@ fn write(entries: &[Entry], interval: f64) -> u64 {
             .ok()
             .map(|t| {
                 let r = t.first();
-                (r.get::<bool>(1).ok().flatten() == Some(true), r.get::<bool>(2).ok().flatten() == Some(true))
+                (r.get::<pg_sys::Oid>(1).ok().flatten(), r.get::<bool>(2).ok().flatten() == Some(true))
             });
-        let Some((true, has_usage)) = ready else { return 0 };
+        let Some((Some(keys_rel), has_usage)) = ready else { return 0 };
         // a logical replication subscriber receives key_usage from its
         // publisher: its own counts would collide with the replicated rows
         let subscribed = has_usage
@@ -623,32 +649,50 @@ fn write(entries: &[Entry], interval: f64) -> u64 {
                 .and_then(|t| t.first().get::<bool>(1).ok().flatten())
                 .unwrap_or(true);
         let counts = has_usage && !subscribed;
+        // keys of this extension's keys table (not of one dropped since)
+        let mut live: Vec<&Entry> = entries.iter().filter(|e| e.keys_rel == keys_rel.to_u32()).collect();
+        // keys that a verify found minted by its own transaction: only
+        // those that exist now (keys are never deleted otherwise)
+        let unsure: Vec<pgrx::Uuid> =
+            live.iter().filter(|e| e.uncommitted != 0).map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+        if !unsure.is_empty() {
+            let missing: std::collections::HashSet<[u8; 16]> = match client.select(MISSING_SQL, None, &[unsure.into()]) {
+                Ok(t) => t
+                    .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes()))
+                    .collect(),
+                Err(_) => return 0,
+            };
+            live.retain(|e| !missing.contains(&e.key));
+        }
         let mut written = 0u64;
-        for batch in entries.chunks(BATCH) {
-            let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
-            let hours: Vec<TimestampWithTimeZone> =
-                batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
-            let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
-            let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
-            let last: Vec<Option<TimestampWithTimeZone>> =
-                batch.iter().map(|e| (e.last_used != 0).then(|| ts(e.last_used))).collect();
-            let r = client.update(
-                FLUSH_SQL,
-                Some(1),
-                &[
-                    ids.into(),
-                    hours.into(),
-                    ver.into(),
-                    rej.into(),
-                    last.into(),
-                    interval.into(),
-                    counts.into(),
-                ],
-            );
-            if let Ok(t) = r {
-                let known = t.first().get::<i64>(3).ok().flatten().unwrap_or(0);
-                if counts {
-                    written += known as u64;
+        if counts {
+            for batch in live.chunks(BATCH) {
+                let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+                let wss: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
+                let hours: Vec<TimestampWithTimeZone> =
+                    batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
+                let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
+                let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
+                let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
+                if client.update(COUNT_SQL, None, &args).is_err() {
+                    return written;
+                }
+                written += batch.iter().map(|e| e.verified + e.rejected).sum::<u64>();
+            }
+        }
+        if interval >= 0.0 {
+            // one stamp per key: its latest due use over the entries' hours
+            let mut due: std::collections::HashMap<[u8; 16], i64> = std::collections::HashMap::new();
+            for e in live.iter().filter(|e| e.last_used != 0) {
+                let t = due.entry(e.key).or_insert(e.last_used);
+                *t = (*t).max(e.last_used);
+            }
+            let due: Vec<([u8; 16], i64)> = due.into_iter().collect();
+            for batch in due.chunks(BATCH) {
+                let ids: Vec<pgrx::Uuid> = batch.iter().map(|(k, _)| pgrx::Uuid::from_bytes(*k)).collect();
+                let at: Vec<TimestampWithTimeZone> = batch.iter().map(|(_, t)| ts(*t)).collect();
+                if client.update(STAMP_SQL, None, &[ids.into(), at.into(), interval.into()]).is_err() {
+                    return written;
                 }
             }
         }
@@ -674,7 +718,7 @@ RETURNING k.id, c.refilled_at";
 /// Write credit debits and refills; returns the refills written (key, time).
 fn write_credits(credits: &[crate::limits::CreditWrite]) -> Vec<([u8; 16], i64)> {
     Spi::connect_mut(|client: &mut SpiClient<'_>| {
-        if client.update("SET LOCAL search_path = pg_catalog, pg_temp", None, &[]).is_err() {
+        if !flusher_settings(client) {
             return Vec::new();
         }
         let present = client
@@ -701,6 +745,20 @@ fn write_credits(credits: &[crate::limits::CreditWrite]) -> Vec<([u8; 16], i64)>
         }
         out
     })
+}
+
+/// The flusher's transaction settings: nothing a database's users created
+/// can stand in for a name, and each batch joins its keys by the primary
+/// key (a batch of 10 000 keys would otherwise be planned as a hash join
+/// over a scan of the whole `keys` table).
+fn flusher_settings(client: &mut SpiClient<'_>) -> bool {
+    [
+        "SET LOCAL search_path = pg_catalog, pg_temp",
+        "SET LOCAL enable_hashjoin = off",
+        "SET LOCAL enable_mergejoin = off",
+    ]
+    .into_iter()
+    .all(|q| client.update(q, None, &[]).is_ok())
 }
 
 fn ts(t: i64) -> TimestampWithTimeZone {
@@ -827,7 +885,7 @@ mod tests {
     use super::*;
 
     fn entry(dbid: u32, k: u8, hour: i64) -> Entry {
-        Entry { used: 1, dbid, key: [k; 16], hour, verified: 1, rejected: 0, last_used: 5 }
+        Entry { used: 1, dbid, key: [k; 16], hour, verified: 1, rejected: 0, last_used: 5, ..Entry::default() }
     }
 
     #[test]
@@ -856,6 +914,6 @@ mod tests {
 
     #[test]
     fn an_entry_is_plain_fixed_size_data() {
-        assert_eq!(ENTRY_BYTES, 56);
+        assert_eq!(ENTRY_BYTES, 80);
     }
 }

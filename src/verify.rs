@@ -342,7 +342,7 @@ impl Row<'_> {
 /// What a successful look-up gives besides the caller's result.
 struct Hit<R> {
     result: R,
-    key_id: [u8; UUID_BYTES],
+    key: usage::KeyRef,
     stale: bool,
 }
 
@@ -351,7 +351,7 @@ enum Found<R> {
     /// no key has this hash
     NoKey,
     /// a key has it, but it is revoked, expired or suspended
-    Refused([u8; UUID_BYTES]),
+    Refused(usage::KeyRef),
     Hit(Hit<R>),
 }
 
@@ -433,6 +433,16 @@ impl Probe {
             pg_sys::heap_deform_tuple(self.tuple, (*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr())
         };
         true
+    }
+
+    /// Whether the row found was written by this (still open) transaction:
+    /// a key minted here exists only if the transaction commits.
+    unsafe fn written_here(&self) -> bool {
+        // SAFETY: a found heap tuple (checked), its header read while pinned
+        unsafe {
+            !self.tuple.is_null()
+                && pg_sys::TransactionIdIsCurrentTransactionId((*(*self.tuple).t_data).t_choice.t_heap.t_xmin)
+        }
     }
 
     unsafe fn end(self) {
@@ -562,17 +572,23 @@ fn find_live_key<R>(
         }
         let k = r.key_cols;
         let now = statement_now();
+        let row = Row { values: &values, nulls: &nulls, key_cols: k };
+        let key = usage::KeyRef {
+            id: key_id,
+            workspace: row.uuid(k.workspace_id),
+            keys_rel: r.keys.to_u32(),
+            uncommitted: p.written_here(),
+        };
         if !live(&values, &nulls, k, now) {
             p.end();
-            return Ok(Found::Refused(key_id));
+            return Ok(Found::Refused(key));
         }
         let ts = |col: usize| (!nulls[col]).then(|| values[col].value() as i64);
         let window = i64::from(interval.max(0)) * 1_000_000;
         let stale = ts(k.last_used_at).is_none_or(|u| u <= now.saturating_sub(window));
-        let row = Row { values: &values, nulls: &nulls, key_cols: k };
         let result = f(&row);
         p.end();
-        Ok(Found::Hit(Hit { result, key_id, stale }))
+        Ok(Found::Hit(Hit { result, key, stale }))
     }
 }
 
@@ -797,10 +813,10 @@ fn check_token<R>(
             }
             return Ok(None);
         }
-        Found::Refused(key_id) => {
+        Found::Refused(key) => {
             // a refusal has nothing to write in a transaction: without room
             // in the table it goes unrecorded (and counted as such)
-            if engine && !usage::record(&key_id, usage::Outcome::Rejected, statement_now()) {
+            if engine && !usage::record(&key, usage::Outcome::Rejected, statement_now(), false) {
                 usage::record_unrecorded();
             }
             return Ok(None);
@@ -808,18 +824,19 @@ fn check_token<R>(
     };
     let (result, outcome) = hit.result;
     if !outcome.valid() {
-        if engine && !usage::record(&hit.key_id, usage::Outcome::Rejected, statement_now()) {
+        if engine && !usage::record(&hit.key, usage::Outcome::Rejected, statement_now(), false) {
             usage::record_unrecorded();
         }
         return Ok(Some((result, outcome)));
     }
     // the usage engine records the use in shared memory: no write here,
     // unless its table is full (then the write of old, counted as a fallback)
-    if engine && usage::record(&hit.key_id, usage::Outcome::Verified, statement_now()) {
+    let due = hit.stale && interval >= 0;
+    if engine && usage::record(&hit.key, usage::Outcome::Verified, statement_now(), due) {
         return Ok(Some((result, outcome)));
     }
-    if hit.stale && interval >= 0 && may_touch() {
-        touch(hit.key_id, interval)?;
+    if due && may_touch() {
+        touch(hit.key.id, interval)?;
     } else if engine && !may_touch() {
         usage::record_unrecorded();
     }

@@ -194,6 +194,34 @@ def test_dropped_extension_and_database_with_pending_usage(primary):
     assert "PANIC" not in log and "terminated by signal" not in log
 
 
+def test_a_key_minted_in_a_rolled_back_transaction_counts_nowhere(primary):
+    """The flush reads no key row for an entry (the entry carries the key's
+    workspace), except for keys a verify found written by its own open
+    transaction: those are written only if they exist at the flush. Verifies
+    happened even when their transaction rolls back, so the verify of a
+    committed key in that transaction still counts."""
+    data = setup_db(primary, "rollback", keys=1)
+    with primary.connect("rollback") as su:
+        su.execute("SELECT apikeys.flush_usage()")
+        before = stats(su)
+        with su.transaction(force_rollback=True):
+            gone = one(su, "alice", "SELECT id, key FROM apikeys.create_key(%s, 'gone')", (data["ws"],))
+            assert verify_many(su, [Secret(gone["key"]), Secret(gone["key"]), data["tokens"][0]]) == 3
+            su.execute("RESET ROLE")
+        with su.transaction():
+            kept = one(su, "alice", "SELECT id, key FROM apikeys.create_key(%s, 'kept')", (data["ws"],))
+            assert verify_many(su, [Secret(kept["key"])]) == 1
+            su.execute("RESET ROLE")
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        after = stats(su)
+        rows = call(su, None, "SELECT key_id, workspace_id, verified FROM apikeys.key_usage ORDER BY verified")
+    assert delta(after, before, "verified", "discarded", "flushed") == {"verified": 4, "discarded": 2,
+                                                                        "flushed": 2}
+    assert {r["key_id"] for r in rows} == {data["ids"][0], kept["id"]}
+    assert gone["id"] not in {r["key_id"] for r in rows}
+    assert all(r["workspace_id"] == data["ws"] and r["verified"] == 1 for r in rows)
+
+
 def setup_key(su: psycopg.Connection) -> Secret:
     ws = one(su, "alice", "SELECT apikeys.create_workspace('again') AS id")["id"]
     return Secret(one(su, "alice", "SELECT key FROM apikeys.create_key(%s, 'again')", (ws,))["key"])
