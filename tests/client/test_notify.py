@@ -74,3 +74,18 @@ def test_leak_report_notifies(conn, world, database, su):
         assert received(listen) == [str(k["id"])]
     finally:
         listen.close()
+
+
+def test_suspension_notifies_and_resumption_does_not(conn, world, database):
+    """A suspended key stops verifying like a revoked one, so caches drop it
+    on the same channel; resuming sends nothing (a cache misses, then
+    verifies again)."""
+    listen = listener(database)
+    try:
+        k = world.mint(ALICE, world.ws_a, "paused", ["read"])
+        ok(rpc(conn, "suspend_key", {"key_id": k["id"]}, claims=ALICE))
+        assert received(listen) == [str(k["id"])]
+        ok(rpc(conn, "resume_key", {"key_id": k["id"]}, claims=ALICE))
+        assert received(listen, 0.3) == []
+    finally:
+        listen.close()

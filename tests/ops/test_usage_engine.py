@@ -11,6 +11,8 @@ interval itself is what it measures.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
@@ -294,6 +296,42 @@ def test_kill_9_loses_at_most_one_flush_interval(clusters):
         assert one(su, None, "SELECT revoked_at IS NOT NULL AS r FROM apikeys.keys WHERE id = %s",
                    (data["ids"][3],))["r"]
         assert verify_many(su, data["tokens"]) == 3
+
+
+def launcher_pid(c: Cluster) -> int | None:
+    try:
+        with c.connect() as su:
+            row = su.execute("SELECT pid FROM pg_stat_activity "
+                             "WHERE backend_type = 'pg_apikeys usage launcher'").fetchone()
+            return row["pid"] if row else None
+    except psycopg.OperationalError:
+        return None  # the server is restarting
+
+
+def test_a_crashed_launcher_comes_back(clusters):
+    """kill -9 of the launcher: PostgreSQL treats a worker with shared memory
+    that dies by a signal as a crash and restarts every process; the launcher
+    is registered again, so use recorded after the restart is flushed as
+    before. Flushed usage, keys and audit rows survive."""
+    c = clusters("usage_launcher").init(PRELOAD)
+    c.start()
+    data = setup_db(c, "relaunch", keys=2)
+    with c.connect("relaunch") as su:
+        assert verify_many(su, data["tokens"]) == 2
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+    first = launcher_pid(c)
+    assert first
+    os.kill(first, signal.SIGKILL)
+    again = wait_until(lambda: (p := launcher_pid(c)) and p != first and p, 60, "a new launcher")
+    assert again != first
+    with c.connect("relaunch") as su:
+        assert one(su, None, "SELECT apikeys.usage_mode() AS m")["m"] == "shared_memory"
+        assert verify_many(su, data["tokens"]) == 2
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 4
+    log = c.log_text()
+    assert "pg_apikeys usage launcher" in log and "terminated by signal 9" in log
+    assert "PANIC" not in log
 
 
 def test_clean_shutdown_keeps_pending_usage(clusters):
