@@ -215,3 +215,28 @@ def test_a_signed_github_report_over_http_revokes_the_key(server, world):
     assert r.body == [{"label": "true_positive", "token_hash": hashlib.sha256(k["key"].encode()).hexdigest(),
                        "token_type": "pg_apikeys_secret"}]
     assert_refused_key(request("GET", "/projects", key=k["key"]))
+
+
+# -- rate limits (the usage engine: the test cluster preloads the library) -------
+
+
+def test_a_rate_limited_key_gets_429_with_retry_after(server, world):
+    """authenticate() refuses the third request of a key allowed 2 a minute
+    with PostgREST's error takeover (SQLSTATE PGRST): postrust answers with
+    the status, headers and body the takeover names. Accepted requests
+    carry X-RateLimit-* (response.headers)."""
+    k = world.mint("limited", world.ws_a, ["read"])
+    as_user(world.su, "alice", "SELECT apikeys.update_key(%s, rate_limit => 2, rate_window => '1 minute')",
+            (k["id"],))
+    first = request("GET", "/projects", key=k["key"])
+    assert first.status == 200, first.body
+    assert first.headers.get("x-ratelimit-limit") == "2"
+    assert first.headers.get("x-ratelimit-remaining") == "1"
+    assert request("GET", "/projects", key=k["key"]).status == 200
+    refused = request("GET", "/projects", key=k["key"])
+    assert refused.status == 429, (refused.status, refused.body)
+    assert refused.body == {"code": "PT429", "message": "rate limit exceeded", "details": None, "hint": None}
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-limit"] == "2"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert int(refused.headers["x-ratelimit-reset"]) > time.time()
