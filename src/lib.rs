@@ -40,6 +40,7 @@ pub mod principal;
 pub mod public_keys;
 pub mod replication;
 pub mod rules;
+mod shmem;
 mod spi;
 pub mod token;
 pub mod usage;

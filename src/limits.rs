@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrx::pg_sys;
 
-use crate::gucs;
+use crate::{gucs, shmem};
 
 const PARTITIONS: usize = 32;
 /// How far past its place an entry may sit. Entries stay (they hold the
@@ -154,17 +154,7 @@ pub fn slots() -> u64 {
 }
 
 fn hash(dbid: u32, id: &[u8; 16], kind: u32) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&id[..8]);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&id[8..]);
-    let mut z = u64::from_le_bytes(a)
-        ^ u64::from_le_bytes(b).rotate_left(23)
-        ^ (u64::from(dbid) << 32)
-        ^ u64::from(kind);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    shmem::mix(dbid, id, u64::from(kind))
 }
 
 fn partition(h: u64) -> usize {
@@ -173,12 +163,12 @@ fn partition(h: u64) -> usize {
 
 fn lock(p: usize) {
     // SAFETY: p < PARTITIONS
-    unsafe { pg_sys::LWLockAcquire(&mut (*LOCKS.add(p)).lock, pg_sys::LWLockMode::LW_EXCLUSIVE) };
+    unsafe { shmem::acquire(LOCKS, p, true) };
 }
 
 fn unlock(p: usize) {
     // SAFETY: we hold it
-    unsafe { pg_sys::LWLockRelease(&mut (*LOCKS.add(p)).lock) };
+    unsafe { shmem::release(LOCKS, p) };
 }
 
 fn part_slots(p: usize) -> &'static mut [Entry] {

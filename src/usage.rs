@@ -43,7 +43,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::gucs;
+use crate::{gucs, shmem};
 
 /// Lock partitions of the table (a power of two).
 pub const PARTITIONS: usize = 32;
@@ -206,9 +206,8 @@ struct Part {
 
 impl Part {
     fn lock(p: usize, exclusive: bool) -> Part {
-        let mode = if exclusive { pg_sys::LWLockMode::LW_EXCLUSIVE } else { pg_sys::LWLockMode::LW_SHARED };
         // SAFETY: p < PARTITIONS; the tranche has PARTITIONS locks
-        unsafe { pg_sys::LWLockAcquire(&mut (*LOCKS.add(p)).lock, mode) };
+        unsafe { shmem::acquire(LOCKS, p, exclusive) };
         Part { p }
     }
 
@@ -222,23 +221,12 @@ impl Part {
 impl Drop for Part {
     fn drop(&mut self) {
         // SAFETY: we hold this lock
-        unsafe { pg_sys::LWLockRelease(&mut (*LOCKS.add(self.p)).lock) };
+        unsafe { shmem::release(LOCKS, self.p) };
     }
 }
 
 fn hash(dbid: u32, key: &[u8; 16], hour: i64) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&key[..8]);
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[8..]);
-    // splitmix64 over the mixed words
-    let mut z = u64::from_le_bytes(a)
-        ^ u64::from_le_bytes(b).rotate_left(17)
-        ^ (u64::from(dbid) << 32)
-        ^ (hour as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    shmem::mix(dbid, key, hour as u64)
 }
 
 /// Add `e` into the partition's slots (merging with its entry); false when
@@ -656,19 +644,21 @@ fn write(entries: &[Entry], interval: f64) -> u64 {
         let unsure: Vec<pgrx::Uuid> =
             live.iter().filter(|e| e.uncommitted != 0).map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
         if !unsure.is_empty() {
-            let missing: std::collections::HashSet<[u8; 16]> = match client.select(MISSING_SQL, None, &[unsure.into()]) {
-                Ok(t) => t
-                    .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes()))
-                    .collect(),
-                Err(_) => return 0,
-            };
+            let missing: std::collections::HashSet<[u8; 16]> =
+                match client.select(MISSING_SQL, None, &[unsure.into()]) {
+                    Ok(t) => t
+                        .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes()))
+                        .collect(),
+                    Err(_) => return 0,
+                };
             live.retain(|e| !missing.contains(&e.key));
         }
         let mut written = 0u64;
         if counts {
             for batch in live.chunks(BATCH) {
                 let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
-                let wss: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
+                let wss: Vec<pgrx::Uuid> =
+                    batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
                 let hours: Vec<TimestampWithTimeZone> =
                     batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
                 let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
@@ -885,7 +875,16 @@ mod tests {
     use super::*;
 
     fn entry(dbid: u32, k: u8, hour: i64) -> Entry {
-        Entry { used: 1, dbid, key: [k; 16], hour, verified: 1, rejected: 0, last_used: 5, ..Entry::default() }
+        Entry {
+            used: 1,
+            dbid,
+            key: [k; 16],
+            hour,
+            verified: 1,
+            rejected: 0,
+            last_used: 5,
+            ..Entry::default()
+        }
     }
 
     #[test]

@@ -906,9 +906,11 @@ unsafe fn expected_desc_of(rsinfo: *mut pg_sys::ReturnSetInfo, types: &[Oid]) ->
     }
 }
 
-unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
-    // SAFETY: called by the function manager with a ReturnSetInfo (SQL
-    // declares verify_key RETURNS TABLE); arguments read per fmgr rules
+/// A set-returning call in materialize mode: the caller's ReturnSetInfo,
+/// set to return zero rows until [`store_row`] stores one.
+unsafe fn materialize(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<*mut pg_sys::ReturnSetInfo> {
+    // SAFETY: the function manager's call info; its resultinfo is checked
+    // to be a ReturnSetInfo before use
     unsafe {
         let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
         if rsinfo.is_null()
@@ -918,8 +920,39 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
             return Err(ApiError::Internal);
         }
         (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
-        // zero rows unless a row is stored below
         (*rsinfo).setResult = std::ptr::null_mut();
+        Ok(rsinfo)
+    }
+}
+
+/// Store the one row of a materialize-mode result (a tuplestore in the
+/// query's memory, as the executor expects).
+unsafe fn store_row(
+    rsinfo: *mut pg_sys::ReturnSetInfo,
+    desc: pg_sys::TupleDesc,
+    values: &mut [Datum],
+    nulls: &mut [bool],
+) {
+    // SAFETY: a ReturnSetInfo checked by `materialize`; `values` and `nulls`
+    // have one element per column of `desc`
+    unsafe {
+        let econtext = (*rsinfo).econtext;
+        let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
+        let random =
+            (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
+        let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+        pg_sys::MemoryContextSwitchTo(old);
+        pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        (*rsinfo).setResult = store;
+    }
+}
+
+unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
+    // SAFETY: called by the function manager with a ReturnSetInfo (SQL
+    // declares verify_key RETURNS TABLE); arguments read per fmgr rules
+    unsafe {
+        // zero rows unless a row is stored below
+        let rsinfo = materialize(fcinfo)?;
         let Some(desc) = expected_desc(rsinfo) else { return Err(ApiError::Internal) };
 
         let Some(key) = pgrx::fcinfo::pg_getarg_datum(fcinfo, 0) else { return Ok(()) };
@@ -943,14 +976,7 @@ unsafe fn verify_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
                     None => nulls[i] = true,
                 }
             }
-            let econtext = (*rsinfo).econtext;
-            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
-            let random =
-                (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
-            let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
-            pg_sys::MemoryContextSwitchTo(old);
-            pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            (*rsinfo).setResult = store;
+            store_row(rsinfo, desc, &mut values, &mut nulls);
         })?;
         Ok(())
     }
@@ -1002,15 +1028,7 @@ fn code_of(outcome: &Outcome) -> &'static CStr {
 unsafe fn check_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
     // SAFETY: as verify_key_srf
     unsafe {
-        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-        if rsinfo.is_null()
-            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
-            || (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32 == 0
-        {
-            return Err(ApiError::Internal);
-        }
-        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
-        (*rsinfo).setResult = std::ptr::null_mut();
+        let rsinfo = materialize(fcinfo)?;
         let Some(desc) = expected_desc_of(rsinfo, &CHECK_TYPES) else { return Err(ApiError::Internal) };
         let nargs = (*fcinfo).nargs;
         let required = if nargs > 1 { pgrx::fcinfo::pg_getarg_datum(fcinfo, 1) } else { None };
@@ -1025,16 +1043,7 @@ unsafe fn check_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
         if !(0..=MAX_COST).contains(&cost) {
             return Err(ApiError::Invalid(crate::rules::RuleError::Cost));
         }
-        let store = |values: &mut [Datum; 12], nulls: &mut [bool; 12]| {
-            let econtext = (*rsinfo).econtext;
-            let old = pg_sys::MemoryContextSwitchTo((*econtext).ecxt_per_query_memory);
-            let random =
-                (*rsinfo).allowedModes & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32 != 0;
-            let st = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
-            pg_sys::MemoryContextSwitchTo(old);
-            pg_sys::tuplestore_putvalues(st, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            (*rsinfo).setResult = st;
-        };
+        let store = |values: &mut [Datum; 12], nulls: &mut [bool; 12]| store_row(rsinfo, desc, values, nulls);
         let key = pgrx::fcinfo::pg_getarg_datum(fcinfo, 0).map(|k| {
             let k = pg_sys::pg_detoast_datum_packed(k.cast_mut_ptr());
             pgrx::varlena::varlena_to_byte_slice(k)
