@@ -238,18 +238,25 @@ CREATE FUNCTION apikeys.github_secret_scanning(body text, key_identifier text, s
 COMMENT ON FUNCTION apikeys.github_secret_scanning(text, text, text) IS
     'GitHub secret scanning: verify the signed report, revoke every token of ours in it, return the feedback array.';
 
+CREATE FUNCTION apikeys.checked_within(within interval) RETURNS interval
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_checked_within';
+COMMENT ON FUNCTION apikeys.checked_within(interval) IS
+    'Internal: expiring_keys'' interval as given, or 22023 when it has a negative part or exceeds 100 years.';
+
 -- Keys about to expire, for an application that warns their owners. SECURITY
 -- INVOKER: the caller sees what RLS shows it of keys (admins their
--- workspace's, members their own).
+-- workspace's, members their own). The interval is checked once, as a
+-- whole (checked_within): a negative part or more than 100 years is 22023.
 CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
     RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
-          FROM apikeys.keys k
+          FROM apikeys.keys k, (SELECT apikeys.checked_within($1) AS w) c
          WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
-           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + $1
+           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w
          ORDER BY k.expires_at, k.id
     $$;
 COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS
@@ -343,12 +350,13 @@ CREATE FUNCTION apikeys.usage_stats(
         OUT verified bigint, OUT rejected bigint, OUT unknown bigint, OUT malformed bigint,
         OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
         OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
-        OUT last_flush timestamptz)
+        OUT last_flush timestamptz, OUT deferred bigint, OUT limits_full bigint,
+        OUT credits_held bigint)
     RETURNS SETOF record
     LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
 COMMENT ON FUNCTION apikeys.usage_stats() IS
-    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded.';
+    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded, writes deferred past a client''s row lock, checks refused for a full limits table or unwritten credit debits.';
 
 CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS boolean
     LANGUAGE c VOLATILE STRICT

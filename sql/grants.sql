@@ -46,7 +46,8 @@ BEGIN
         apikeys.stamp_created_by(),
         apikeys.applying_replicated_change(),
         apikeys.usage_mode(),
-        apikeys.expiring_keys(interval)
+        apikeys.expiring_keys(interval),
+        apikeys.checked_within(interval)
         TO %s', role);
 END
 $$;

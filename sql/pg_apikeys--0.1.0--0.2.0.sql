@@ -961,7 +961,8 @@ CREATE FUNCTION apikeys.usage_stats(
         OUT verified bigint, OUT rejected bigint, OUT unknown bigint, OUT malformed bigint,
         OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
         OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
-        OUT last_flush timestamptz)
+        OUT last_flush timestamptz, OUT deferred bigint, OUT limits_full bigint,
+        OUT credits_held bigint)
     RETURNS SETOF record
     LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
@@ -974,7 +975,7 @@ COMMENT ON FUNCTION apikeys.usage_mode() IS
     'How use is recorded: shared_memory (the library is preloaded; a worker writes usage) or in_transaction (verify writes last_used_at itself).';
 
 COMMENT ON FUNCTION apikeys.usage_stats() IS
-    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded.';
+    'The usage engine''s cluster-wide counters since start: verifies by outcome (unknown and malformed tokens included), pending entries, flushes, fallbacks, discarded, writes deferred past a client''s row lock, checks refused for a full limits table or unwritten credit debits.';
 
 COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
     'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';
@@ -1432,3 +1433,66 @@ BEGIN
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
 END
 $$;
+
+-- 13. Every interval argument is checked as a whole (a negative part, a
+-- month part where none is allowed, or a result out of range is 22023):
+-- expiring_keys checks its interval once, through checked_within.
+CREATE FUNCTION apikeys.checked_within(within interval) RETURNS interval
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_checked_within';
+COMMENT ON FUNCTION apikeys.checked_within(interval) IS
+    'Internal: expiring_keys'' interval as given, or 22023 when it has a negative part or exceeds 100 years.';
+CREATE OR REPLACE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
+    RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
+          FROM apikeys.keys k, (SELECT apikeys.checked_within($1) AS w) c
+         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w
+         ORDER BY k.expires_at, k.id
+    $$;
+CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
+        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
+        apikeys.owner_limits TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION
+        apikeys.current_principal(),
+        apikeys.member_role(uuid),
+        apikeys.create_workspace(text, uuid),
+        apikeys.add_member(uuid, text, text, text[]),
+        apikeys.remove_member(uuid, text),
+        apikeys.accept_invitation(uuid),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
+        apikeys.verify_key(text, text[]),
+        apikeys.revoke_key(uuid),
+        apikeys.rotate_key(uuid, interval, timestamptz),
+        apikeys.check_key(text, text[], integer),
+        apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz),
+        apikeys.suspend_key(uuid),
+        apikeys.resume_key(uuid),
+        apikeys.set_owner_limit(uuid, text, integer, interval),
+        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.authenticate(),
+        apikeys.current_key_id(),
+        apikeys.current_workspace(),
+        apikeys.has_scope(text),
+        apikeys.create_public_key(uuid, text[]),
+        apikeys.revoke_public_key(uuid),
+        apikeys.resolve_public_key(text, text),
+        apikeys.stamp_created_by(),
+        apikeys.applying_replicated_change(),
+        apikeys.usage_mode(),
+        apikeys.expiring_keys(interval),
+        apikeys.checked_within(interval)
+        TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.checked_within(interval) FROM PUBLIC;

@@ -188,6 +188,9 @@ impl ApiError {
                 crate::rules::RuleError::Refill => {
                     c"invalid refill: give refill_amount (1 or more) and refill_interval ('1 day' or '1 month') together, on a key with credits"
                 }
+                crate::rules::RuleError::Within => {
+                    c"invalid interval: use an interval from zero to 100 years, with no negative part"
+                }
                 crate::rules::RuleError::Subject => {
                     c"invalid JWT sub: use 1-256 characters, no control characters or surrounding spaces"
                 }
@@ -353,6 +356,7 @@ mod tests {
             ApiError::Invalid(RuleError::RateLimit),
             ApiError::Invalid(RuleError::Credits),
             ApiError::Invalid(RuleError::Refill),
+            ApiError::Invalid(RuleError::Within),
             ApiError::KeyRevokedForGood,
             ApiError::LimitsNeedPreload,
         ];

@@ -57,7 +57,7 @@ pub fn init_preload() {
     GucRegistry::define_int_guc(
         c"apikeys.limit_slots",
         c"Entries of the shared-memory table of rate-limit windows and credit balances.",
-        c"Needs a restart. One per key with a rate limit or credits, one per owner with a shared limit; 96 bytes each. A check that finds no entry is refused.",
+        c"Needs a restart. One per key with a rate limit or credits, one per owner with a shared limit; 112 bytes each. A check that finds no entry is refused.",
         &LIMIT_SLOTS,
         1024,
         16 * 1024 * 1024,

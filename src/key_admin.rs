@@ -16,7 +16,7 @@ use pgrx::Uuid;
 use crate::errors::{ApiError, ApiResult};
 use crate::fmgr::deferred;
 use crate::keys::{authorize_scopes, check_metadata, manageable_key, NewKey};
-use crate::rules::{self, RuleError};
+use crate::rules::{self, IntervalKind, RuleError};
 use crate::spi::name_taken;
 use crate::workspaces::{caller, membership, require_admin};
 
@@ -51,8 +51,8 @@ impl LimitArgs {
 
     /// Check the arguments (ranges, pairs) for a key whose current values
     /// are `current`; 0A000 when a limit is set without the usage engine.
-    fn check(&self, client: &mut SpiClient<'_>, current: &Current) -> ApiResult<()> {
-        self.check_rules(client, current)?;
+    fn check(&self, current: &Current) -> ApiResult<()> {
+        self.check_rules(current)?;
         if self.sets_something() && !crate::limits::active() {
             return Err(ApiError::LimitsNeedPreload);
         }
@@ -60,10 +60,10 @@ impl LimitArgs {
     }
 
     /// The argument rules alone (ranges, pairs).
-    fn check_rules(&self, client: &mut SpiClient<'_>, current: &Current) -> ApiResult<()> {
+    fn check_rules(&self, current: &Current) -> ApiResult<()> {
         match (self.rate_limit, self.rate_window) {
             (Some(0), _) => {}
-            (Some(l), Some(w)) if l > 0 => window_in_range(client, w)?,
+            (Some(l), Some(w)) if l > 0 => check_interval(IntervalKind::RateWindow, w)?,
             (Some(_), _) | (None, Some(_)) => return Err(RuleError::RateLimit.into()),
             (None, None) => {}
         }
@@ -80,20 +80,10 @@ impl LimitArgs {
         match (self.refill_amount, self.refill_interval) {
             (Some(0), _) => {}
             (Some(a), Some(i)) if a > 0 => {
-                // exactly '1 day' or '1 month' (interval equality would take
-                // '30 days' for a month and '24 hours' for a day)
-                let period: bool = client
-                    .select(
-                        "SELECT pg_catalog.date_part('year', $1) = 0 AND pg_catalog.date_part('hour', $1) = 0
-                            AND pg_catalog.date_part('minute', $1) = 0 AND pg_catalog.date_part('second', $1) = 0
-                            AND ((pg_catalog.date_part('month', $1) = 1 AND pg_catalog.date_part('day', $1) = 0)
-                                 OR (pg_catalog.date_part('month', $1) = 0 AND pg_catalog.date_part('day', $1) = 1))",
-                        Some(1),
-                        &[i.into()],
-                    )?
-                    .first()
-                    .get(1)?
-                    .unwrap_or(false);
+                // exactly '1 day' or '1 month', part by part (interval
+                // equality would take '30 days' for a month and '24 hours'
+                // or '1 mon -29 days' for a day)
+                let period = check_interval(IntervalKind::Refill, i).is_ok();
                 if !period || !credits_after {
                     return Err(RuleError::Refill.into());
                 }
@@ -106,17 +96,18 @@ impl LimitArgs {
     }
 }
 
-fn window_in_range(client: &mut SpiClient<'_>, w: Interval) -> ApiResult<()> {
-    let ok: bool = client
-        .select("SELECT $1 >= interval '1 second' AND $1 <= interval '1 day'", Some(1), &[w.into()])?
-        .first()
-        .get(1)?
-        .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(RuleError::RateLimit.into())
-    }
+/// An interval argument checked as a whole (rules::interval): 22023 when
+/// any part is out of its kind's bounds.
+pub(crate) fn check_interval(kind: IntervalKind, i: Interval) -> ApiResult<()> {
+    rules::interval(kind, i.months(), i.days(), i.micros()).map_err(ApiError::from)
+}
+
+/// `apikeys.checked_within(within)`: `expiring_keys`' interval as given,
+/// or 22023 when it has a negative part or exceeds 100 years (where
+/// `now() + within` would overflow into PostgreSQL's own 22008).
+#[pg_extern(sql = false)]
+fn checked_within(within: Interval) -> Option<Interval> {
+    deferred(check_interval(IntervalKind::Within, within).map(|_| within))
 }
 
 /// What a key is now, as far as a change needs to know.
@@ -174,11 +165,9 @@ fn apply_limits(client: &mut SpiClient<'_>, key_id: Uuid, a: &LimitArgs) -> ApiR
             a.refill_interval.into(),
         ],
     )?;
-    if a.credits.is_some() {
-        // this server reloads the balance from the row at the next check;
-        // others see credits_refilled_at change
-        crate::limits::forget(key_id.as_bytes());
-    }
+    // setting credits stamps credits_refilled_at: every server reloads the
+    // balance from the row at its next check once this commits (nothing in
+    // shared memory changes here, so a rollback leaves no trace)
     Ok(())
 }
 
@@ -206,17 +195,12 @@ fn create_key_limited_impl(
         return Err(RuleError::Refill.into());
     }
     if limits.any() {
-        Spi::connect_mut(|client| {
-            limits.check(
-                client,
-                &Current {
-                    workspace_id: Uuid::from_bytes([0; 16]),
-                    owner: String::new(),
-                    name: String::new(),
-                    revoked: false,
-                    has_credits: false,
-                },
-            )
+        limits.check(&Current {
+            workspace_id: Uuid::from_bytes([0; 16]),
+            owner: String::new(),
+            name: String::new(),
+            revoked: false,
+            has_credits: false,
         })?;
     }
     let k = crate::keys::create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)?;
@@ -301,7 +285,7 @@ fn update_key_impl(
         if cur.revoked {
             return Err(ApiError::KeyRevokedForGood);
         }
-        limits.check(client, &cur)?;
+        limits.check(&cur)?;
         if let Some(m) = metadata {
             check_metadata(client, m)?;
         }
@@ -426,7 +410,7 @@ fn set_owner_limit_impl(
         require_admin(client, &caller, workspace_id)?;
         match (rate_limit, rate_window) {
             (Some(l), Some(w)) if l > 0 => {
-                window_in_range(client, w)?;
+                check_interval(IntervalKind::RateWindow, w)?;
                 client.update(
                     "INSERT INTO apikeys.owner_limits (workspace_id, owner, rate_limit, rate_window)
                      VALUES ($1, $2, $3, $4)

@@ -305,15 +305,8 @@ pub(crate) fn rotate_key_impl(
     let key_id = key_id.ok_or(ApiError::NullArgument(c"key_id must not be null"))?;
     let grace = grace.ok_or(ApiError::NullArgument(c"grace must not be null"))?;
     Spi::connect_mut(|client| {
-        // 0 to 100 years: a longer one could overflow now() + grace
-        let out_of_range: bool = client
-            .select("SELECT $1 < interval '0' OR $1 > interval '100 years'", Some(1), &[grace.into()])?
-            .first()
-            .get(1)?
-            .unwrap_or(true);
-        if out_of_range {
-            return Err(rules::RuleError::Grace.into());
-        }
+        // 0 to 100 years, no negative part: a longer one could overflow now() + grace
+        crate::key_admin::check_interval(rules::IntervalKind::Grace, grace)?;
         let workspace_id = manageable_key(client, &caller, key_id)?;
         caller.require_key_manage()?;
         // lock the key: a concurrent revoke or rotation waits, then sees this one

@@ -31,6 +31,16 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Most tokens in one report (as `report_leaked` accepts per call).
 pub const MAX_TOKENS: usize = 1000;
 
+/// Longest `source` and `url` that `report_leaked` records.
+const MAX_SOURCE_CHARS: usize = 256;
+const MAX_URL_CHARS: usize = 2048;
+
+/// Whether a report's text field can be recorded as is: no NUL, at most
+/// `max` characters.
+fn fits(s: &str, max: usize) -> bool {
+    !s.contains('\0') && s.chars().count() <= max
+}
+
 /// One reported token, as GitHub sends it.
 #[derive(Debug, PartialEq)]
 pub struct Reported {
@@ -114,15 +124,26 @@ fn github_secret_scanning_impl(
         }
         let reported = parse_report(body)?;
         let mut feedback = Vec::with_capacity(reported.len());
+        // each token stands alone: a field report_leaked would refuse (a
+        // url or source too long, a NUL) is left out of the audit rather
+        // than failing the batch, and a token that text cannot hold (a
+        // NUL) is no key of ours
         for r in &reported {
-            let row = client.update(
-                "SELECT token_hash, label FROM apikeys.report_leaked(ARRAY[$1], $2, $3)",
-                Some(1),
-                &[r.token.as_str().into(), r.source.as_deref().into(), r.url.as_deref().into()],
-            )?;
-            let row = row.first();
-            let token_hash: String = row.get(1)?.ok_or(ApiError::Internal)?;
-            let label: String = row.get(2)?.ok_or(ApiError::Internal)?;
+            let (token_hash, label) = if r.token.contains('\0') {
+                (hex::encode(crate::token::digest(&r.token)), "false_positive".to_owned())
+            } else {
+                let source = r.source.as_deref().filter(|s| fits(s, MAX_SOURCE_CHARS));
+                let url = r.url.as_deref().filter(|u| fits(u, MAX_URL_CHARS));
+                let row = client.update(
+                    "SELECT token_hash, label FROM apikeys.report_leaked(ARRAY[$1], $2, $3)",
+                    Some(1),
+                    &[r.token.as_str().into(), source.into(), url.into()],
+                )?;
+                let row = row.first();
+                let token_hash: String = row.get(1)?.ok_or(ApiError::Internal)?;
+                let label: String = row.get(2)?.ok_or(ApiError::Internal)?;
+                (token_hash, label)
+            };
             feedback.push(serde_json::json!({
                 "token_hash": token_hash,
                 "token_type": r.token_type,

@@ -21,6 +21,8 @@
 //!   replication subscription is applying
 //! * [`usage`]: the usage engine (shared memory and its background
 //!   workers; with `shared_preload_libraries`)
+//! * [`limits`]: rate windows and credit balances in shared memory
+//! * `save`: what a clean shutdown keeps for the next start
 //! * [`leaks`]: GitHub's signed secret-scanning intake,
 //!   `github_secret_scanning` (`report_leaked` itself is SQL)
 //!
@@ -40,6 +42,7 @@ pub mod principal;
 pub mod public_keys;
 pub mod replication;
 pub mod rules;
+mod save;
 mod shmem;
 mod spi;
 pub mod token;
@@ -92,6 +95,7 @@ fmgr::entry_points! {
     apikeys_set_owner_limit / pg_finfo_apikeys_set_owner_limit => key_admin::set_owner_limit_wrapper;
     apikeys_usage_stats / pg_finfo_apikeys_usage_stats => usage::usage_stats_wrapper;
     apikeys_flush_usage / pg_finfo_apikeys_flush_usage => usage::flush_usage_wrapper;
+    apikeys_checked_within / pg_finfo_apikeys_checked_within => key_admin::checked_within_wrapper;
 }
 
 #[pg_guard]

@@ -74,6 +74,14 @@ struct Entry {
     refilled: u32,
     /// the refill period of `period`: 0 none, 1 day, 2 month
     period_kind: u32,
+    /// raised at every reload and refill: a flush's acknowledgement of
+    /// debits taken under another generation is ignored
+    generation: u32,
+    /// 1 when a flush found the key's row locked and could not write its
+    /// debits: checks fail closed until a flush writes them
+    held: u32,
+    /// when the oldest debit not yet written was made (0: none pending)
+    unflushed_since: i64,
 }
 
 #[repr(C)]
@@ -81,6 +89,11 @@ struct Header {
     per_part: u64,
     /// checks refused because no entry was free (fail closed)
     full: AtomicU64,
+    /// checks of keys with credits refused because their debits could not
+    /// be written for too long (fail closed)
+    held: AtomicU64,
+    /// credit writes a flush skipped because a client held the key's row
+    deferred: AtomicU64,
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -143,6 +156,32 @@ pub fn full_refusals() -> u64 {
     } else {
         0
     }
+}
+
+/// Checks refused because their key's debits could not be written.
+pub fn held_refusals() -> u64 {
+    if active() {
+        header().held.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// Credit writes a flush deferred because the key's row was locked.
+pub fn deferred_writes() -> u64 {
+    if active() {
+        header().deferred.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// How long a key's debits may stay unwritten before its checks fail
+/// closed: one flush interval and half another (at least 2 s), so a flush
+/// that runs on time always comes first.
+fn hold_after() -> i64 {
+    let interval = i64::from(gucs::USAGE_FLUSH_INTERVAL.get().max(1)) * 1_000_000;
+    interval + (interval / 2).max(2_000_000)
 }
 
 pub fn slots() -> u64 {
@@ -301,15 +340,32 @@ pub struct Decision {
     pub credits_remaining: Option<i64>,
     /// when the credits are next refilled (TimestampTz), if they are
     pub refill_at: Option<i64>,
+    /// refused because the key's debits could not be written (fail closed)
+    pub held: bool,
 }
 
 struct Window {
     len: i64,
 }
 
+/// The clock limits are judged by: read at the check (never a statement's
+/// or transaction's start, which an old statement would carry into a newer
+/// window).
+pub fn clock_now() -> i64 {
+    // SAFETY: a plain clock read
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Move the entry's window to the one `now` falls in. Windows only move
+/// forwards: a time before the current window (a clock stepped back, a
+/// check that read the clock just before another one rolled the window)
+/// counts in the current window, never opens a fresh one.
 fn roll(e: &mut Entry, w: &Window, now: i64) {
-    if e.window_len != w.len || now >= e.window_start + e.window_len || now < e.window_start {
+    if e.window_len != w.len {
         e.window_len = w.len;
+        e.window_start = now - now.rem_euclid(w.len);
+        e.count = 0;
+    } else if now >= e.window_start + e.window_len {
         e.window_start = now - now.rem_euclid(w.len);
         e.count = 0;
     }
@@ -339,7 +395,9 @@ pub fn admit(spec: &Spec, cost: i64, now: i64) -> Decision {
     for &p in parts.iter().rev() {
         unlock(p);
     }
-    if d.code == Code::RateLimited && d.limit.is_none() {
+    if d.held {
+        header().held.fetch_add(1, Ordering::Relaxed);
+    } else if d.code == Code::RateLimited && d.limit.is_none() && d.credits_remaining.is_none() {
         header().full.fetch_add(1, Ordering::Relaxed);
     }
     d
@@ -354,6 +412,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         reset: None,
         credits_remaining: None,
         refill_at: None,
+        held: false,
     };
     let key_at = if key_needed {
         match find_or_make(partition(hk), hk, dbid, &spec.key_id, KIND_KEY, now) {
@@ -403,14 +462,26 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
     // credits
     let mut credits_ok = true;
     let mut credits_left = None;
+    let mut held = false;
     if let (Some(at), Some(row_credits)) = (key_at, spec.credits) {
         let e = &mut key_slots[at];
-        if e.credits_loaded == 0 || e.loaded_from != spec.refilled_at {
+        let own_refill = e.credits_loaded != 0
+            && e.refilled != 0
+            && e.period_kind != 0
+            && spec.refilled_at == period_start(kind_period(e.period_kind), e.period);
+        if e.credits_loaded != 0 && e.loaded_from != spec.refilled_at && own_refill {
+            // the refill this server made, written by its flush: the
+            // balance here already has it and every debit since
+            e.loaded_from = spec.refilled_at;
+        } else if e.credits_loaded == 0 || e.loaded_from != spec.refilled_at {
             // first use here, or the row's balance was set (update_key): the row is the truth
             e.credits_loaded = 1;
             e.balance = row_credits;
             e.unflushed = 0;
+            e.unflushed_since = 0;
             e.refilled = 0;
+            e.held = 0;
+            e.generation = e.generation.wrapping_add(1);
             e.loaded_from = spec.refilled_at;
             e.period = match spec.refill {
                 Some((_, p)) => period_of(p, spec.refilled_at),
@@ -433,12 +504,34 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
             if now_period > e.period {
                 e.balance = amount;
                 e.unflushed = 0;
+                e.unflushed_since = 0;
+                e.held = 0;
                 e.refilled = 1;
                 e.period = now_period;
+                e.generation = e.generation.wrapping_add(1);
             }
         }
+        // debits that could not be written (a flush found the row locked,
+        // or none ran for too long) bound what a crash can serve twice:
+        // until they are written, the key fails closed. A standby writes
+        // no debits: each server keeps its own balance there.
+        held = e.unflushed > 0
+            && (e.held != 0 || now - e.unflushed_since > hold_after())
+            // SAFETY: reads shared state
+            && !unsafe { pg_sys::RecoveryInProgress() };
         credits_ok = e.balance >= cost;
         credits_left = Some(e.balance);
+    }
+    if held {
+        return Decision {
+            code: Code::RateLimited,
+            limit: limit_shown,
+            remaining: Some(0),
+            reset: Some(now + hold_after()),
+            credits_remaining: credits_left,
+            refill_at: None,
+            held: true,
+        };
     }
 
     let code = if !rate_ok {
@@ -457,6 +550,9 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         }
         if let (Some(at), Some(_)) = (key_at, spec.credits) {
             let e = &mut key_slots[at];
+            if e.unflushed == 0 && cost > 0 {
+                e.unflushed_since = now;
+            }
             e.balance -= cost;
             e.unflushed += cost;
             credits_left = Some(e.balance);
@@ -471,59 +567,97 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         reset,
         credits_remaining: credits_left,
         refill_at,
+        held: false,
     }
 }
 
-/// Forget a key's state (its balance is reloaded from the row next time).
-pub fn forget(key_id: &[u8; 16]) {
+fn kind_period(kind: u32) -> Period {
+    if kind == 2 {
+        Period::Month
+    } else {
+        Period::Day
+    }
+}
+
+/// The live credit balance of the key `spec` describes, consuming nothing
+/// and making no entry: what a check that is refused before the limits (a
+/// missing scope) reports. The row's balance when this server holds none.
+pub fn peek_credits(spec: &Spec, now: i64) -> Option<i64> {
+    let row = spec.credits?;
+    let refill_due = |period: i64| match spec.refill {
+        Some((amount, p)) if period_of(p, now) > period => Some(amount),
+        _ => None,
+    };
+    let from_row = || {
+        let period = spec.refill.map_or(0, |(_, p)| period_of(p, spec.refilled_at));
+        refill_due(period).unwrap_or(row)
+    };
     if !active() {
-        return;
+        return Some(from_row());
     }
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let h = hash(dbid, key_id, KIND_KEY);
+    let h = hash(dbid, &spec.key_id, KIND_KEY);
     let p = partition(h);
     lock(p);
     let slots = part_slots(p);
-    if let Some(s) =
-        slots.iter_mut().find(|s| s.used != 0 && s.dbid == dbid && s.kind == KIND_KEY && s.id == *key_id)
-    {
-        // keep the window, drop the balance
-        s.credits_loaded = 0;
-        s.unflushed = 0;
-        s.refilled = 0;
-    }
+    let per = slots.len();
+    let start = ((h >> 5) as usize) % per;
+    let held = (0..MAX_PROBES.min(per))
+        .map(|i| &slots[(start + i) % per])
+        .find(|s| s.used != 0 && s.dbid == dbid && s.kind == KIND_KEY && s.id == spec.key_id)
+        .filter(|s| s.credits_loaded != 0 && s.loaded_from == spec.refilled_at)
+        .map(|s| refill_due(s.period).unwrap_or(s.balance));
     unlock(p);
+    Some(held.unwrap_or_else(from_row))
 }
 
-/// Credits to write for one key: a debit, and whether the balance was
-/// refilled first (then credits becomes the refill amount minus the debit).
+/// Credits to write for one key: its unwritten debits, and whether the
+/// balance was refilled first (then credits becomes the refill amount minus
+/// the debits). A copy: the entry keeps them until the flush that wrote
+/// them acknowledges it ([`ack_credits`]).
 #[derive(Clone, Copy, Debug)]
 pub struct CreditWrite {
     pub key_id: [u8; 16],
     pub debit: i64,
     /// Some(start of the period) when the balance was refilled
     pub refilled_at: Option<i64>,
+    /// the row's credits_refilled_at the debits were made against (0: NULL)
+    pub loaded_from: i64,
+    generation: u32,
 }
 
-/// Take the unwritten credits of database `dbid` (the flusher writes them).
-pub fn take_credits(dbid: u32) -> Vec<CreditWrite> {
+/// What a flush did with one key's credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditOutcome {
+    /// written (and committed)
+    Written,
+    /// the row's balance was set meanwhile (or its credits removed): the
+    /// debits were against a balance that no longer is, and are dropped
+    Stale,
+    /// a client held the row: kept for the next flush, and the key's checks
+    /// fail closed until then
+    Locked,
+}
+
+/// The unwritten credits of database `dbid` (copies; nothing changes here).
+pub fn pending_credits(dbid: u32) -> Vec<CreditWrite> {
     let mut out = Vec::new();
     if !active() {
         return out;
     }
     for p in 0..PARTITIONS {
         lock(p);
-        for s in part_slots(p).iter_mut() {
+        for s in part_slots(p).iter() {
             if s.used != 0 && s.dbid == dbid && s.kind == KIND_KEY && (s.unflushed != 0 || s.refilled != 0) {
-                let kind = if s.period_kind == 2 { Period::Month } else { Period::Day };
                 out.push(CreditWrite {
                     key_id: s.id,
                     debit: s.unflushed,
-                    refilled_at: (s.refilled != 0).then(|| period_start(kind, s.period)),
+                    refilled_at: (s.refilled != 0)
+                        .then(|| period_start(kind_period(s.period_kind), s.period)),
+                    loaded_from: s.loaded_from,
+                    generation: s.generation,
                 });
-                s.unflushed = 0;
-                s.refilled = 0;
             }
         }
         unlock(p);
@@ -531,20 +665,114 @@ pub fn take_credits(dbid: u32) -> Vec<CreditWrite> {
     out
 }
 
-/// After the flusher committed a refill: the row now says `refilled_at`;
-/// remember it, so the next check does not take the row's balance for a
-/// newly set one.
-pub fn written_refill(dbid: u32, key_id: &[u8; 16], refilled_at: i64) {
-    let h = hash(dbid, key_id, KIND_KEY);
+/// After a flush: take what it wrote (or dropped) out of the entries, and
+/// hold the keys whose rows were locked. An entry reloaded or refilled
+/// since the copy (another generation) is left alone.
+pub fn ack_credits(dbid: u32, done: &[(CreditWrite, CreditOutcome)]) {
+    let now = clock_now();
+    for (w, outcome) in done {
+        if *outcome == CreditOutcome::Locked {
+            header().deferred.fetch_add(1, Ordering::Relaxed);
+        }
+        let h = hash(dbid, &w.key_id, KIND_KEY);
+        let p = partition(h);
+        lock(p);
+        if let Some(s) = find(part_slots(p), h, dbid, &w.key_id, KIND_KEY) {
+            if s.generation == w.generation {
+                match outcome {
+                    CreditOutcome::Written | CreditOutcome::Stale => {
+                        s.unflushed -= w.debit;
+                        s.refilled = 0;
+                        s.held = 0;
+                        s.unflushed_since = if s.unflushed > 0 { now } else { 0 };
+                        if *outcome == CreditOutcome::Stale {
+                            // the row is the truth again at the next check
+                            s.credits_loaded = 0;
+                        } else if let Some(at) = w.refilled_at {
+                            s.loaded_from = at;
+                        }
+                    }
+                    CreditOutcome::Locked => s.held = 1,
+                }
+            }
+        }
+        unlock(p);
+    }
+}
+
+/// The entry (db, id, kind) of a locked partition, if there is one.
+fn find<'a>(slots: &'a mut [Entry], h: u64, dbid: u32, id: &[u8; 16], kind: u32) -> Option<&'a mut Entry> {
+    let per = slots.len();
+    let start = ((h >> 5) as usize) % per;
+    let at = (0..MAX_PROBES.min(per)).map(|i| (start + i) % per).find(|&at| {
+        slots[at].used != 0 && slots[at].dbid == dbid && slots[at].kind == kind && slots[at].id == *id
+    })?;
+    Some(&mut slots[at])
+}
+
+/// The size of one saved entry ([`export`]).
+pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+
+/// Every entry as bytes, for the file a clean shutdown writes (windows,
+/// balances and debits not yet written).
+pub(crate) fn export() -> Vec<u8> {
+    let mut out = Vec::new();
+    if !active() {
+        return out;
+    }
+    for p in 0..PARTITIONS {
+        lock(p);
+        for e in part_slots(p).iter().filter(|e| e.used != 0) {
+            // SAFETY: Entry is repr(C) plain data
+            out.extend_from_slice(unsafe {
+                std::slice::from_raw_parts((e as *const Entry).cast::<u8>(), ENTRY_BYTES)
+            });
+        }
+        unlock(p);
+    }
+    out
+}
+
+/// Take back one entry saved at shutdown; false when it is not one this
+/// table could have held. A check made since the start may have made the
+/// entry already (from the row): the saved window's count and the saved
+/// debits are added to it.
+pub(crate) fn import(bytes: &[u8]) -> bool {
+    if bytes.len() != ENTRY_BYTES || !active() {
+        return false;
+    }
+    // SAFETY: ENTRY_BYTES bytes of a saved Entry (plain data, any bit pattern)
+    let mut saved: Entry = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let plausible = saved.used != 0
+        && saved.dbid != 0
+        && (saved.kind == KIND_KEY || saved.kind == KIND_OWNER)
+        && (0..=USECS_PER_DAY).contains(&saved.window_len)
+        && saved.count >= 0
+        && saved.unflushed >= 0;
+    if !plausible {
+        return false;
+    }
+    // a save was never held: the next flush writes its debits
+    saved.held = 0;
+    let h = hash(saved.dbid, &saved.id, saved.kind);
     let p = partition(h);
     lock(p);
-    if let Some(s) = part_slots(p)
-        .iter_mut()
-        .find(|s| s.used != 0 && s.dbid == dbid && s.kind == KIND_KEY && s.id == *key_id)
-    {
-        s.loaded_from = refilled_at;
+    if let Some(e) = find(part_slots(p), h, saved.dbid, &saved.id, saved.kind) {
+        if e.window_len == saved.window_len && e.window_start == saved.window_start {
+            e.count += saved.count;
+        }
+        if e.credits_loaded != 0 && saved.credits_loaded != 0 && e.loaded_from == saved.loaded_from {
+            e.balance -= saved.unflushed;
+            e.unflushed += saved.unflushed;
+            if e.unflushed_since == 0 {
+                e.unflushed_since = saved.unflushed_since;
+            }
+        }
+    } else if let Some(at) = find_or_make(p, h, saved.dbid, &saved.id, saved.kind, clock_now()) {
+        part_slots(p)[at] = saved;
     }
     unlock(p);
+    true
 }
 
 /// Databases with unwritten credits.
@@ -616,8 +844,8 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_96_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 96);
+    fn an_entry_is_112_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 112);
     }
 
     #[test]
@@ -631,5 +859,9 @@ mod tests {
         assert_eq!(e.count, 3);
         roll(&mut e, &w, 30);
         assert_eq!((e.window_start, e.count), (30, 0));
+        // never backwards: an earlier time counts in the current window
+        e.count = 2;
+        roll(&mut e, &w, 12);
+        assert_eq!((e.window_start, e.count), (30, 2));
     }
 }

@@ -54,6 +54,74 @@ pub enum RuleError {
     /// A refill that is not a positive amount every '1 day' or '1 month' on
     /// a key with credits.
     Refill,
+    /// An `expiring_keys(within)` interval with a negative part or beyond
+    /// 100 years.
+    Within,
+}
+
+/// What an interval argument is for; each kind has its own bounds
+/// ([`interval`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntervalKind {
+    /// `rate_window` of a key or an owner limit: 1 second to 1 day, no month part
+    RateWindow,
+    /// `refill_interval`: exactly `1 day` or `1 month`
+    Refill,
+    /// `rotate_key`'s `grace`: zero to 100 years
+    Grace,
+    /// `expiring_keys`' `within`: zero to 100 years
+    Within,
+}
+
+const USECS_PER_SEC: i64 = 1_000_000;
+const USECS_PER_DAY: i64 = 86_400 * USECS_PER_SEC;
+/// PostgreSQL's own interval ordering counts a month as 30 days.
+const DAYS_PER_MONTH: i64 = 30;
+/// 100 years as PostgreSQL orders intervals (1200 months of 30 days).
+const HUNDRED_YEARS_USECS: i64 = 1200 * DAYS_PER_MONTH * USECS_PER_DAY;
+
+/// Check an interval argument as a whole, from its three stored parts
+/// (months, days, microseconds): a negative part, a month part where none
+/// is allowed, or a length out of the kind's range is refused. PostgreSQL's
+/// own interval comparison would let `'1 mon -29 days'` pass for a day and
+/// `'1000000 years'` overflow later: every part is looked at here, once,
+/// for every interval argument.
+pub fn interval(kind: IntervalKind, months: i32, days: i32, micros: i64) -> Result<(), RuleError> {
+    let err = match kind {
+        IntervalKind::RateWindow => RuleError::RateLimit,
+        IntervalKind::Refill => RuleError::Refill,
+        IntervalKind::Grace => RuleError::Grace,
+        IntervalKind::Within => RuleError::Within,
+    };
+    if months < 0 || days < 0 || micros < 0 {
+        return Err(err);
+    }
+    // no overflow: each part is bounded by its type
+    let total = i128::from(months) * i128::from(DAYS_PER_MONTH * USECS_PER_DAY)
+        + i128::from(days) * i128::from(USECS_PER_DAY)
+        + i128::from(micros);
+    let ok = match kind {
+        IntervalKind::RateWindow => {
+            months == 0 && total >= i128::from(USECS_PER_SEC) && total <= i128::from(USECS_PER_DAY)
+        }
+        IntervalKind::Refill => (months, days, micros) == (1, 0, 0) || (months, days, micros) == (0, 1, 0),
+        IntervalKind::Grace | IntervalKind::Within => total <= i128::from(HUNDRED_YEARS_USECS),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// The length in microseconds of a rate window that passed [`interval`]
+/// (a stored row that did not, written around the functions, counts as the
+/// longest window: one day, the strictest reading).
+pub fn window_usecs(months: i32, days: i32, micros: i64) -> i64 {
+    match interval(IntervalKind::RateWindow, months, days, micros) {
+        Ok(()) => i64::from(days) * USECS_PER_DAY + micros,
+        Err(_) => USECS_PER_DAY,
+    }
 }
 
 /// Normalise and check a key name: ASCII lower-cased, then
@@ -301,6 +369,38 @@ pub fn sha256_hex(raw: &str) -> Result<[u8; 32], RuleError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn intervals_are_checked_part_by_part() {
+        use super::IntervalKind::*;
+        const S: i64 = 1_000_000;
+        const D: i64 = 86_400 * S;
+        let ok = |k, m, d, us| super::interval(k, m, d, us).is_ok();
+        assert!(ok(RateWindow, 0, 0, S));
+        assert!(ok(RateWindow, 0, 1, 0));
+        assert!(ok(RateWindow, 0, 0, D));
+        assert!(!ok(RateWindow, 0, 0, S - 1));
+        assert!(!ok(RateWindow, 0, 1, 1));
+        // '1 mon -29 days' orders equal to '1 day' in PostgreSQL: refused here
+        assert!(!ok(RateWindow, 1, -29, 0));
+        assert!(!ok(RateWindow, 0, 2, -D));
+        assert!(!ok(RateWindow, 1, 0, 0));
+        assert!(ok(Refill, 1, 0, 0));
+        assert!(ok(Refill, 0, 1, 0));
+        assert!(!ok(Refill, 0, 0, D));
+        assert!(!ok(Refill, 2, -30, 0));
+        assert!(!ok(Refill, 1, 1, 0));
+        assert!(ok(Grace, 0, 0, 0));
+        assert!(ok(Grace, 1200, 0, 0));
+        assert!(!ok(Grace, 1200, 0, 1));
+        assert!(!ok(Grace, 0, 0, -1));
+        assert!(!ok(Grace, 12_000_000, 0, 0));
+        assert!(!ok(Within, i32::MAX, i32::MAX, i64::MAX));
+        assert!(!ok(Within, 1, -1, 0));
+        assert_eq!(super::window_usecs(0, 0, 2 * S), 2 * S);
+        assert_eq!(super::window_usecs(1, -29, 0), D);
+        assert_eq!(super::window_usecs(0, 0, -S), D);
+    }
+
     // unwrap() here is a test assertion: this module is compiled only for
     // `cargo test`, so no client can reach it.
     use super::*;

@@ -35,7 +35,6 @@
 //! (at most one flush interval).
 
 use std::ffi::CStr;
-use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -49,12 +48,8 @@ use crate::{gucs, shmem};
 pub const PARTITIONS: usize = 32;
 /// How far past its place an entry may sit; beyond, the partition is full.
 const MAX_PROBES: usize = 64;
-/// Entries written by one statement.
-const BATCH: usize = 10_000;
 const TRANCHE: &CStr = c"pg_apikeys usage";
 const SEGMENT: &CStr = c"pg_apikeys usage table";
-const PENDING_FILE: &str = "pg_apikeys_usage.pending";
-const PENDING_MAGIC: &[u8; 8] = b"PGAKU002";
 const USECS_PER_HOUR: i64 = 3_600_000_000;
 
 /// One (database, key, hour): what happened since the last flush.
@@ -89,7 +84,7 @@ pub struct KeyRef {
     pub uncommitted: bool,
 }
 
-const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
+pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
 
 /// Cluster-wide counters, since the server started.
 #[repr(C)]
@@ -107,8 +102,12 @@ struct Header {
     flushes: AtomicU64,
     flushed: AtomicU64,
     discarded: AtomicU64,
-    /// events a running flusher took out and has not committed yet
-    in_flight: AtomicU64,
+    /// `last_used_at` stamps a flush skipped because a client held the row
+    deferred: AtomicU64,
+    /// flushers that started and have not finished their work
+    flush_failures: AtomicU64,
+    /// a launcher ran since this shared memory was made
+    launched: AtomicBool,
     flush_requested: AtomicU64,
     flush_done: AtomicU64,
     last_flush: AtomicI64,
@@ -301,7 +300,8 @@ pub enum Outcome {
 /// `last_used_at` is due (older than `apikeys.last_used_interval`), so the
 /// flush writes it (a key used again within the interval costs the flush
 /// nothing but its count). `false` when the table had no room: the caller
-/// falls back to its in-transaction write.
+/// falls back to its in-transaction write, counted by the caller as a
+/// fallback ([`record_fallback`]) or unrecorded ([`record_unrecorded`]).
 pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: bool) -> bool {
     let hd = header();
     let verified = outcome == Outcome::Verified;
@@ -324,11 +324,41 @@ pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: b
     } else {
         hd.rejected.fetch_add(1, Ordering::Relaxed);
     }
-    let ok = add(&e);
-    if !ok {
-        hd.fallbacks.fetch_add(1, Ordering::Relaxed);
+    add(&e)
+}
+
+/// Take every entry out (a shutdown saves them).
+pub(crate) fn take_all() -> Vec<Entry> {
+    take_where(|_| true)
+}
+
+/// Put back an entry saved at shutdown; counted as discarded without room.
+pub(crate) fn restore(e: &Entry) {
+    if !add(e) {
+        count_discarded(e.verified + e.rejected);
     }
-    ok
+}
+
+/// Events given up (counted in `usage_stats().discarded`).
+pub(crate) fn count_discarded(n: u64) {
+    header().discarded.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Whether a saved entry is one this table could have held.
+pub(crate) fn plausible(e: &Entry) -> bool {
+    const MAX_COUNT: u64 = 1 << 48;
+    // hours from 2000 to 2300
+    e.used != 0
+        && e.dbid != 0
+        && (0..300 * 366 * 24).contains(&e.hour)
+        && e.verified < MAX_COUNT
+        && e.rejected < MAX_COUNT
+        && e.verified + e.rejected + u64::from(e.last_used != 0) > 0
+}
+
+/// A verify that found no entry and wrote in its own transaction instead.
+pub fn record_fallback() {
+    header().fallbacks.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A token that matched no key (`malformed`: not even of a key's shape).
@@ -346,43 +376,115 @@ pub fn record_unrecorded() {
     header().unrecorded.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Take every entry of database `dbid` out of the table.
-fn take(dbid: u32) -> Vec<Entry> {
+/// Where an entry's probe run starts in a partition of `per` slots.
+fn home(e: &Entry, per: usize) -> usize {
+    ((hash(e.dbid, &e.key, e.hour) >> 5) as usize) % per
+}
+
+/// Empty slot `at` of a partition, then shift the later entries of its
+/// probe run back into the hole (linear probing without tombstones: no
+/// entry is ever separated from its place by an empty slot, and moving
+/// entries back only shortens their runs, so none can be lost).
+fn remove_at(slots: &mut [Entry], at: usize) {
+    let per = slots.len();
+    let mut hole = at;
+    slots[hole] = Entry::default();
+    let mut j = hole;
+    for _ in 1..per {
+        j = (j + 1) % per;
+        if slots[j].used == 0 {
+            break;
+        }
+        let home = home(&slots[j], per);
+        // the hole lies on j's run (from its place up to j): move it back
+        if (hole + per - home) % per < (j + per - home) % per {
+            slots[hole] = slots[j];
+            slots[j] = Entry::default();
+            hole = j;
+        }
+    }
+}
+
+/// Take every entry that `pick` picks out of the table.
+fn take_where(pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let mut part = Part::lock(p, true);
         let slots = part.slots();
-        if !slots.iter().any(|s| s.used != 0 && s.dbid == dbid) {
-            continue;
-        }
-        let mut keep = Vec::new();
-        for s in slots.iter_mut() {
-            if s.used != 0 {
-                if s.dbid == dbid {
-                    out.push(*s);
-                } else {
-                    keep.push(*s);
-                }
+        let mut i = 0;
+        while i < slots.len() {
+            if slots[i].used != 0 && pick(&slots[i]) {
+                out.push(slots[i]);
+                remove_at(slots, i);
+                // look at what moved into slot i
+                continue;
             }
-            *s = Entry::default();
-        }
-        for e in &keep {
-            // they fitted before; re-placing them can only shorten chains
-            let _ = put(slots, hash(e.dbid, &e.key, e.hour), e);
+            i += 1;
         }
     }
     header().in_use.fetch_sub(out.len() as i64, Ordering::Relaxed);
     out
 }
 
-/// Every pending entry (a copy), under shared locks.
-fn snapshot_all() -> Vec<Entry> {
+/// A copy of every entry of database `dbid`; the table keeps them until a
+/// committed write settles them ([`settle`]).
+fn copy_db(dbid: u32) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let mut part = Part::lock(p, false);
-        out.extend(part.slots().iter().filter(|s| s.used != 0).copied());
+        out.extend(part.slots().iter().filter(|s| s.used != 0 && s.dbid == dbid).copied());
     }
     out
+}
+
+/// After a committed write: change the entry (take out what was written),
+/// and free it once it holds nothing more.
+fn settle(dbid: u32, key: &[u8; 16], hour: i64, f: impl FnOnce(&mut Entry)) {
+    let h = hash(dbid, key, hour);
+    let mut part = Part::lock((h as usize) & (PARTITIONS - 1), true);
+    let slots = part.slots();
+    let per = slots.len();
+    let start = ((h >> 5) as usize) % per;
+    let found = (0..MAX_PROBES.min(per)).map(|i| (start + i) % per).find(|&at| {
+        let s = &slots[at];
+        s.used != 0 && s.dbid == dbid && s.key == *key && s.hour == hour
+    });
+    if let Some(at) = found {
+        f(&mut slots[at]);
+        let s = &slots[at];
+        if s.verified == 0 && s.rejected == 0 && s.last_used == 0 {
+            remove_at(slots, at);
+            drop(part);
+            header().in_use.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The databases with pending entries (no copy of the table).
+fn pending_dbs() -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    for p in 0..PARTITIONS {
+        let mut part = Part::lock(p, false);
+        for s in part.slots().iter().filter(|s| s.used != 0) {
+            if !out.contains(&s.dbid) {
+                out.push(s.dbid);
+            }
+        }
+    }
+    out
+}
+
+/// Entries in use and the events they hold (no copy of the table).
+fn totals() -> (u64, u64) {
+    let (mut n, mut ev) = (0u64, 0u64);
+    for p in 0..PARTITIONS {
+        let mut part = Part::lock(p, false);
+        for s in part.slots().iter().filter(|s| s.used != 0) {
+            n += 1;
+            ev += s.verified + s.rejected;
+        }
+    }
+    (n, ev)
 }
 
 fn events(entries: &[Entry]) -> u64 {
@@ -392,6 +494,9 @@ fn events(entries: &[Entry]) -> u64 {
 // ---------------------------------------------------------------------------
 // The launcher
 
+/// Flushers run at once, at most (each in its own database).
+const PARALLEL_FLUSHERS: usize = 4;
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
@@ -400,140 +505,150 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
     let hd = header();
     // SAFETY: our own latch, in shared memory
     hd.launcher_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
-    load_pending();
+    // the saved state of a clean shutdown belongs to fresh shared memory
+    // (a server start, or the reset after a crash); a launcher restarted
+    // after pg_terminate_backend finds the state it saved still here
+    let fresh = !hd.launched.swap(true, Ordering::AcqRel);
+    crate::save::load_usage();
+    if fresh {
+        crate::save::load_limits();
+    } else {
+        crate::save::forget_limits();
+    }
+    let mut failed = false;
     loop {
         let secs = gucs::USAGE_FLUSH_INTERVAL.get().max(1) as u64;
         let asked = hd.flush_requested.load(Ordering::Acquire);
-        let alive = asked > hd.flush_done.load(Ordering::Acquire)
+        let alive = (!failed && asked > hd.flush_done.load(Ordering::Acquire))
             || BackgroundWorker::wait_latch(Some(Duration::from_secs(secs)));
         if BackgroundWorker::sighup_received() {
             // SAFETY: the documented way for a background worker to reload
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
         if !alive || BackgroundWorker::sigterm_received() {
-            save_pending();
-            break;
+            crate::save::save_all();
+            hd.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
+            // exit code 1: the postmaster starts a new launcher (after
+            // pg_terminate_backend), except while it shuts down
+            // SAFETY: ends this process, as a background worker may
+            unsafe { pg_sys::proc_exit(1) };
         }
         let asked = hd.flush_requested.load(Ordering::Acquire);
         hd.wake_sent.store(false, Ordering::Release);
         // SAFETY: reads shared state
-        if !unsafe { pg_sys::RecoveryInProgress() } {
-            flush_all();
-        }
-        hd.flush_done.fetch_max(asked, Ordering::AcqRel);
-    }
-    hd.launcher_latch.store(std::ptr::null_mut(), Ordering::Release);
-}
-
-/// One flusher per database with pending entries, one after the other.
-fn flush_all() {
-    let mut dbs: Vec<u32> = snapshot_all().iter().map(|e| e.dbid).collect();
-    dbs.extend(crate::limits::pending_dbs());
-    dbs.sort_unstable();
-    dbs.dedup();
-    for db in dbs {
-        if !database_exists(db) {
-            let gone = take(db);
-            header().discarded.fetch_add(events(&gone), Ordering::Relaxed);
-            crate::limits::drop_database(db);
+        if unsafe { pg_sys::RecoveryInProgress() } {
+            failed = false;
+            hd.flush_done.fetch_max(asked, Ordering::AcqRel);
             continue;
         }
-        let worker = BackgroundWorkerBuilder::new("pg_apikeys usage flush")
-            .set_type("pg_apikeys usage flush")
-            .set_library("pg_apikeys")
-            .set_function("pg_apikeys_usage_flush")
-            .set_argument(Some(pg_sys::Datum::from(db)))
-            .enable_spi_access()
-            .set_restart_time(None)
-            // SAFETY: backend-local
-            .set_notify_pid(unsafe { pg_sys::MyProcPid })
-            .load_dynamic();
-        let Ok(worker) = worker else {
-            pgrx::warning!("pg_apikeys: no background worker slot for a usage flush (max_worker_processes); retrying next interval");
-            return;
-        };
-        let _ = worker.wait_for_startup();
-        let _ = worker.wait_for_shutdown();
-        // a flusher that died before its commit: its events are counted, not lost silently
-        let lost = header().in_flight.swap(0, Ordering::AcqRel);
-        if lost > 0 {
-            header().discarded.fetch_add(lost, Ordering::Relaxed);
-            pgrx::warning!("pg_apikeys: a usage flush failed; {lost} verifies were counted as discarded");
+        failed = !flush_all();
+        if !failed {
+            hd.flush_done.fetch_max(asked, Ordering::AcqRel);
         }
     }
 }
 
-fn database_exists(db: u32) -> bool {
-    // SAFETY: a syscache probe of the shared catalog pg_database in a transaction
-    unsafe {
-        pg_sys::StartTransactionCommand();
-        let found = pg_sys::SearchSysCacheExists(
-            pg_sys::SysCacheIdentifier::DATABASEOID as i32,
-            pg_sys::Datum::from(db),
-            pg_sys::Datum::from(0usize),
-            pg_sys::Datum::from(0usize),
-            pg_sys::Datum::from(0usize),
-        );
-        pg_sys::CommitTransactionCommand();
-        found
-    }
-}
-
-fn pending_path() -> Option<std::path::PathBuf> {
-    // SAFETY: DataDir is set before any worker starts
-    let dir = unsafe { pg_sys::DataDir };
-    if dir.is_null() {
-        return None;
-    }
-    // SAFETY: a NUL-terminated path
-    let dir = unsafe { CStr::from_ptr(dir) }.to_str().ok()?;
-    Some(std::path::Path::new(dir).join(PENDING_FILE))
-}
-
-/// At shutdown: keep what is pending for the next start (never on a crash).
-fn save_pending() {
-    let all = snapshot_all();
-    let Some(path) = pending_path() else { return };
-    if all.is_empty() {
-        return;
-    }
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(PENDING_MAGIC)?;
-        for e in &all {
-            // SAFETY: Entry is repr(C) plain data
-            let bytes = unsafe { std::slice::from_raw_parts((e as *const Entry).cast::<u8>(), ENTRY_BYTES) };
-            f.write_all(bytes)?;
+/// One flusher per database with pending entries or credits, a few at a
+/// time; each writes its own database only. False when a flusher could not
+/// start (no worker slot) or did not finish its work.
+fn flush_all() -> bool {
+    let mut dbs = pending_dbs();
+    for db in crate::limits::pending_dbs() {
+        if !dbs.contains(&db) {
+            dbs.push(db);
         }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    if write().is_err() {
-        header().discarded.fetch_add(events(&all), Ordering::Relaxed);
-        pgrx::warning!("pg_apikeys: could not save pending usage at shutdown");
     }
-}
-
-/// At start: take back what the last shutdown saved, then remove the file.
-fn load_pending() {
-    let Some(path) = pending_path() else { return };
-    let Ok(mut f) = std::fs::File::open(&path) else { return };
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_ok() && buf.starts_with(PENDING_MAGIC) {
-        for chunk in buf[PENDING_MAGIC.len()..].chunks_exact(ENTRY_BYTES) {
-            // SAFETY: ENTRY_BYTES bytes written by save_pending
-            let e: Entry = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
-            if e.used != 0 && !add(&e) {
-                header().discarded.fetch_add(e.verified + e.rejected, Ordering::Relaxed);
+    dbs.sort_unstable();
+    let mut ok = true;
+    let mut wanted = Vec::new();
+    for db in dbs {
+        match database_state(db) {
+            DbState::Open => wanted.push(db),
+            DbState::Gone | DbState::Closed => {
+                // dropped, invalid (an interrupted DROP DATABASE) or taking
+                // no connections: nothing can be written there; counted
+                let gone = take_where(|e| e.dbid == db);
+                header().discarded.fetch_add(events(&gone), Ordering::Relaxed);
+                crate::limits::drop_database(db);
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    for group in wanted.chunks(PARALLEL_FLUSHERS) {
+        let mut running = Vec::new();
+        for &db in group {
+            let worker = BackgroundWorkerBuilder::new("pg_apikeys usage flush")
+                .set_type("pg_apikeys usage flush")
+                .set_library("pg_apikeys")
+                .set_function("pg_apikeys_usage_flush")
+                .set_argument(Some(pg_sys::Datum::from(db)))
+                .enable_spi_access()
+                .set_restart_time(None)
+                // SAFETY: backend-local
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .load_dynamic();
+            match worker {
+                Ok(w) => running.push(w),
+                Err(_) => {
+                    ok = false;
+                    pgrx::warning!("pg_apikeys: no background worker slot for a usage flush (max_worker_processes); retrying next interval");
+                }
+            }
+        }
+        for w in running {
+            if w.wait_for_startup().is_err() {
+                ok = false;
+                continue;
+            }
+            let _ = w.wait_for_shutdown();
+        }
+    }
+    // a flusher that stopped before settling everything it copied leaves
+    // the rest pending for the next flush (nothing taken out is lost)
+    ok && header().flush_failures.swap(0, Ordering::AcqRel) == 0
+}
+
+enum DbState {
+    Open,
+    /// no such database (dropped)
+    Gone,
+    /// exists, but takes no connections (ALLOW_CONNECTIONS false, or left
+    /// invalid by an interrupted DROP DATABASE)
+    Closed,
+}
+
+fn database_state(db: u32) -> DbState {
+    // SAFETY: a syscache read of the shared catalog pg_database in a transaction
+    unsafe {
+        pg_sys::StartTransactionCommand();
+        let tup =
+            pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::DATABASEOID as i32, pg_sys::Datum::from(db));
+        let state = if tup.is_null() {
+            DbState::Gone
+        } else {
+            let form = (*tup).t_data.cast::<u8>().add(usize::from((*(*tup).t_data).t_hoff))
+                as *const pg_sys::FormData_pg_database;
+            // -2: invalid (DATCONNLIMIT_INVALID_DB)
+            let open = (*form).datallowconn && (*form).datconnlimit != -2;
+            pg_sys::ReleaseSysCache(tup);
+            if open {
+                DbState::Open
+            } else {
+                DbState::Closed
+            }
+        };
+        pg_sys::CommitTransactionCommand();
+        state
+    }
 }
 
 // ---------------------------------------------------------------------------
 // The flusher
+
+/// Entries whose counts one transaction writes.
+const COUNT_BATCH: usize = 5_000;
+/// Keys whose `last_used_at` or credits one transaction writes: a revoke
+/// of one of them waits for one such batch at most.
+const ROW_BATCH: usize = 1_000;
 
 /// The counts of one batch: one row per entry (an entry is one key and
 /// hour), added to the row already there. The workspace comes with the
@@ -547,8 +662,17 @@ ON CONFLICT (key_id, hour) DO UPDATE
    SET verified = ku.verified OPERATOR(pg_catalog.+) excluded.verified,
        rejected = ku.rejected OPERATOR(pg_catalog.+) excluded.rejected";
 
-/// `last_used_at` of the keys whose verifies found it due (each key once),
-/// still at most once per `apikeys.last_used_interval`.
+/// The rows of `keys` of a batch that no one else holds, locked for this
+/// transaction: a row a client holds is skipped, never waited for.
+const LOCK_SQL: &str = "\
+SELECT k.id, k.credits IS NOT NULL AS has_credits, k.credits_refilled_at
+  FROM apikeys.keys k
+ WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::uuid[])
+   FOR NO KEY UPDATE SKIP LOCKED";
+
+/// `last_used_at` of the keys (locked by [`LOCK_SQL`]) whose verifies
+/// found it due, each key once, still at most once per
+/// `apikeys.last_used_interval`.
 const STAMP_SQL: &str = "\
 UPDATE apikeys.keys k SET last_used_at = l.t
   FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::timestamptz[])) AS l(key_id, t)
@@ -561,6 +685,25 @@ UPDATE apikeys.keys k SET last_used_at = l.t
 const MISSING_SQL: &str = "\
 SELECT m.id FROM pg_catalog.unnest($1::uuid[]) AS m(id)
  WHERE NOT EXISTS (SELECT FROM apikeys.keys k WHERE k.id OPERATOR(pg_catalog.=) m.id)";
+
+/// Debits and refills of keys locked by [`LOCK_SQL`] whose balance was
+/// not set meanwhile.
+const CREDITS_SQL: &str = "\
+UPDATE apikeys.keys k
+   SET credits = GREATEST(CASE WHEN c.refilled_at IS NOT NULL
+                               THEN coalesce(k.refill_amount, k.credits) ELSE k.credits END
+                          OPERATOR(pg_catalog.-) c.debit, 0),
+       credits_refilled_at = coalesce(c.refilled_at, k.credits_refilled_at)
+  FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::int8[]),
+                  pg_catalog.unnest($3::timestamptz[])) AS c(key_id, debit, refilled_at)
+ WHERE k.id OPERATOR(pg_catalog.=) c.key_id AND k.credits IS NOT NULL";
+
+unsafe extern "C-unwind" {
+    /// PostgreSQL's own SIGTERM handler for backends (tcop/postgres.c): it
+    /// sets ProcDiePending and the latch; the next interrupt check exits.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
 
 thread_local! {
     static IN_FLUSHER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -576,53 +719,79 @@ fn in_usage_worker() -> bool {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_apikeys_usage_flush(arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    // SIGTERM as for a backend (die): pg_terminate_backend and a shutdown
+    // end the flusher at once, also while it waits for a lock. What it
+    // copied and did not settle stays pending.
+    // SAFETY: installing PostgreSQL's own handler before signals are unblocked
+    unsafe {
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        pg_sys::BackgroundWorkerUnblockSignals();
+    }
     IN_FLUSHER.with(|f| f.set(true));
     let db = arg.value() as u32;
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
-    let credits = crate::limits::take_credits(db);
-    if !credits.is_empty() {
-        let written = BackgroundWorker::transaction(|| write_credits(&credits));
-        for (id, at) in written {
-            crate::limits::written_refill(db, &id, at);
-        }
-    }
-    let entries = take(db);
-    if entries.is_empty() {
-        return;
-    }
-    let total = events(&entries);
     let hd = header();
-    hd.in_flight.store(total, Ordering::Release);
-    let interval = f64::from(gucs::LAST_USED_INTERVAL.get());
-    let written = BackgroundWorker::transaction(|| write(&entries, interval));
-    hd.in_flight.store(0, Ordering::Release);
+    // counted as failed until it gets to the end
+    hd.flush_failures.fetch_add(1, Ordering::AcqRel);
+    BackgroundWorker::transaction(own_session);
+    flush_credits(db);
+    flush_entries(db);
     hd.flushes.fetch_add(1, Ordering::Relaxed);
-    hd.flushed.fetch_add(written, Ordering::Relaxed);
-    hd.discarded.fetch_add(total - written, Ordering::Relaxed);
-    // SAFETY: a plain clock read
-    hd.last_flush.store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Relaxed);
+    hd.last_flush.store(crate::limits::clock_now(), Ordering::Relaxed);
+    hd.flush_failures.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Write the entries; returns how many events landed on an existing key.
-fn write(entries: &[Entry], interval: f64) -> u64 {
+/// The flusher's own session, whatever `ALTER DATABASE`/`ALTER ROLE`
+/// settings say: read-write READ COMMITTED transactions, no statement,
+/// idle or transaction timeout, a short `lock_timeout` as a backstop
+/// (row locks are skipped, never waited for; this bounds a wait for a
+/// table lock such as `VACUUM FULL`'s), triggers as on a primary, no JIT.
+fn own_session() {
+    let settings: &[(&CStr, &CStr)] = &[
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_deferrable", c"off"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+        (c"lock_timeout", c"1s"),
+        (c"session_replication_role", c"origin"),
+        (c"search_path", c"pg_catalog, pg_temp"),
+        (c"jit", c"off"),
+        #[cfg(feature = "pg18")]
+        (c"transaction_timeout", c"0"),
+    ];
+    for (name, value) in settings {
+        // SAFETY: setting known GUCs of this session by name
+        unsafe {
+            pg_sys::SetConfigOption(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_SUSET,
+                pg_sys::GucSource::PGC_S_OVERRIDE,
+            )
+        };
+    }
+}
+
+/// What the database can take: the oid of its `keys` table (None: the
+/// extension is gone), whether `key_usage` takes counts here, and which of
+/// the keys minted in a verifying transaction do not exist.
+fn inspect(entries: &[Entry]) -> Option<(u32, bool, std::collections::HashSet<[u8; 16]>)> {
     Spi::connect_mut(|client: &mut SpiClient<'_>| {
-        if !flusher_settings(client) {
-            return 0;
-        }
-        let ready = client
+        let row = client
             .select(
                 "SELECT pg_catalog.to_regclass('apikeys.keys')::pg_catalog.oid AS keys,
                         pg_catalog.to_regclass('apikeys.key_usage') IS NOT NULL AS usage",
                 Some(1),
                 &[],
             )
-            .ok()
-            .map(|t| {
-                let r = t.first();
-                (r.get::<pg_sys::Oid>(1).ok().flatten(), r.get::<bool>(2).ok().flatten() == Some(true))
-            });
-        let Some((Some(keys_rel), has_usage)) = ready else { return 0 };
+            .ok()?;
+        let row = row.first();
+        let keys_rel = row.get::<pg_sys::Oid>(1).ok().flatten()?;
+        let has_usage = row.get::<bool>(2).ok().flatten() == Some(true);
         // a logical replication subscriber receives key_usage from its
         // publisher: its own counts would collide with the replicated rows
         let subscribed = has_usage
@@ -636,119 +805,233 @@ fn write(entries: &[Entry], interval: f64) -> u64 {
                 .ok()
                 .and_then(|t| t.first().get::<bool>(1).ok().flatten())
                 .unwrap_or(true);
-        let counts = has_usage && !subscribed;
-        // keys of this extension's keys table (not of one dropped since)
-        let mut live: Vec<&Entry> = entries.iter().filter(|e| e.keys_rel == keys_rel.to_u32()).collect();
         // keys that a verify found minted by its own transaction: only
         // those that exist now (keys are never deleted otherwise)
-        let unsure: Vec<pgrx::Uuid> =
-            live.iter().filter(|e| e.uncommitted != 0).map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+        let unsure: Vec<pgrx::Uuid> = entries
+            .iter()
+            .filter(|e| e.uncommitted != 0 && e.keys_rel == keys_rel.to_u32())
+            .map(|e| pgrx::Uuid::from_bytes(e.key))
+            .collect();
+        let mut missing = std::collections::HashSet::new();
         if !unsure.is_empty() {
-            let missing: std::collections::HashSet<[u8; 16]> =
-                match client.select(MISSING_SQL, None, &[unsure.into()]) {
-                    Ok(t) => t
-                        .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes()))
-                        .collect(),
-                    Err(_) => return 0,
-                };
-            live.retain(|e| !missing.contains(&e.key));
+            let t = client.select(MISSING_SQL, None, &[unsure.into()]).ok()?;
+            missing.extend(t.filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes())));
         }
-        let mut written = 0u64;
-        if counts {
-            for batch in live.chunks(BATCH) {
-                let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
-                let wss: Vec<pgrx::Uuid> =
-                    batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
-                let hours: Vec<TimestampWithTimeZone> =
-                    batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
-                let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
-                let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
-                let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
-                if client.update(COUNT_SQL, None, &args).is_err() {
-                    return written;
-                }
-                written += batch.iter().map(|e| e.verified + e.rejected).sum::<u64>();
-            }
-        }
-        if interval >= 0.0 {
-            // one stamp per key: its latest due use over the entries' hours
-            let mut due: std::collections::HashMap<[u8; 16], i64> = std::collections::HashMap::new();
-            for e in live.iter().filter(|e| e.last_used != 0) {
-                let t = due.entry(e.key).or_insert(e.last_used);
-                *t = (*t).max(e.last_used);
-            }
-            let due: Vec<([u8; 16], i64)> = due.into_iter().collect();
-            for batch in due.chunks(BATCH) {
-                let ids: Vec<pgrx::Uuid> = batch.iter().map(|(k, _)| pgrx::Uuid::from_bytes(*k)).collect();
-                let at: Vec<TimestampWithTimeZone> = batch.iter().map(|(_, t)| ts(*t)).collect();
-                if client.update(STAMP_SQL, None, &[ids.into(), at.into(), interval.into()]).is_err() {
-                    return written;
-                }
-            }
-        }
-        written
+        Some((keys_rel.to_u32(), has_usage && !subscribed, missing))
     })
 }
 
-const CREDITS_SQL: &str = "\
-WITH c AS (
-    SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::int8[]),
-                             pg_catalog.unnest($3::timestamptz[]))
-        AS c(key_id, debit, refilled_at)
-)
-UPDATE apikeys.keys k
-   SET credits = GREATEST(CASE WHEN c.refilled_at IS NOT NULL
-                               THEN coalesce(k.refill_amount, k.credits) ELSE k.credits END
-                          OPERATOR(pg_catalog.-) c.debit, 0),
-       credits_refilled_at = coalesce(c.refilled_at, k.credits_refilled_at)
-  FROM c
- WHERE k.id OPERATOR(pg_catalog.=) c.key_id AND k.credits IS NOT NULL
-RETURNING k.id, c.refilled_at";
+/// Write the database's pending usage: counts in committed batches, then
+/// the `last_used_at` stamps of rows no one holds. Each committed batch is
+/// settled in shared memory at once; a failure leaves the rest pending.
+fn flush_entries(db: u32) {
+    let entries = copy_db(db);
+    if entries.is_empty() {
+        return;
+    }
+    let hd = header();
+    let plan = BackgroundWorker::transaction(|| inspect(&entries));
+    let (keys_rel, counts, missing) = match plan {
+        Some(p) => p,
+        None => (0, false, Default::default()),
+    };
+    // keys of a dropped (maybe re-created) extension, keys that never committed
+    let dead = |e: &Entry| e.dbid == db && (e.keys_rel != keys_rel || missing.contains(&e.key));
+    let gone = take_where(dead);
+    hd.discarded.fetch_add(events(&gone), Ordering::Relaxed);
+    let live: Vec<Entry> = entries.into_iter().filter(|e| !dead(e)).collect();
 
-/// Write credit debits and refills; returns the refills written (key, time).
-fn write_credits(credits: &[crate::limits::CreditWrite]) -> Vec<([u8; 16], i64)> {
-    Spi::connect_mut(|client: &mut SpiClient<'_>| {
-        if !flusher_settings(client) {
-            return Vec::new();
+    let with_counts: Vec<&Entry> = live.iter().filter(|e| e.verified + e.rejected > 0).collect();
+    for batch in with_counts.chunks(COUNT_BATCH) {
+        if counts {
+            BackgroundWorker::transaction(|| write_counts(batch));
+            hd.flushed.fetch_add(batch.iter().map(|e| e.verified + e.rejected).sum(), Ordering::Relaxed);
+        } else {
+            // nowhere to write them (a subscriber): counted, not kept
+            hd.discarded.fetch_add(batch.iter().map(|e| e.verified + e.rejected).sum(), Ordering::Relaxed);
         }
+        // committed: no interrupt is processed between the commit and here
+        for e in batch {
+            settle(db, &e.key, e.hour, |s| {
+                s.verified = s.verified.saturating_sub(e.verified);
+                s.rejected = s.rejected.saturating_sub(e.rejected);
+            });
+        }
+    }
+
+    // one stamp per key: its latest due use over the entries' hours
+    let interval = gucs::LAST_USED_INTERVAL.get();
+    let mut due: std::collections::HashMap<[u8; 16], (i64, Vec<i64>)> = std::collections::HashMap::new();
+    for e in live.iter().filter(|e| e.last_used != 0) {
+        let d = due.entry(e.key).or_insert((0, Vec::new()));
+        d.0 = d.0.max(e.last_used);
+        d.1.push(e.hour);
+    }
+    let due: Vec<([u8; 16], (i64, Vec<i64>))> = due.into_iter().collect();
+    for batch in due.chunks(ROW_BATCH) {
+        let stamped: std::collections::HashSet<[u8; 16]> = if interval >= 0 {
+            let want: Vec<([u8; 16], i64)> = batch.iter().map(|(k, (t, _))| (*k, *t)).collect();
+            BackgroundWorker::transaction(|| write_stamps(&want, f64::from(interval)))
+        } else {
+            // stamps are off now: nothing to write
+            batch.iter().map(|(k, _)| *k).collect()
+        };
+        for (key, (t, hours)) in batch {
+            if stamped.contains(key) {
+                for h in hours {
+                    settle(db, key, *h, |s| {
+                        if s.last_used <= *t {
+                            s.last_used = 0;
+                        }
+                    });
+                }
+            } else {
+                // a client holds the row: the stamp waits for the next flush
+                hd.deferred.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn write_counts(batch: &[&Entry]) {
+    Spi::connect_mut(|client: &mut SpiClient<'_>| {
+        batch_settings(client);
+        let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+        let wss: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
+        let hours: Vec<TimestampWithTimeZone> = batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
+        let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
+        let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
+        let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
+        if let Err(e) = client.update(COUNT_SQL, None, &args) {
+            pgrx::error!("pg_apikeys: usage counts not written: {e}");
+        }
+    })
+}
+
+/// Lock the rows of `want` that no one holds; stamp those. The keys locked.
+fn write_stamps(want: &[([u8; 16], i64)], interval: f64) -> std::collections::HashSet<[u8; 16]> {
+    Spi::connect_mut(|client: &mut SpiClient<'_>| {
+        batch_settings(client);
+        let locked = lock_rows(client, want.iter().map(|(k, _)| *k));
+        let mine: Vec<&([u8; 16], i64)> = want.iter().filter(|(k, _)| locked.contains_key(k)).collect();
+        if !mine.is_empty() {
+            let ids: Vec<pgrx::Uuid> = mine.iter().map(|(k, _)| pgrx::Uuid::from_bytes(*k)).collect();
+            let at: Vec<TimestampWithTimeZone> = mine.iter().map(|(_, t)| ts(*t)).collect();
+            if let Err(e) = client.update(STAMP_SQL, None, &[ids.into(), at.into(), interval.into()]) {
+                pgrx::error!("pg_apikeys: last_used_at not written: {e}");
+            }
+        }
+        locked.into_keys().collect()
+    })
+}
+
+/// What [`LOCK_SQL`] found of a locked row: whether it has credits, and its
+/// `credits_refilled_at` (0 for NULL).
+type Locked = std::collections::HashMap<[u8; 16], (bool, i64)>;
+
+fn lock_rows(client: &mut SpiClient<'_>, ids: impl Iterator<Item = [u8; 16]>) -> Locked {
+    let ids: Vec<pgrx::Uuid> = ids.map(pgrx::Uuid::from_bytes).collect();
+    let rows = match client.update(LOCK_SQL, None, &[ids.into()]) {
+        Ok(t) => t,
+        Err(e) => pgrx::error!("pg_apikeys: key rows not locked: {e}"),
+    };
+    rows.filter_map(|r| {
+        let id = r.get::<pgrx::Uuid>(1).ok().flatten()?;
+        let has = r.get::<bool>(2).ok().flatten().unwrap_or(false);
+        let at: i64 = r.get::<TimestampWithTimeZone>(3).ok().flatten().map_or(0, i64::from);
+        Some((*id.as_bytes(), (has, at)))
+    })
+    .collect()
+}
+
+/// Write the database's unwritten credits in committed batches of rows no
+/// one holds; a row found held is tried once more shortly after, then
+/// left for the next flush (and its key fails closed meanwhile).
+fn flush_credits(db: u32) {
+    let pending = crate::limits::pending_credits(db);
+    for batch in pending.chunks(ROW_BATCH) {
+        let mut todo: Vec<crate::limits::CreditWrite> = batch.to_vec();
+        for attempt in 0..2 {
+            let done = BackgroundWorker::transaction(|| write_credits(&todo));
+            let (locked, settled): (Vec<_>, Vec<_>) =
+                done.into_iter().partition(|(_, o)| *o == crate::limits::CreditOutcome::Locked);
+            crate::limits::ack_credits(db, &settled);
+            todo = locked.iter().map(|(w, _)| *w).collect();
+            if todo.is_empty() {
+                break;
+            }
+            if attempt == 1 {
+                crate::limits::ack_credits(db, &locked);
+            } else {
+                // SAFETY: a short sleep on our own latch; a SIGTERM ends it
+                unsafe {
+                    pg_sys::WaitLatch(
+                        pg_sys::MyLatch,
+                        (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                        100,
+                        pg_sys::PG_WAIT_EXTENSION,
+                    );
+                    pg_sys::ResetLatch(pg_sys::MyLatch);
+                }
+                pg_sys::check_for_interrupts!();
+            }
+        }
+    }
+}
+
+fn write_credits(
+    batch: &[crate::limits::CreditWrite],
+) -> Vec<(crate::limits::CreditWrite, crate::limits::CreditOutcome)> {
+    use crate::limits::CreditOutcome;
+    Spi::connect_mut(|client: &mut SpiClient<'_>| {
+        batch_settings(client);
         let present = client
             .select("SELECT pg_catalog.to_regclass('apikeys.keys') IS NOT NULL", Some(1), &[])
             .ok()
             .and_then(|t| t.first().get::<bool>(1).ok().flatten())
             .unwrap_or(false);
         if !present {
-            return Vec::new();
+            return batch.iter().map(|w| (*w, CreditOutcome::Stale)).collect();
         }
-        let ids: Vec<pgrx::Uuid> = credits.iter().map(|c| pgrx::Uuid::from_bytes(c.key_id)).collect();
-        let debits: Vec<i64> = credits.iter().map(|c| c.debit).collect();
-        let refills: Vec<Option<TimestampWithTimeZone>> =
-            credits.iter().map(|c| c.refilled_at.map(ts)).collect();
-        let mut out = Vec::new();
-        if let Ok(t) = client.update(CREDITS_SQL, None, &[ids.into(), debits.into(), refills.into()]) {
-            for r in t {
-                let id: Option<pgrx::Uuid> = r.get(1).ok().flatten();
-                let at: Option<TimestampWithTimeZone> = r.get(2).ok().flatten();
-                if let (Some(id), Some(at)) = (id, at) {
-                    out.push((*id.as_bytes(), at.into()));
-                }
+        let locked = lock_rows(client, batch.iter().map(|w| w.key_id));
+        let out: Vec<_> = batch
+            .iter()
+            .map(|w| {
+                let o = match locked.get(&w.key_id) {
+                    None => CreditOutcome::Locked,
+                    // credits removed, or the balance set (update_key) since
+                    // these debits were made: they no longer apply
+                    Some((false, _)) => CreditOutcome::Stale,
+                    Some((true, at)) if *at != w.loaded_from => CreditOutcome::Stale,
+                    Some(_) => CreditOutcome::Written,
+                };
+                (*w, o)
+            })
+            .collect();
+        let writes: Vec<&crate::limits::CreditWrite> =
+            out.iter().filter(|(_, o)| *o == CreditOutcome::Written).map(|(w, _)| w).collect();
+        if !writes.is_empty() {
+            let ids: Vec<pgrx::Uuid> = writes.iter().map(|w| pgrx::Uuid::from_bytes(w.key_id)).collect();
+            let debits: Vec<i64> = writes.iter().map(|w| w.debit).collect();
+            let refills: Vec<Option<TimestampWithTimeZone>> =
+                writes.iter().map(|w| w.refilled_at.map(ts)).collect();
+            if let Err(e) = client.update(CREDITS_SQL, None, &[ids.into(), debits.into(), refills.into()]) {
+                pgrx::error!("pg_apikeys: credits not written: {e}");
             }
         }
         out
     })
 }
 
-/// The flusher's transaction settings: nothing a database's users created
-/// can stand in for a name, and each batch joins its keys by the primary
-/// key (a batch of 10 000 keys would otherwise be planned as a hash join
-/// over a scan of the whole `keys` table).
-fn flusher_settings(client: &mut SpiClient<'_>) -> bool {
-    [
-        "SET LOCAL search_path = pg_catalog, pg_temp",
-        "SET LOCAL enable_hashjoin = off",
-        "SET LOCAL enable_mergejoin = off",
-    ]
-    .into_iter()
-    .all(|q| client.update(q, None, &[]).is_ok())
+/// Each batch joins its keys by the primary key (a batch of keys would
+/// otherwise be planned as a hash join over a scan of the whole `keys`
+/// table).
+fn batch_settings(client: &mut SpiClient<'_>) {
+    for q in ["SET LOCAL enable_hashjoin = off", "SET LOCAL enable_mergejoin = off"] {
+        if let Err(e) = client.update(q, None, &[]) {
+            pgrx::error!("pg_apikeys: flusher settings: {e}");
+        }
+    }
 }
 
 fn ts(t: i64) -> TimestampWithTimeZone {
@@ -788,6 +1071,9 @@ fn usage_stats() -> TableIterator<
         name!(unrecorded, Option<i64>),
         name!(discarded, Option<i64>),
         name!(last_flush, Option<TimestampWithTimeZone>),
+        name!(deferred, Option<i64>),
+        name!(limits_full, Option<i64>),
+        name!(credits_held, Option<i64>),
     ),
 > {
     if !active() {
@@ -806,27 +1092,33 @@ fn usage_stats() -> TableIterator<
             None,
             None,
             None,
+            None,
+            None,
+            None,
         ));
     }
     let hd = header();
-    let all = snapshot_all();
+    let (in_use, pending) = totals();
     let n = |a: &AtomicU64| Some(a.load(Ordering::Relaxed) as i64);
     let last = hd.last_flush.load(Ordering::Relaxed);
     TableIterator::once((
         "shared_memory",
         Some((hd.per_part * PARTITIONS as u64) as i64),
-        Some(all.len() as i64),
+        Some(in_use as i64),
         n(&hd.verified),
         n(&hd.rejected),
         n(&hd.unknown),
         n(&hd.malformed),
-        Some(events(&all) as i64),
+        Some(pending as i64),
         n(&hd.flushes),
         n(&hd.flushed),
         n(&hd.fallbacks),
         n(&hd.unrecorded),
         n(&hd.discarded),
         (last != 0).then(|| ts(last)),
+        Some((hd.deferred.load(Ordering::Relaxed) + crate::limits::deferred_writes()) as i64),
+        Some(crate::limits::full_refusals() as i64),
+        Some(crate::limits::held_refusals() as i64),
     ))
 }
 

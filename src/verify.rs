@@ -284,27 +284,29 @@ impl Row<'_> {
         self.datum(col).map(|d| i64::from(d.value() as i32))
     }
 
-    /// An interval column as (microseconds + days, months).
-    fn interval(&self, col: usize) -> Option<(i64, i32)> {
+    /// An interval column as (months, days, microseconds).
+    fn interval(&self, col: usize) -> Option<(i32, i32, i64)> {
         // SAFETY: a non-null interval column points at a pg_sys::Interval
         self.datum(col).map(|d| unsafe {
             let i = &*(d.cast_mut_ptr::<pg_sys::Interval>());
-            (i.time + i64::from(i.day) * 86_400_000_000, i.month)
+            (i.month, i.day, i.time)
         })
     }
 
     /// What the row says about limits and credits.
     fn limit_spec(&self) -> limits::Spec {
         let Some(x) = self.key_cols.extra else { return limits::Spec::default() };
+        // a window is checked part by part when it is set; one written
+        // around the functions counts as the strictest (rules::window_usecs)
         let window = |limit: usize, window: usize| match (self.int4(limit), self.interval(window)) {
-            (Some(l), Some((us, _))) if us > 0 => Some((l, us)),
+            (Some(l), Some((m, d, us))) => Some((l, crate::rules::window_usecs(m, d, us))),
             _ => None,
         };
         let rate = window(x.rate_limit, x.rate_window);
         let owner_rate = window(x.owner_rate_limit, x.owner_rate_window);
         let credits = self.int8(x.credits);
         let refill = match (self.int8(x.refill_amount), self.interval(x.refill_interval)) {
-            (Some(a), Some((_, months))) => {
+            (Some(a), Some((months, _, _))) => {
                 Some((a, if months >= 1 { limits::Period::Month } else { limits::Period::Day }))
             }
             _ => None,
@@ -793,9 +795,10 @@ fn check_token<R>(
                     reset: None,
                     credits_remaining: spec.credits,
                     refill_at: None,
+                    held: false,
                 })
             } else {
-                let d = limits::admit(&spec, cost, statement_now());
+                let d = limits::admit(&spec, cost, limits::clock_now());
                 if d.code == limits::Code::Valid {
                     Outcome::Valid(Some(d))
                 } else {
@@ -835,10 +838,17 @@ fn check_token<R>(
     if engine && usage::record(&hit.key, usage::Outcome::Verified, statement_now(), due) {
         return Ok(Some((result, outcome)));
     }
+    // no entry: a fallback where this transaction can write (the stamp,
+    // when due, is written here), unrecorded where it cannot; never both
+    if engine {
+        if may_touch() {
+            usage::record_fallback();
+        } else {
+            usage::record_unrecorded();
+        }
+    }
     if due && may_touch() {
         touch(hit.key.id, interval)?;
-    } else if engine && !may_touch() {
-        usage::record_unrecorded();
     }
     Ok(Some((result, outcome)))
 }
@@ -1072,7 +1082,11 @@ unsafe fn check_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
                     Outcome::Limited(d) => Some(*d),
                     Outcome::Scope => None,
                 };
-                let credits = d.and_then(|d| d.credits_remaining).or_else(|| row.limit_spec().credits);
+                // live credits for every code: a refusal before the limits
+                // (a missing scope) reads this server's balance
+                let credits = d
+                    .and_then(|d| d.credits_remaining)
+                    .or_else(|| limits::peek_credits(&row.limit_spec(), limits::clock_now()));
                 if let Some(c) = credits {
                     values[8] = Datum::from(c);
                     nulls[8] = false;
@@ -1114,6 +1128,11 @@ unsafe fn check_key_srf(fcinfo: pg_sys::FunctionCallInfo) -> ApiResult<()> {
 ///
 /// # Safety
 /// Called through the C entry point by PostgreSQL's function manager only.
+/// Guarded like every function PostgreSQL calls: an error raised inside
+/// PostgreSQL while it runs (a cancel, a lock wait cut off by
+/// `statement_timeout`) unwinds the Rust frames and is re-raised as that
+/// statement's ERROR, never across a Rust frame into C.
+#[pg_guard]
 pub unsafe extern "C-unwind" fn check_key_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
     // SAFETY: see check_key_srf
     deferred(unsafe { check_key_srf(fcinfo) });

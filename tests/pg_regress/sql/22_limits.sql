@@ -222,15 +222,15 @@ RESET ROLE;
 UPDATE apikeys.keys SET credits_refilled_at = date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 microsecond'
  WHERE id = regress.id('cr_id');
 SELECT code, credits_remaining FROM apikeys.check_key(regress.tok('cr'));
--- and at the very start of this month: no refill (the period is this one)
+-- and just after this month began: no refill (the period is this one)
 SET ROLE alice;
 SELECT apikeys.update_key(regress.id('cr_id'), credits => 2);
 RESET ROLE;
-UPDATE apikeys.keys SET credits_refilled_at = date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+UPDATE apikeys.keys SET credits_refilled_at = date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 microsecond'
  WHERE id = regress.id('cr_id');
 SELECT code, credits_remaining FROM apikeys.check_key(regress.tok('cr'));
 SELECT apikeys.flush_usage() AS flushed;
-SELECT credits, credits_refilled_at = date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS this_month
+SELECT credits, credits_refilled_at = date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 microsecond' AS this_month
   FROM apikeys.keys WHERE id = regress.id('cr_id');
 -- removing: rate_limit 0, credits -1
 SET ROLE alice;
