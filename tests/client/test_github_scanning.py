@@ -146,3 +146,31 @@ def test_the_registered_regex_matches_every_minted_key_and_nothing_else(conn, wo
               "SK_" + t[3:], "s_" + t[3:], "sk__" + t[3:], "sk_" + t[3:-1] + "-"]
     for o in others:
         assert not TOKEN_RE.fullmatch(o), o
+
+
+def test_each_token_of_a_signed_report_stands_alone(conn, world, su, signing):
+    """A NUL in one token, a url over 2048 characters or a source over 256
+    in another: the report is still answered token by token, every key of
+    ours in it is revoked (its audit row leaves out what could not be
+    recorded), and the NUL token is labelled false_positive, not 22021."""
+    long_url = world.mint(ALICE, world.ws_a, "leaked-long-url", ["read"])
+    long_source = world.mint(ALICE, world.ws_a, "leaked-long-source", ["read"])
+    plain = world.mint(ALICE, world.ws_a, "leaked-plain", ["read"])
+    body = json.dumps([
+        {"token": long_url["key"], "type": "t", "url": "https://github.com/" + "a" * 3000, "source": "content"},
+        {"token": "a\u0000b", "type": "t", "url": "https://github.com/x", "source": "content"},
+        {"token": long_source["key"], "type": "t", "url": "https://github.com/y", "source": "s" * 300},
+        {"token": plain["key"], "type": "t", "url": "https://github.com/z\u0000", "source": "content"},
+    ])
+    feedback = intake(su, body, "kid-1", sign(signing["kid-1"], body))
+    assert isinstance(feedback, list), f"refused as a whole: {feedback}"
+    assert [f["label"] for f in feedback] == ["true_positive", "false_positive", "true_positive", "true_positive"]
+    assert feedback[1]["token_hash"] == sha256_hex("a\u0000b")
+    for k in (long_url, long_source, plain):
+        assert not verifies(su, k["key"])
+    details = dict(su.execute(
+        "SELECT key_id, detail FROM apikeys.audit_log WHERE action = 'key.leaked' AND key_id = ANY(%s)",
+        ([long_url["id"], long_source["id"], plain["id"]],)).fetchall())
+    assert details[long_url["id"]] == {"name": "leaked-long-url", "source": "content"}
+    assert details[long_source["id"]] == {"name": "leaked-long-source", "url": "https://github.com/y"}
+    assert details[plain["id"]] == {"name": "leaked-plain", "source": "content"}
