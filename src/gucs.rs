@@ -41,6 +41,14 @@ pub static LIMIT_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(131072);
 /// worker writes pending usage at least this often. Reloadable (`SIGHUP`).
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 
+/// `apikeys.workspace_share` (percent, default 50): the most of each
+/// shared-memory table (usage and limits) that one workspace's entries may
+/// take. A workspace past its share finds no entry: its verifies fall back
+/// (or go unrecorded) and its limited keys fail closed, while other
+/// workspaces keep their room. 100 for a deployment with one tenant.
+/// Reloadable (`SIGHUP`).
+pub static WORKSPACE_SHARE: GucSetting<i32> = GucSetting::<i32>::new(50);
+
 /// The postmaster-only settings: only while `shared_preload_libraries`
 /// loads (PostgreSQL refuses them later).
 pub fn init_preload() {
@@ -76,6 +84,16 @@ pub fn init() {
         3600,
         GucContext::Sighup,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"apikeys.workspace_share",
+        c"Percent of each usage engine table (usage, limits) one workspace may fill.",
+        c"Only with shared_preload_libraries = 'pg_apikeys'. A workspace past it finds no entry: its own verifies fall back and its limited keys fail closed; others keep their room.",
+        &WORKSPACE_SHARE,
+        1,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"apikeys.last_used_interval",

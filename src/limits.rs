@@ -82,6 +82,13 @@ struct Entry {
     held: u32,
     /// when the oldest debit not yet written was made (0: none pending)
     unflushed_since: i64,
+    /// the workspace the entry counts against (its share of the table)
+    workspace: [u8; 16],
+    /// the transaction that wrote the key's row when this entry was made,
+    /// while that transaction had not committed (0 once seen committed):
+    /// an entry of a key that never commits is free for the taking
+    xid: u32,
+    _pad: u32,
 }
 
 #[repr(C)]
@@ -98,6 +105,8 @@ struct Header {
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
 static mut SLOTS: *mut Entry = std::ptr::null_mut();
+/// per partition, how many entries each workspace holds there
+static mut TENANTS: *mut shmem::Tenant = std::ptr::null_mut();
 static mut LOCKS: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
 
 fn slot_count() -> usize {
@@ -106,7 +115,8 @@ fn slot_count() -> usize {
 }
 
 pub fn segment_size() -> usize {
-    std::mem::size_of::<Header>() + slot_count() * std::mem::size_of::<Entry>()
+    std::mem::size_of::<Header>()
+        + slot_count() * (std::mem::size_of::<Entry>() + std::mem::size_of::<shmem::Tenant>())
 }
 
 /// From the usage engine's shmem_request hook.
@@ -136,6 +146,7 @@ pub unsafe fn startup() {
         }
         HEADER = base as *mut Header;
         SLOTS = base.add(std::mem::size_of::<Header>()) as *mut Entry;
+        TENANTS = SLOTS.add(slot_count()) as *mut shmem::Tenant;
         LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
     }
 }
@@ -210,16 +221,45 @@ fn unlock(p: usize) {
     unsafe { shmem::release(LOCKS, p) };
 }
 
+fn part_tenants(p: usize) -> &'static mut [shmem::Tenant] {
+    let per = header().per_part as usize;
+    // SAFETY: the partition's range of the tenant counts; callers hold its lock
+    unsafe { std::slice::from_raw_parts_mut(TENANTS.add(p * per), per) }
+}
+
 fn part_slots(p: usize) -> &'static mut [Entry] {
     let per = header().per_part as usize;
     // SAFETY: the partition's range; callers hold its lock
     unsafe { std::slice::from_raw_parts_mut(SLOTS.add(p * per), per) }
 }
 
-/// The entry for (db, id, kind) in its (locked) partition, made if absent.
-/// An entry that holds nothing worth keeping (no unwritten credits, its
-/// window over) may be taken over when the probe range is full.
-fn find_or_make(p: usize, h: u64, dbid: u32, id: &[u8; 16], kind: u32, now: i64) -> Option<usize> {
+/// Whether an entry's key was minted by a transaction that then rolled
+/// back (or crashed): nobody will ever check it again. Clog reads, only for
+/// the rare entry made while its key's row was uncommitted.
+fn never_committed(s: &Entry) -> bool {
+    let xid = pg_sys::TransactionId::from(s.xid);
+    // SAFETY: plain reads of the commit log and the proc array
+    s.xid != 0
+        && s.unflushed == 0
+        && unsafe { !pg_sys::TransactionIdIsInProgress(xid) && !pg_sys::TransactionIdDidCommit(xid) }
+}
+
+/// The entry for (db, id, kind) in its (locked) partition, made if absent:
+/// in a free place, or over an entry that holds nothing worth keeping (no
+/// unwritten credits and its window over, or its key never committed) when
+/// none is free within reach. A new entry counts against the workspace's
+/// share; None when no place is free or the share is used.
+#[allow(clippy::too_many_arguments)]
+fn find_or_make(
+    p: usize,
+    h: u64,
+    dbid: u32,
+    id: &[u8; 16],
+    kind: u32,
+    now: i64,
+    workspace: &[u8; 16],
+    xid: u32,
+) -> Option<usize> {
     let slots = part_slots(p);
     let per = slots.len();
     let start = ((h >> 5) as usize) % per;
@@ -227,20 +267,39 @@ fn find_or_make(p: usize, h: u64, dbid: u32, id: &[u8; 16], kind: u32, now: i64)
     let mut stale = None;
     for i in 0..MAX_PROBES.min(per) {
         let at = (start + i) % per;
-        let s = &slots[at];
+        let s = &mut slots[at];
         if s.used == 0 {
-            free.get_or_insert(at);
-            continue;
+            // an entry is never placed past a free place: no match beyond
+            free = Some(at);
+            break;
         }
         if s.dbid == dbid && s.kind == kind && s.id == *id {
+            if s.xid != 0 && xid == 0 {
+                s.xid = 0; // its key has committed since
+            }
             return Some(at);
         }
-        if stale.is_none() && s.unflushed == 0 && s.refilled == 0 && now >= s.window_start + s.window_len {
+        if stale.is_none()
+            && ((s.unflushed == 0 && s.refilled == 0 && now >= s.window_start + s.window_len)
+                || never_committed(s))
+        {
             stale = Some(at);
         }
     }
     let at = free.or(stale)?;
-    slots[at] = Entry { used: 1, dbid, id: *id, kind, ..Entry::default() };
+    let tenants = part_tenants(p);
+    let share = shmem::share_limit(per, gucs::WORKSPACE_SHARE.get());
+    if slots[at].used != 0 {
+        shmem::tenant_sub(tenants, slots[at].dbid, &slots[at].workspace);
+    }
+    if !shmem::tenant_add(tenants, dbid, workspace, share) {
+        if slots[at].used != 0 {
+            // the stale entry stays (and counts again)
+            shmem::tenant_add(tenants, slots[at].dbid, &slots[at].workspace, u32::MAX);
+        }
+        return None;
+    }
+    slots[at] = Entry { used: 1, dbid, id: *id, kind, workspace: *workspace, xid, ..Entry::default() };
     Some(at)
 }
 
@@ -312,6 +371,11 @@ pub struct Spec {
     pub refill: Option<(i64, Period)>,
     /// the row's credits_refilled_at (0 when NULL)
     pub refilled_at: i64,
+    /// the key's workspace (the share of the table its entries count against)
+    pub workspace: [u8; 16],
+    /// the transaction that wrote the key's row, while it has not
+    /// committed (a key minted in the checking transaction); 0 otherwise
+    pub xid: u32,
 }
 
 impl Spec {
@@ -415,7 +479,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         held: false,
     };
     let key_at = if key_needed {
-        match find_or_make(partition(hk), hk, dbid, &spec.key_id, KIND_KEY, now) {
+        match find_or_make(partition(hk), hk, dbid, &spec.key_id, KIND_KEY, now, &spec.workspace, spec.xid) {
             Some(at) => Some(at),
             None => return refused_full,
         }
@@ -423,15 +487,34 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         None
     };
     let owner_at = if spec.owner_rate.is_some() {
-        match find_or_make(partition(ho), ho, dbid, &spec.owner_id, KIND_OWNER, now) {
+        match find_or_make(
+            partition(ho),
+            ho,
+            dbid,
+            &spec.owner_id,
+            KIND_OWNER,
+            now,
+            &spec.workspace,
+            spec.xid,
+        ) {
             Some(at) => Some(at),
             None => return refused_full,
         }
     } else {
         None
     };
-    let key_slots = part_slots(partition(hk));
-    let owner_slots = part_slots(partition(ho));
+    // the key's and the owner's entries may share a partition: reach each
+    // through its own pointer, never two live slices of one partition
+    let slot_ptr = |h: u64, at: usize| -> *mut Entry {
+        let per = header().per_part as usize;
+        // SAFETY: `at` < per, inside the (locked) partition of `h`
+        unsafe { SLOTS.add(partition(h) * per + at) }
+    };
+    // SAFETY: distinct entries (one of kind key, one of kind owner) of
+    // partitions this backend holds locked; each reference lives only for
+    // the statement that uses it
+    let key_entry = |at: usize| unsafe { &mut *slot_ptr(hk, at) };
+    let owner_entry = |at: usize| unsafe { &mut *slot_ptr(ho, at) };
 
     // windows
     let mut limit_shown = None;
@@ -439,7 +522,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
     let mut reset: Option<i64> = None;
     let mut rate_ok = true;
     if let (Some(at), Some((limit, len))) = (key_at, spec.rate) {
-        let e = &mut key_slots[at];
+        let e = key_entry(at);
         roll(e, &Window { len }, now);
         let left = limit - e.count;
         rate_ok &= e.count + cost <= limit;
@@ -448,7 +531,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         reset = Some(e.window_start + e.window_len);
     }
     if let (Some(at), Some((limit, len))) = (owner_at, spec.owner_rate) {
-        let e = &mut owner_slots[at];
+        let e = owner_entry(at);
         roll(e, &Window { len }, now);
         let left = limit - e.count;
         rate_ok &= e.count + cost <= limit;
@@ -464,7 +547,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
     let mut credits_left = None;
     let mut held = false;
     if let (Some(at), Some(row_credits)) = (key_at, spec.credits) {
-        let e = &mut key_slots[at];
+        let e = key_entry(at);
         let own_refill = e.credits_loaded != 0
             && e.refilled != 0
             && e.period_kind != 0
@@ -543,13 +626,13 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
     };
     if code == Code::Valid {
         if let (Some(at), Some(_)) = (key_at, spec.rate) {
-            key_slots[at].count += cost;
+            key_entry(at).count += cost;
         }
         if let (Some(at), Some(_)) = (owner_at, spec.owner_rate) {
-            owner_slots[at].count += cost;
+            owner_entry(at).count += cost;
         }
         if let (Some(at), Some(_)) = (key_at, spec.credits) {
-            let e = &mut key_slots[at];
+            let e = key_entry(at);
             if e.unflushed == 0 && cost > 0 {
                 e.unflushed_since = now;
             }
@@ -768,7 +851,9 @@ pub(crate) fn import(bytes: &[u8]) -> bool {
                 e.unflushed_since = saved.unflushed_since;
             }
         }
-    } else if let Some(at) = find_or_make(p, h, saved.dbid, &saved.id, saved.kind, clock_now()) {
+    } else if let Some(at) =
+        find_or_make(p, h, saved.dbid, &saved.id, saved.kind, clock_now(), &saved.workspace, saved.xid)
+    {
         part_slots(p)[at] = saved;
     }
     unlock(p);
@@ -794,7 +879,9 @@ pub fn pending_dbs() -> Vec<u32> {
     out
 }
 
-/// Drop every entry of a database (it was dropped).
+/// Drop every entry of a database (it was dropped, or takes no
+/// connections): each taken out with its run shifted back, so no other
+/// entry moves further from its place.
 pub fn drop_database(dbid: u32) {
     if !active() {
         return;
@@ -802,21 +889,39 @@ pub fn drop_database(dbid: u32) {
     for p in 0..PARTITIONS {
         lock(p);
         let slots = part_slots(p);
-        if slots.iter().any(|s| s.used != 0 && s.dbid == dbid) {
-            let keep: Vec<Entry> = slots.iter().filter(|s| s.used != 0 && s.dbid != dbid).copied().collect();
-            slots.iter_mut().for_each(|s| *s = Entry::default());
-            for e in keep {
-                let h = hash(e.dbid, &e.id, e.kind);
-                let per = slots.len();
-                let start = ((h >> 5) as usize) % per;
-                if let Some(at) =
-                    (0..MAX_PROBES.min(per)).map(|i| (start + i) % per).find(|&at| slots[at].used == 0)
-                {
-                    slots[at] = e;
-                }
+        let tenants = part_tenants(p);
+        let mut i = 0;
+        while i < slots.len() {
+            if slots[i].used != 0 && slots[i].dbid == dbid {
+                remove_at(slots, tenants, i);
+                continue; // look at what moved into slot i
             }
+            i += 1;
         }
         unlock(p);
+    }
+}
+
+/// Empty slot `at` and shift the later entries of its run back (linear
+/// probing without tombstones, as the usage table does).
+fn remove_at(slots: &mut [Entry], tenants: &mut [shmem::Tenant], at: usize) {
+    let per = slots.len();
+    let home = |e: &Entry| ((hash(e.dbid, &e.id, e.kind) >> 5) as usize) % per;
+    let mut hole = at;
+    shmem::tenant_sub(tenants, slots[hole].dbid, &slots[hole].workspace);
+    slots[hole] = Entry::default();
+    let mut j = hole;
+    for _ in 1..per {
+        j = (j + 1) % per;
+        if slots[j].used == 0 {
+            break;
+        }
+        let h = home(&slots[j]);
+        if (hole + per - h) % per < (j + per - h) % per {
+            slots[hole] = slots[j];
+            slots[j] = Entry::default();
+            hole = j;
+        }
     }
 }
 
@@ -844,8 +949,8 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_112_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 112);
+    fn an_entry_is_136_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 136);
     }
 
     #[test]

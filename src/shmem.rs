@@ -1,5 +1,6 @@
 //! What the two shared-memory tables (usage.rs, limits.rs) share: the hash
-//! that places an id in a table, and the partition locks.
+//! that places an id in a table, the partition locks, and the count of
+//! entries each workspace holds in a partition (its share).
 
 use pgrx::pg_sys;
 
@@ -40,9 +41,137 @@ pub unsafe fn release(locks: *mut pg_sys::LWLockPadded, p: usize) {
     unsafe { pg_sys::LWLockRelease(&mut (*locks.add(p)).lock) };
 }
 
+/// How many entries one workspace (of one database) holds in one
+/// partition of a table. Each partition keeps as many of these as it has
+/// entries, so they can never run out: at most one workspace per entry.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// 0: this place was never used (a probe run ends here)
+    pub dbid: u32,
+    pub count: u32,
+    pub workspace: [u8; 16],
+}
+
+fn tenant_home(dbid: u32, ws: &[u8; 16], len: usize) -> usize {
+    ((mix(dbid, ws, 0x7e4a_47u64) >> 7) as usize) % len
+}
+
+/// Count one more entry for (dbid, ws) in a partition's tenants, unless it
+/// holds `limit` already: false then (the workspace has used its share).
+pub fn tenant_add(tenants: &mut [Tenant], dbid: u32, ws: &[u8; 16], limit: u32) -> bool {
+    let len = tenants.len();
+    let start = tenant_home(dbid, ws, len);
+    let mut reuse = None;
+    for i in 0..len {
+        let at = (start + i) % len;
+        let t = &tenants[at];
+        if t.dbid == 0 {
+            // the end of the run: (dbid, ws) holds nothing here
+            let at = reuse.unwrap_or(at);
+            if limit == 0 {
+                return false;
+            }
+            tenants[at] = Tenant { dbid, count: 1, workspace: *ws };
+            return true;
+        }
+        if t.dbid == dbid && t.workspace == *ws {
+            if t.count >= limit {
+                return false;
+            }
+            tenants[at].count += 1;
+            return true;
+        }
+        if t.count == 0 && reuse.is_none() {
+            reuse = Some(at);
+        }
+    }
+    // every place used: take a free one (there is one: at most one
+    // workspace per entry, and this entry is not placed yet)
+    match reuse {
+        Some(at) if limit > 0 => {
+            tenants[at] = Tenant { dbid, count: 1, workspace: *ws };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Count one entry less for (dbid, ws).
+pub fn tenant_sub(tenants: &mut [Tenant], dbid: u32, ws: &[u8; 16]) {
+    let len = tenants.len();
+    let start = tenant_home(dbid, ws, len);
+    for i in 0..len {
+        let at = (start + i) % len;
+        let t = tenants[at];
+        if t.dbid == 0 {
+            return;
+        }
+        if t.dbid == dbid && t.workspace == *ws {
+            tenants[at].count = t.count.saturating_sub(1);
+            if tenants[at].count == 0 && tenants[(at + 1) % len].dbid == 0 {
+                // the end of its run: free it, and the free places before it
+                let mut j = at;
+                while tenants[j].dbid != 0 && tenants[j].count == 0 {
+                    tenants[j] = Tenant::default();
+                    j = (j + len - 1) % len;
+                }
+            }
+            return;
+        }
+    }
+}
+
+/// How many entries a workspace may hold in a partition of `per` entries
+/// with a share of `percent` (at least one).
+pub fn share_limit(per: usize, percent: i32) -> u32 {
+    ((per as u64 * percent.clamp(1, 100) as u64 / 100).max(1)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_count_and_refuse_past_their_share() {
+        let mut t = vec![Tenant::default(); 8];
+        let (a, b) = ([1u8; 16], [2u8; 16]);
+        assert!(tenant_add(&mut t, 1, &a, 3));
+        assert!(tenant_add(&mut t, 1, &a, 3));
+        assert!(tenant_add(&mut t, 1, &a, 3));
+        assert!(!tenant_add(&mut t, 1, &a, 3), "a's share is 3");
+        assert!(tenant_add(&mut t, 1, &b, 3), "b is not a");
+        assert!(tenant_add(&mut t, 2, &a, 3), "another database's a is not a");
+        tenant_sub(&mut t, 1, &a);
+        assert!(tenant_add(&mut t, 1, &a, 3), "room again after one left");
+        // counts come and go without losing anyone
+        for _ in 0..3 {
+            tenant_sub(&mut t, 1, &a);
+        }
+        tenant_sub(&mut t, 1, &b);
+        tenant_sub(&mut t, 2, &a);
+        assert!(t.iter().all(|x| x.count == 0));
+        // many workspaces, one entry each, in a full array
+        let mut t = vec![Tenant::default(); 16];
+        for i in 0..16u8 {
+            assert!(tenant_add(&mut t, 1, &[i; 16], 1), "{i}");
+        }
+        for i in 0..16u8 {
+            assert!(!tenant_add(&mut t, 1, &[i; 16], 1), "{i} is at its share");
+        }
+        for i in (0..16u8).step_by(2) {
+            tenant_sub(&mut t, 1, &[i; 16]);
+        }
+        for i in (0..16u8).step_by(2) {
+            assert!(tenant_add(&mut t, 1, &[i + 100; 16], 1), "{i}: a freed place is taken");
+        }
+        for i in (1..16u8).step_by(2) {
+            assert!(!tenant_add(&mut t, 1, &[i; 16], 1), "{i} still counts");
+        }
+        assert_eq!(share_limit(2048, 50), 1024);
+        assert_eq!(share_limit(10, 1), 1);
+        assert_eq!(share_limit(10, 500), 10);
+    }
 
     #[test]
     fn mix_separates_databases_tags_and_ids() {

@@ -108,6 +108,8 @@ struct Header {
     flush_failures: AtomicU64,
     /// a launcher ran since this shared memory was made
     launched: AtomicBool,
+    /// verifies that found no entry because their workspace held its share
+    over_share: AtomicU64,
     flush_requested: AtomicU64,
     flush_done: AtomicU64,
     last_flush: AtomicI64,
@@ -115,6 +117,8 @@ struct Header {
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
 static mut SLOTS: *mut Entry = std::ptr::null_mut();
+/// per partition, how many entries each workspace holds there
+static mut TENANTS: *mut shmem::Tenant = std::ptr::null_mut();
 static mut LOCKS: *mut pg_sys::LWLockPadded = std::ptr::null_mut();
 static mut PREV_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
@@ -125,7 +129,7 @@ fn slot_count() -> usize {
 }
 
 fn segment_size() -> usize {
-    std::mem::size_of::<Header>() + slot_count() * ENTRY_BYTES
+    std::mem::size_of::<Header>() + slot_count() * (ENTRY_BYTES + std::mem::size_of::<shmem::Tenant>())
 }
 
 /// Called from `_PG_init` while `shared_preload_libraries` loads: asks for
@@ -181,6 +185,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
         }
         HEADER = base as *mut Header;
         SLOTS = base.add(std::mem::size_of::<Header>()) as *mut Entry;
+        TENANTS = SLOTS.add(slot_count()) as *mut shmem::Tenant;
         LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
         crate::limits::startup();
         pg_sys::LWLockRelease(init_lock);
@@ -211,9 +216,19 @@ impl Part {
     }
 
     fn slots(&mut self) -> &mut [Entry] {
+        self.both().0
+    }
+
+    /// The partition's entries and its workspaces' counts.
+    fn both(&mut self) -> (&mut [Entry], &mut [shmem::Tenant]) {
         let per = header().per_part as usize;
-        // SAFETY: the partition's range of the table, under its lock
-        unsafe { std::slice::from_raw_parts_mut(SLOTS.add(self.p * per), per) }
+        // SAFETY: the partition's ranges of the two arrays, under its lock
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(SLOTS.add(self.p * per), per),
+                std::slice::from_raw_parts_mut(TENANTS.add(self.p * per), per),
+            )
+        }
     }
 }
 
@@ -228,14 +243,33 @@ fn hash(dbid: u32, key: &[u8; 16], hour: i64) -> u64 {
     shmem::mix(dbid, key, hour as u64)
 }
 
-/// Add `e` into the partition's slots (merging with its entry); false when
-/// no place within MAX_PROBES is free.
-fn put(slots: &mut [Entry], h: u64, e: &Entry) -> Result<bool, ()> {
+/// Why an entry found no place.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum NoRoom {
+    /// no free place within MAX_PROBES of its own
+    Full,
+    /// its workspace holds its share of the partition already
+    Share,
+}
+
+/// Add `e` into the partition's slots (merging with its entry): `true` for
+/// a new entry. A new entry counts against its workspace's share (`limit`
+/// entries of this partition).
+fn put(
+    slots: &mut [Entry],
+    tenants: &mut [shmem::Tenant],
+    h: u64,
+    e: &Entry,
+    limit: u32,
+) -> Result<bool, NoRoom> {
     let per = slots.len();
     let start = ((h >> 5) as usize) % per;
     for i in 0..MAX_PROBES.min(per) {
         let s = &mut slots[(start + i) % per];
         if s.used == 0 {
+            if !shmem::tenant_add(tenants, e.dbid, &e.workspace, limit) {
+                return Err(NoRoom::Share);
+            }
             *s = *e;
             s.used = 1;
             return Ok(true); // a new entry
@@ -247,18 +281,29 @@ fn put(slots: &mut [Entry], h: u64, e: &Entry) -> Result<bool, ()> {
             // the latest read wins (an extension dropped and re-created
             // in between: the key is the new extension's now)
             s.keys_rel = e.keys_rel;
-            s.workspace = e.workspace;
+            if s.workspace != e.workspace {
+                shmem::tenant_sub(tenants, s.dbid, &s.workspace);
+                shmem::tenant_add(tenants, e.dbid, &e.workspace, u32::MAX);
+                s.workspace = e.workspace;
+            }
             s.uncommitted |= e.uncommitted;
             return Ok(false); // merged
         }
     }
-    Err(())
+    Err(NoRoom::Full)
+}
+
+/// How many entries of a partition one workspace may hold.
+fn share() -> u32 {
+    shmem::share_limit(header().per_part as usize, gucs::WORKSPACE_SHARE.get())
 }
 
 fn add(e: &Entry) -> bool {
     let h = hash(e.dbid, &e.key, e.hour);
+    let limit = share();
     let mut part = Part::lock((h as usize) & (PARTITIONS - 1), true);
-    match put(part.slots(), h, e) {
+    let (slots, tenants) = part.both();
+    match put(slots, tenants, h, e, limit) {
         Ok(new) => {
             drop(part);
             if new {
@@ -270,8 +315,11 @@ fn add(e: &Entry) -> bool {
             }
             true
         }
-        Err(()) => {
+        Err(why) => {
             drop(part);
+            if why == NoRoom::Share {
+                header().over_share.fetch_add(1, Ordering::Relaxed);
+            }
             wake_launcher();
             false
         }
@@ -385,9 +433,10 @@ fn home(e: &Entry, per: usize) -> usize {
 /// probe run back into the hole (linear probing without tombstones: no
 /// entry is ever separated from its place by an empty slot, and moving
 /// entries back only shortens their runs, so none can be lost).
-fn remove_at(slots: &mut [Entry], at: usize) {
+fn remove_at(slots: &mut [Entry], tenants: &mut [shmem::Tenant], at: usize) {
     let per = slots.len();
     let mut hole = at;
+    shmem::tenant_sub(tenants, slots[hole].dbid, &slots[hole].workspace);
     slots[hole] = Entry::default();
     let mut j = hole;
     for _ in 1..per {
@@ -410,12 +459,12 @@ fn take_where(pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         let mut part = Part::lock(p, true);
-        let slots = part.slots();
+        let (slots, tenants) = part.both();
         let mut i = 0;
         while i < slots.len() {
             if slots[i].used != 0 && pick(&slots[i]) {
                 out.push(slots[i]);
-                remove_at(slots, i);
+                remove_at(slots, tenants, i);
                 // look at what moved into slot i
                 continue;
             }
@@ -442,7 +491,7 @@ fn copy_db(dbid: u32) -> Vec<Entry> {
 fn settle(dbid: u32, key: &[u8; 16], hour: i64, f: impl FnOnce(&mut Entry)) {
     let h = hash(dbid, key, hour);
     let mut part = Part::lock((h as usize) & (PARTITIONS - 1), true);
-    let slots = part.slots();
+    let (slots, tenants) = part.both();
     let per = slots.len();
     let start = ((h >> 5) as usize) % per;
     let found = (0..MAX_PROBES.min(per)).map(|i| (start + i) % per).find(|&at| {
@@ -453,7 +502,7 @@ fn settle(dbid: u32, key: &[u8; 16], hour: i64, f: impl FnOnce(&mut Entry)) {
         f(&mut slots[at]);
         let s = &slots[at];
         if s.verified == 0 && s.rejected == 0 && s.last_used == 0 {
-            remove_at(slots, at);
+            remove_at(slots, tenants, at);
             drop(part);
             header().in_use.fetch_sub(1, Ordering::Relaxed);
         }
@@ -679,6 +728,10 @@ UPDATE apikeys.keys k SET last_used_at = l.t
  WHERE k.id OPERATOR(pg_catalog.=) l.key_id
    AND (k.last_used_at IS NULL
         OR k.last_used_at OPERATOR(pg_catalog.<=) (l.t OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $3)))";
+
+/// Of the keys given, those that exist.
+const EXISTING_SQL: &str = "\
+SELECT k.id FROM apikeys.keys k WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::uuid[])";
 
 /// Of the keys given, those that do not exist (minted by a transaction
 /// that then rolled back, or has not committed yet).
@@ -994,11 +1047,27 @@ fn write_credits(
             return batch.iter().map(|w| (*w, CreditOutcome::Stale)).collect();
         }
         let locked = lock_rows(client, batch.iter().map(|w| w.key_id));
+        // of the rows not locked: those that exist are held by someone;
+        // the others never committed (or are not visible yet): dropped
+        let unlocked: Vec<pgrx::Uuid> = batch
+            .iter()
+            .filter(|w| !locked.contains_key(&w.key_id))
+            .map(|w| pgrx::Uuid::from_bytes(w.key_id))
+            .collect();
+        let mut held = std::collections::HashSet::new();
+        if !unlocked.is_empty() {
+            match client.select(EXISTING_SQL, None, &[unlocked.into()]) {
+                Ok(t) => held
+                    .extend(t.filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes()))),
+                Err(e) => pgrx::error!("pg_apikeys: key rows not read: {e}"),
+            }
+        }
         let out: Vec<_> = batch
             .iter()
             .map(|w| {
                 let o = match locked.get(&w.key_id) {
-                    None => CreditOutcome::Locked,
+                    None if held.contains(&w.key_id) => CreditOutcome::Locked,
+                    None => CreditOutcome::Stale,
                     // credits removed, or the balance set (update_key) since
                     // these debits were made: they no longer apply
                     Some((false, _)) => CreditOutcome::Stale,
@@ -1179,28 +1248,68 @@ mod tests {
         }
     }
 
+    fn table(n: usize) -> (Vec<Entry>, Vec<shmem::Tenant>) {
+        (vec![Entry::default(); n], vec![shmem::Tenant::default(); n])
+    }
+
     #[test]
     fn put_merges_the_same_key_hour_and_database() {
-        let mut slots = vec![Entry::default(); 128];
+        let (mut slots, mut tenants) = table(128);
         let e = entry(1, 7, 10);
         let h = hash(e.dbid, &e.key, e.hour);
-        assert_eq!(put(&mut slots, h, &e), Ok(true));
-        assert_eq!(put(&mut slots, h, &e), Ok(false));
+        assert_eq!(put(&mut slots, &mut tenants, h, &e, 100), Ok(true));
+        assert_eq!(put(&mut slots, &mut tenants, h, &e, 100), Ok(false));
         let other_db = entry(2, 7, 10);
-        assert_eq!(put(&mut slots, hash(2, &other_db.key, 10), &other_db), Ok(true));
+        assert_eq!(put(&mut slots, &mut tenants, hash(2, &other_db.key, 10), &other_db, 100), Ok(true));
         let stored: Vec<_> = slots.iter().filter(|s| s.used != 0).collect();
         assert_eq!(stored.len(), 2);
         assert_eq!(stored.iter().map(|s| s.verified).sum::<u64>(), 3);
     }
 
     #[test]
-    fn put_reports_a_full_partition() {
-        let mut slots = vec![Entry::default(); 8];
+    fn put_reports_a_full_partition_and_a_used_share() {
+        let (mut slots, mut tenants) = table(8);
         for k in 0..8u8 {
             let e = entry(1, k, 0);
-            assert!(put(&mut slots, 0, &e).is_ok());
+            assert!(put(&mut slots, &mut tenants, 0, &e, 100).is_ok());
         }
-        assert_eq!(put(&mut slots, 0, &entry(1, 99, 0)), Err(()));
+        assert_eq!(put(&mut slots, &mut tenants, 0, &entry(1, 99, 0), 100), Err(NoRoom::Full));
+        // a workspace at its share gets no new entry, another one does
+        let (mut slots, mut tenants) = table(64);
+        for k in 0..4u8 {
+            let e = entry(1, k, 0);
+            assert_eq!(put(&mut slots, &mut tenants, hash(1, &e.key, 0), &e, 4), Ok(true));
+        }
+        let fifth = entry(1, 4, 0);
+        assert_eq!(put(&mut slots, &mut tenants, hash(1, &fifth.key, 0), &fifth, 4), Err(NoRoom::Share));
+        let mut other = entry(1, 4, 0);
+        other.workspace = [9; 16];
+        assert_eq!(put(&mut slots, &mut tenants, hash(1, &other.key, 0), &other, 4), Ok(true));
+        // an existing entry of a workspace at its share still merges
+        let again = entry(1, 0, 0);
+        assert_eq!(put(&mut slots, &mut tenants, hash(1, &again.key, 0), &again, 4), Ok(false));
+    }
+
+    #[test]
+    fn removing_entries_keeps_every_other_one_reachable() {
+        // 40 entries crowded into 48 places (all probing from a few
+        // places), then every third removed: each remaining one is found
+        // again where put looks for it, and the share counts follow
+        let (mut slots, mut tenants) = table(48);
+        let keys: Vec<Entry> = (0..40u8).map(|k| entry(1, k, i64::from(k % 3))).collect();
+        for e in &keys {
+            assert_eq!(put(&mut slots, &mut tenants, hash(1, &e.key, e.hour), e, 100), Ok(true));
+        }
+        for e in keys.iter().step_by(3) {
+            let at = slots.iter().position(|s| s.used != 0 && s.key == e.key && s.hour == e.hour).unwrap();
+            remove_at(&mut slots, &mut tenants, at);
+        }
+        for (i, e) in keys.iter().enumerate() {
+            let merged = put(&mut slots, &mut tenants, hash(1, &e.key, e.hour), e, 100);
+            assert_eq!(merged, Ok(i % 3 == 0), "entry {i}");
+        }
+        assert_eq!(slots.iter().filter(|s| s.used != 0).count(), 40);
+        assert_eq!(tenants.iter().map(|t| t.count).sum::<u32>(), 40);
     }
 
     #[test]

@@ -253,6 +253,8 @@ pub struct Row<'a> {
     values: &'a [Datum],
     nulls: &'a [bool],
     key_cols: KeyCols,
+    /// the transaction that wrote the row, when it is this open one (0 otherwise)
+    xid: u32,
 }
 
 impl Row<'_> {
@@ -318,6 +320,8 @@ impl Row<'_> {
             credits,
             refill,
             refilled_at: self.int8(x.credits_refilled_at).unwrap_or(0),
+            workspace: self.uuid(self.key_cols.workspace_id),
+            xid: self.xid,
             ..Default::default()
         };
         if owner_rate.is_some() {
@@ -402,7 +406,13 @@ impl Probe {
                 eq,
                 arg,
             );
+            // systable_beginscan honours ignore_system_indexes, which any
+            // client may set at connection start: these are the
+            // extension's own tables, always read through their index
+            let ignoring = pg_sys::IgnoreSystemIndexes;
+            pg_sys::IgnoreSystemIndexes = false;
             let scan = pg_sys::systable_beginscan(rel, index, true, snapshot, 1, key.as_mut_ptr());
+            pg_sys::IgnoreSystemIndexes = ignoring;
             let tuple = pg_sys::systable_getnext(scan);
             Probe { rel, scan, tuple }
         }
@@ -430,20 +440,33 @@ impl Probe {
         if self.tuple.is_null() {
             return false;
         }
-        // SAFETY: the descriptor has at most MAX_COLS columns (checked in resolve)
+        // SAFETY: the descriptor is the open relation's own (an ALTER
+        // TABLE that committed since the column positions were cached is
+        // seen here); one with more than MAX_COLS columns is never deformed
+        // into the arrays
         unsafe {
+            if (*(*self.rel).rd_att).natts as usize > MAX_COLS {
+                return false;
+            }
             pg_sys::heap_deform_tuple(self.tuple, (*self.rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr())
         };
         true
     }
 
-    /// Whether the row found was written by this (still open) transaction:
-    /// a key minted here exists only if the transaction commits.
-    unsafe fn written_here(&self) -> bool {
+    /// The transaction that wrote the row found, when it is this (still
+    /// open) one: a key minted here exists only if the transaction commits.
+    unsafe fn written_here(&self) -> Option<u32> {
         // SAFETY: a found heap tuple (checked), its header read while pinned
         unsafe {
-            !self.tuple.is_null()
-                && pg_sys::TransactionIdIsCurrentTransactionId((*(*self.tuple).t_data).t_choice.t_heap.t_xmin)
+            if self.tuple.is_null() {
+                return None;
+            }
+            let header = &*(*self.tuple).t_data;
+            // HeapTupleHeaderGetXmin: a frozen row was written by no
+            // transaction that is still open
+            let frozen = u32::from(header.t_infomask) & pg_sys::HEAP_XMIN_FROZEN == pg_sys::HEAP_XMIN_FROZEN;
+            let xmin = header.t_choice.t_heap.t_xmin;
+            (!frozen && pg_sys::TransactionIdIsCurrentTransactionId(xmin)).then(|| u32::from(xmin))
         }
     }
 
@@ -472,12 +495,14 @@ impl ReadSnapshot {
         // snapshot
         unsafe {
             pg_sys::CommandCounterIncrement();
-            if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
-                let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
-                ReadSnapshot { snapshot, registered: true }
+            // registered either way: the statement's snapshot is a static
+            // that a later GetTransactionSnapshot() may overwrite
+            let snapshot = if pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 {
+                pg_sys::GetLatestSnapshot()
             } else {
-                ReadSnapshot { snapshot: pg_sys::GetTransactionSnapshot(), registered: false }
-            }
+                pg_sys::GetTransactionSnapshot()
+            };
+            ReadSnapshot { snapshot: pg_sys::RegisterSnapshot(snapshot), registered: true }
         }
     }
 }
@@ -574,12 +599,13 @@ fn find_live_key<R>(
         }
         let k = r.key_cols;
         let now = statement_now();
-        let row = Row { values: &values, nulls: &nulls, key_cols: k };
+        let written = p.written_here();
+        let row = Row { values: &values, nulls: &nulls, key_cols: k, xid: written.unwrap_or(0) };
         let key = usage::KeyRef {
             id: key_id,
             workspace: row.uuid(k.workspace_id),
             keys_rel: r.keys.to_u32(),
-            uncommitted: p.written_here(),
+            uncommitted: written.is_some(),
         };
         if !live(&values, &nulls, k, now) {
             p.end();

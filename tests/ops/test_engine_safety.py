@@ -19,9 +19,26 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from cluster import Cluster, Secret, call, one, redact, wait_until
 from test_usage_engine import PRELOAD, delta, hammer, launcher_pid, setup_db, stats, verify_many
+
+
+@pytest.fixture
+def clusters(ports):
+    """As conftest's, but each test's clusters are removed when it ends
+    (this module makes more clusters than the port range holds)."""
+    made: list[Cluster] = []
+
+    def make(name: str) -> Cluster:
+        c = Cluster(name, ports)
+        made.append(c)
+        return c
+
+    yield make
+    for c in reversed(made):
+        c.destroy()
 
 
 def flush(conn: psycopg.Connection, timeout_ms: int = 30000) -> bool:
@@ -362,3 +379,41 @@ def test_a_damaged_saved_file_is_not_loaded(clusters):
         assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 2
     assert not f.exists()
     assert "saved usage not loaded (Damaged)" in c.log_text()
+
+
+def test_one_tenant_cannot_fill_the_tables_for_the_others(clusters):
+    """alice mints and checks 3000 rate-limited keys in transactions that
+    roll back (nothing of them is left). bob's never-used limited keys are
+    then all valid, and his READ ONLY verifies are all recorded: entries of
+    keys that never committed are free for the taking, and no workspace
+    holds more than its share (apikeys.workspace_share) of either table.
+    alice's own refusals for lack of an entry are counted (limits_full)."""
+    c = clusters("safety_share").init({**PRELOAD, "apikeys.usage_slots": 1024, "apikeys.limit_slots": 1024,
+                                       "apikeys.usage_flush_interval": 3600})
+    c.start()
+    alice = setup_db(c, "share")
+    bob = bob_keys(c, "share", 8)
+    with c.connect("share") as su:
+        for kid in bob["ids"]:
+            call(su, None, "UPDATE apikeys.keys SET rate_limit = 5, rate_window = '1 hour' WHERE id = %s", (kid,))
+        before = stats(su)
+    with c.connect("share", autocommit=False) as a:
+        a.execute("SET ROLE alice")
+        for chunk in range(2):
+            codes = a.execute("""SELECT (apikeys.check_key((apikeys.create_key(%s, 'f' || %s || '-' || g,
+                                        rate_limit => 1, rate_window => '1 hour')).key)).code AS code
+                                   FROM generate_series(1, 1500) g""", (alice["ws"], chunk)).fetchall()
+            assert len(codes) == 1500
+            a.rollback()
+            a.execute("SET ROLE alice")
+    with c.connect("share") as su:
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.keys WHERE workspace_id = %s", (alice["ws"],))["n"] == 0
+        mid = stats(su)
+        assert mid["limits_full"] > before["limits_full"], "alice's refusals for lack of an entry are counted"
+        codes = [one(su, None, "SELECT code FROM apikeys.check_key(%s)", (t,))["code"] for t in bob["tokens"]]
+        assert codes == ["valid"] * 8
+        with su.transaction():
+            su.execute("SET TRANSACTION READ ONLY")
+            assert verify_many(su, bob["tokens"]) == 8
+        after = stats(su)
+    assert delta(after, mid, "unrecorded", "fallbacks") == {"unrecorded": 0, "fallbacks": 0}
