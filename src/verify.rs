@@ -14,8 +14,10 @@
 //! 4. `verify_key` hands the row's own datums to a one-row tuplestore
 //!    (materialize mode, with the caller's expected row type), so nothing is
 //!    converted to Rust values and back;
-//! 5. only when `last_used_at` is older than `apikeys.last_used_interval` does
-//!    a prepared `UPDATE ... SKIP LOCKED` run, through SPI.
+//! 5. with the usage engine, the use is recorded in shared memory; without
+//!    it (or when its table has no room), only when `last_used_at` is older
+//!    than `apikeys.last_used_interval` does a prepared `UPDATE ... SKIP
+//!    LOCKED` run, through SPI, when the verifying transaction commits.
 //!
 //! Visibility is the latest committed state, in every isolation level: every
 //! verify increments the command counter and reads with a fresh snapshot
@@ -123,8 +125,11 @@ unsafe extern "C-unwind" fn forget_rels(_arg: Datum, relid: Oid) {
 
 /// Register the relcache callback; called once from `_PG_init`.
 pub fn init() {
-    // SAFETY: registering a static callback
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget_rels), Datum::from(0usize)) };
+    // SAFETY: registering static callbacks
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(forget_rels), Datum::from(0usize));
+        pg_sys::RegisterXactCallback(Some(touch_at_commit), std::ptr::null_mut());
+    }
 }
 
 fn rels() -> ApiResult<Rels> {
@@ -736,8 +741,65 @@ fn may_touch() -> bool {
     }
 }
 
-/// Stamp `last_used_at` unless another transaction holds the row.
+thread_local! {
+    /// Keys whose `last_used_at` this transaction stamps when it commits.
+    static TOUCH_AT_COMMIT: std::cell::RefCell<Vec<([u8; UUID_BYTES], i32)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Stamp `last_used_at` when this transaction commits (see
+/// [`touch_at_commit`]): a verify never holds a row lock that outlives it.
 fn touch(key_id: [u8; UUID_BYTES], interval: i32) -> ApiResult<()> {
+    TOUCH_AT_COMMIT.with(|t| {
+        let mut t = t.borrow_mut();
+        if !t.iter().any(|(k, _)| *k == key_id) {
+            t.push((key_id, interval));
+        }
+    });
+    Ok(())
+}
+
+/// At commit (before it, in the committing transaction): stamp the keys
+/// this transaction verified, unless another transaction holds the row.
+/// The row lock is taken here and released by the commit a moment later,
+/// so a request left idle in an open transaction after a verify blocks no
+/// revoke. A failure (a cancel during the commit) costs the stamps, never
+/// the commit: they run in a subtransaction. A transaction that aborts or
+/// is prepared stamps nothing.
+#[pg_guard]
+unsafe extern "C-unwind" fn touch_at_commit(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    let pending = TOUCH_AT_COMMIT.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    if event != XACT_EVENT_PRE_COMMIT || pending.is_empty() || !may_touch() {
+        return;
+    }
+    // SAFETY: a subtransaction around the stamps, restored as PL/pgSQL's
+    // exception blocks restore it
+    unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        let done = pgrx::PgTryBuilder::new(|| {
+            // the statement's snapshot is gone by now: SPI needs one
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let ok = pending.iter().all(|(k, i)| touch_now(*k, *i).is_ok());
+            pg_sys::PopActiveSnapshot();
+            ok
+        })
+        .catch_others(|_| false)
+        .execute();
+        if done {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(ctx);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+}
+
+/// Stamp `last_used_at` now unless another transaction holds the row.
+fn touch_now(key_id: [u8; UUID_BYTES], interval: i32) -> ApiResult<()> {
     let owner = rels()?.owner;
     Spi::connect_mut(|client: &mut SpiClient<'_>| {
         let _as_owner = AsOwner::enter(owner);

@@ -23,7 +23,9 @@ SELECT count(*) AS keys FROM apikeys.keys WHERE workspace_id = regress.id('ews')
 SELECT count(*) AS orphan_hashes FROM apikeys.key_hashes h
  WHERE NOT EXISTS (SELECT FROM apikeys.keys k WHERE k.id = h.key_id);
 
--- the same through verify_key's privileged statements: a planted trigger on the touch
+-- verify_key's privileged statement (the last_used_at stamp, written when
+-- the verifying transaction commits) under a planted trigger that fails it:
+-- the stamp is given up, never the caller's commit
 SET ROLE alice;
 SELECT regress.put('ek', key) FROM apikeys.create_key(regress.id('ews'), 'ek');
 RESET ROLE;
@@ -33,6 +35,8 @@ SELECT regress.try($$SELECT apikeys.verify_key(regress.tok('ek'))$$);
 -- and verify_key restored the caller's identity afterwards
 SELECT current_user, apikeys.current_principal();
 RESET ROLE;
+SELECT apikeys.usage_mode() = 'shared_memory' OR last_used_at IS NULL AS stamp_given_up
+  FROM apikeys.keys WHERE workspace_id = regress.id('ews') AND name = 'ek';
 DROP TRIGGER refuse ON apikeys.keys;
 
 -- errors never echo what the caller sent: a token passed where a name goes
