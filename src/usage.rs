@@ -8,31 +8,36 @@
 //! [`PARTITIONS`] partitions with one LWLock each: two backends verifying
 //! different keys almost never take the same lock, and a verify holds its
 //! lock for a few dozen instructions. Inside a partition an entry sits at its
-//! hash's place or a few places after it (linear probing); taking entries out
-//! rebuilds the partition, so probe chains never break.
+//! hash's place or a few places after it (linear probing); an entry is
+//! taken out by shifting the rest of its run back, so probe runs never
+//! break and no entry moves further from its place.
 //!
-//! The worker side:
+//! The worker side (docs/architecture.md, "The usage engine"):
 //! * the **launcher** (`pg_apikeys_usage_launcher`, registered at preload,
 //!   connected to no database) wakes every `apikeys.usage_flush_interval`,
 //!   when the table is three quarters full, or when `flush_usage()` asks;
-//!   for each database with pending entries it starts
+//!   for each database with pending entries it starts, a few at a time,
 //! * a **flusher** (`pg_apikeys_usage_flush`, a dynamic worker connected to
-//!   that database), which takes the database's entries out and writes them
-//!   in one transaction: one `INSERT … ON CONFLICT` into `key_usage` per
-//!   batch (the entry carries the key's workspace, so no key is read), and
-//!   one `UPDATE` of `keys.last_used_at` per batch of keys whose verifies
-//!   found it due, then exits. Short-lived, so
-//!   it never holds a database that someone wants to drop.
+//!   that database, with its own session settings), which writes the
+//!   database's credits and entries in small committed transactions and
+//!   takes each batch out of shared memory only after its commit: one
+//!   `INSERT … ON CONFLICT` into `key_usage` per batch (the entry carries
+//!   the key's workspace, so no key is read), and one `UPDATE` of
+//!   `keys.last_used_at` per batch of keys whose verifies found it due, of
+//!   the rows no client holds (SKIP LOCKED: a held row waits for a later
+//!   flush). It never waits for a client, and exits. Short-lived, so it
+//!   never holds a database that someone wants to drop.
 //!
 //! Nothing is dropped without being counted: events of keys that no longer
-//! exist (extension dropped and re-created), of dropped databases, and of a
-//! flush that failed are added to `discarded`; a verify that finds no free
-//! entry falls back to the in-transaction write and adds to `fallbacks`.
-//! On a standby nothing is written: entries stay pending (shown by
-//! `usage_stats()`) and are written after promotion. At a clean shutdown the
-//! launcher saves pending entries to `pg_apikeys_usage.pending` in the data
-//! directory and the next start writes them; a crash loses what was pending
-//! (at most one flush interval).
+//! exist (extension dropped and re-created, a mint rolled back), of dropped
+//! databases or ones that take no connections are added to `discarded`; a
+//! verify that finds no free entry (or whose workspace holds its share)
+//! falls back to the in-transaction write (`fallbacks`) or, where it cannot
+//! write, is `unrecorded`. On a standby nothing is written: entries stay
+//! pending (shown by `usage_stats()`) and are written after promotion. At a
+//! clean shutdown the launcher saves pending entries (src/save.rs) and the
+//! next start takes them back; a crash loses what was pending (at most one
+//! flush interval).
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
