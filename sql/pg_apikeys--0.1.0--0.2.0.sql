@@ -1496,3 +1496,24 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION apikeys.checked_within(interval) FROM PUBLIC;
+
+-- 14. A mint reads its owner's limit after any set_owner_limit in flight
+-- commits (an advisory lock, shared by mints, exclusive for set_owner_limit)
+CREATE OR REPLACE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
+        -- a set_owner_limit in flight for this owner (it takes the lock
+        -- exclusively) commits first, and its limit is read here; mints of
+        -- one owner never wait for each other
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1634757497,
+                    pg_catalog.hashtext(NEW.workspace_id::text OPERATOR(pg_catalog.||) NEW.owner));
+        SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
+          FROM apikeys.owner_limits l
+         WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;
+    END IF;
+    RETURN NEW;
+END
+$$;

@@ -276,6 +276,11 @@ CREATE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
     AS $$
 BEGIN
     IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
+        -- a set_owner_limit in flight for this owner (it takes the lock
+        -- exclusively) commits first, and its limit is read here; mints of
+        -- one owner never wait for each other
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1634757497,
+                    pg_catalog.hashtext(NEW.workspace_id::text OPERATOR(pg_catalog.||) NEW.owner));
         SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
           FROM apikeys.owner_limits l
          WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;

@@ -408,6 +408,15 @@ fn set_owner_limit_impl(
     }
     Spi::connect_mut(|client| {
         require_admin(client, &caller, workspace_id)?;
+        // mints of this owner in flight finish first (their trigger takes
+        // this lock shared), and mints after this wait for its commit: no
+        // new key escapes the limit
+        client.update(
+            "SELECT pg_catalog.pg_advisory_xact_lock(1634757497,
+                        pg_catalog.hashtext($1::text OPERATOR(pg_catalog.||) $2))",
+            None,
+            &[workspace_id.into(), owner.into()],
+        )?;
         match (rate_limit, rate_window) {
             (Some(l), Some(w)) if l > 0 => {
                 check_interval(IntervalKind::RateWindow, w)?;

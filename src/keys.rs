@@ -383,16 +383,19 @@ pub(crate) fn rotate_key_impl(
             )?
             .is_empty();
         if has_limits {
+            // the balance as this server knows it: less the debits not
+            // written yet (from now on both tokens spend the replacement's)
+            let unwritten = crate::limits::unwritten_debits(key_id.as_bytes());
             client.update(
                 "UPDATE apikeys.keys n
                     SET rate_limit = o.rate_limit, rate_window = o.rate_window,
-                        credits = o.credits, refill_amount = o.refill_amount,
+                        credits = GREATEST(o.credits - $3, 0), refill_amount = o.refill_amount,
                         refill_interval = o.refill_interval, credits_refilled_at = o.credits_refilled_at
                    FROM apikeys.keys o
                   WHERE n.id = $1 AND o.id = $2
                     AND (o.rate_limit IS NOT NULL OR o.credits IS NOT NULL)",
                 None,
-                &[new.id.into(), key_id.into()],
+                &[new.id.into(), key_id.into(), unwritten.into()],
             )?;
         }
         Ok(new)

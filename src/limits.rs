@@ -376,6 +376,10 @@ pub struct Spec {
     /// the transaction that wrote the key's row, while it has not
     /// committed (a key minted in the checking transaction); 0 otherwise
     pub xid: u32,
+    /// a superseded key (rotated with a grace period) checked against its
+    /// replacement's entry (`key_id`): its own row's balance only starts an
+    /// entry, never resets one the replacement's row loaded
+    pub follows: bool,
 }
 
 impl Spec {
@@ -556,7 +560,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
             // the refill this server made, written by its flush: the
             // balance here already has it and every debit since
             e.loaded_from = spec.refilled_at;
-        } else if e.credits_loaded == 0 || e.loaded_from != spec.refilled_at {
+        } else if e.credits_loaded == 0 || (e.loaded_from != spec.refilled_at && !spec.follows) {
             // first use here, or the row's balance was set (update_key): the row is the truth
             e.credits_loaded = 1;
             e.balance = row_credits;
@@ -660,6 +664,24 @@ fn kind_period(kind: u32) -> Period {
     } else {
         Period::Day
     }
+}
+
+/// Debits of key `key_id` made on this server and not written to its row
+/// yet (a rotation takes them off the balance it copies).
+pub fn unwritten_debits(key_id: &[u8; 16]) -> i64 {
+    if !active() {
+        return 0;
+    }
+    // SAFETY: backend-local
+    let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let h = hash(dbid, key_id, KIND_KEY);
+    let p = partition(h);
+    lock(p);
+    let n = find(part_slots(p), h, dbid, key_id, KIND_KEY)
+        .filter(|e| e.credits_loaded != 0)
+        .map_or(0, |e| e.unflushed);
+    unlock(p);
+    n
 }
 
 /// The live credit balance of the key `spec` describes, consuming nothing

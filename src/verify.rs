@@ -71,6 +71,8 @@ struct KeyCols {
     expires_at: usize,
     revoked_at: usize,
     last_used_at: usize,
+    /// the key that replaced this one (a rotation with a grace period)
+    replaced_by: usize,
     /// limits, credits and suspension (0.2.0; absent from a 0.1.0 schema)
     extra: Option<ExtraCols>,
 }
@@ -211,6 +213,7 @@ unsafe fn resolve_relations() -> ApiResult<Rels> {
             expires_at: column(krel, c"expires_at")?,
             revoked_at: column(krel, c"revoked_at")?,
             last_used_at: column(krel, c"last_used_at")?,
+            replaced_by: column(krel, c"replaced_by")?,
             extra: match column(krel, c"suspended_at") {
                 Ok(suspended_at) => Some(ExtraCols {
                     rate_limit: column(krel, c"rate_limit")?,
@@ -318,8 +321,18 @@ impl Row<'_> {
             }
             _ => None,
         };
+        // a key rotated with a grace period spends from its replacement's
+        // window and balance: the two tokens share one budget
+        let replaced = self.datum(self.key_cols.replaced_by).is_some();
+        // the superseded row's balance, less its own debits not written yet:
+        // what the rotation copied to the replacement
+        let credits = match credits {
+            Some(c) if replaced => Some((c - limits::unwritten_debits(&self.uuid(self.key_cols.id))).max(0)),
+            c => c,
+        };
         let mut spec = limits::Spec {
-            key_id: self.uuid(self.key_cols.id),
+            key_id: self.uuid(if replaced { self.key_cols.replaced_by } else { self.key_cols.id }),
+            follows: replaced,
             rate,
             owner_rate,
             credits,

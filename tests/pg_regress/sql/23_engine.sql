@@ -58,6 +58,23 @@ RESET ROLE;
 UPDATE apikeys.keys SET rate_limit = 1, rate_window = '1 mon -29 days' WHERE id = regress.id('e1_id');
 SELECT code, rate_limit, rate_remaining FROM apikeys.check_key(regress.tok('e1'));
 SELECT code, rate_limit, rate_remaining FROM apikeys.check_key(regress.tok('e1'));
+-- a key rotated with a grace period and its replacement share one budget:
+-- 10 credits, 6 spent through the old token (not written yet), then 4
+-- through either token, then both are refused (20 before: each token
+-- spent its own copy)
+CREATE FUNCTION regress.checks(label text, n int) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..n LOOP
+        RETURN QUERY SELECT code FROM apikeys.check_key(regress.tok(label));
+    END LOOP;
+END $$;
+SET ROLE alice;
+SELECT regress.put('er', key), regress.put('er_id', id::text)
+  FROM apikeys.create_key(regress.id('ews'), 'engine-rotated', '{read}', credits => 10);
+SELECT count(*) FILTER (WHERE c = 'valid') AS old_token_valid FROM regress.checks('er', 6) c;
+SELECT regress.put('er2', key) FROM apikeys.rotate_key(regress.id('er_id'), '1 hour');
+SELECT regress.checks('er', 1) AS old_token, regress.checks('er2', 1) AS new_token FROM generate_series(1, 3);
+RESET ROLE;
 -- the counters of refusals for lack of room and of writes deferred
 SELECT deferred >= 0 AS deferred, limits_full >= 0 AS limits_full, credits_held >= 0 AS credits_held
   FROM apikeys.usage_stats();
