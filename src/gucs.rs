@@ -55,7 +55,7 @@ pub fn init_preload() {
     GucRegistry::define_int_guc(
         c"apikeys.usage_slots",
         c"Entries of the usage engine's shared-memory table (one per database, key and hour pending).",
-        c"Needs a restart. Each entry takes 80 bytes; when the table is full a verify writes last_used_at in its own transaction instead.",
+        c"Needs a restart. Each entry takes 104 bytes with its share count; when the table is full a verify writes last_used_at in its own transaction instead.",
         &USAGE_SLOTS,
         1024,
         16 * 1024 * 1024,
@@ -65,7 +65,7 @@ pub fn init_preload() {
     GucRegistry::define_int_guc(
         c"apikeys.limit_slots",
         c"Entries of the shared-memory table of rate-limit windows and credit balances.",
-        c"Needs a restart. One per key with a rate limit or credits, one per owner with a shared limit; 112 bytes each. A check that finds no entry is refused.",
+        c"Needs a restart. One per key with a rate limit or credits, one per owner with a shared limit; 168 bytes each with its share count. A check that finds no entry is refused.",
         &LIMIT_SLOTS,
         1024,
         16 * 1024 * 1024,

@@ -89,6 +89,9 @@ struct Entry {
     /// an entry of a key that never commits is free for the taking
     xid: u32,
     _pad: u32,
+    /// when the entry was made (with `xid`: how long it has been waiting
+    /// to see its key committed)
+    made_at: i64,
 }
 
 #[repr(C)]
@@ -233,15 +236,27 @@ fn part_slots(p: usize) -> &'static mut [Entry] {
     unsafe { std::slice::from_raw_parts_mut(SLOTS.add(p * per), per) }
 }
 
+/// How long an entry made under an uncommitted key waits to be seen
+/// committed before it is taken to be (its transaction long over): the
+/// commit log is never asked about transaction ids that old.
+const XID_PATIENCE: i64 = 10 * 60 * 1_000_000;
+
 /// Whether an entry's key was minted by a transaction that then rolled
 /// back (or crashed): nobody will ever check it again. Clog reads, only for
-/// the rare entry made while its key's row was uncommitted.
-fn never_committed(s: &Entry) -> bool {
+/// the rare entry made while its key's row was uncommitted, and only for a
+/// few minutes.
+fn never_committed(s: &mut Entry, now: i64) -> bool {
+    if s.xid == 0 || s.unflushed != 0 {
+        return false;
+    }
+    if now - s.made_at > XID_PATIENCE {
+        s.xid = 0;
+        return false;
+    }
     let xid = pg_sys::TransactionId::from(s.xid);
-    // SAFETY: plain reads of the commit log and the proc array
-    s.xid != 0
-        && s.unflushed == 0
-        && unsafe { !pg_sys::TransactionIdIsInProgress(xid) && !pg_sys::TransactionIdDidCommit(xid) }
+    // SAFETY: plain reads of the proc array and the commit log, for a
+    // transaction id of the last few minutes
+    unsafe { !pg_sys::TransactionIdIsInProgress(xid) && !pg_sys::TransactionIdDidCommit(xid) }
 }
 
 /// The entry for (db, id, kind) in its (locked) partition, made if absent:
@@ -281,7 +296,7 @@ fn find_or_make(
         }
         if stale.is_none()
             && ((s.unflushed == 0 && s.refilled == 0 && now >= s.window_start + s.window_len)
-                || never_committed(s))
+                || never_committed(s, now))
         {
             stale = Some(at);
         }
@@ -299,7 +314,8 @@ fn find_or_make(
         }
         return None;
     }
-    slots[at] = Entry { used: 1, dbid, id: *id, kind, workspace: *workspace, xid, ..Entry::default() };
+    slots[at] =
+        Entry { used: 1, dbid, id: *id, kind, workspace: *workspace, xid, made_at: now, ..Entry::default() };
     Some(at)
 }
 
@@ -971,8 +987,8 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_136_bytes() {
-        assert_eq!(std::mem::size_of::<Entry>(), 136);
+    fn an_entry_is_144_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 144);
     }
 
     #[test]
