@@ -246,17 +246,20 @@ COMMENT ON FUNCTION apikeys.checked_within(interval) IS
 
 -- Keys about to expire, for an application that warns their owners. SECURITY
 -- INVOKER: the caller sees what RLS shows it of keys (admins their
--- workspace's, members their own). The interval is checked once, as a
--- whole (checked_within): a negative part or more than 100 years is 22023.
+-- workspace's, members their own). The interval is checked first, as a
+-- whole (checked_within, the outer side of the join, so it runs even when
+-- no key matches): a negative part or more than 100 years is 22023.
 CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
     RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
-          FROM apikeys.keys k, (SELECT apikeys.checked_within($1) AS w) c
-         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
-           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w
+          FROM apikeys.checked_within($1) AS c(w)
+         CROSS JOIN LATERAL (
+               SELECT * FROM apikeys.keys k
+                WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+                  AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w) k
          ORDER BY k.expires_at, k.id
     $$;
 COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS

@@ -1448,9 +1448,11 @@ CREATE OR REPLACE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
-          FROM apikeys.keys k, (SELECT apikeys.checked_within($1) AS w) c
-         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
-           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w
+          FROM apikeys.checked_within($1) AS c(w)
+         CROSS JOIN LATERAL (
+               SELECT * FROM apikeys.keys k
+                WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+                  AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w) k
          ORDER BY k.expires_at, k.id
     $$;
 CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void

@@ -274,6 +274,7 @@ fn find_or_make(
     now: i64,
     workspace: &[u8; 16],
     xid: u32,
+    reclaim: bool,
 ) -> Option<usize> {
     let slots = part_slots(p);
     let per = slots.len();
@@ -312,11 +313,38 @@ fn find_or_make(
             // the stale entry stays (and counts again)
             shmem::tenant_add(tenants, slots[at].dbid, &slots[at].workspace, u32::MAX);
         }
+        // the workspace holds its share here: give up one of its own
+        // entries that holds nothing worth keeping (a key that never
+        // committed, a window over), wherever it sits, and try once more
+        if reclaim && reclaim_one(p, dbid, workspace, now) {
+            return find_or_make(p, h, dbid, id, kind, now, workspace, xid, false);
+        }
         return None;
     }
     slots[at] =
         Entry { used: 1, dbid, id: *id, kind, workspace: *workspace, xid, made_at: now, ..Entry::default() };
     Some(at)
+}
+
+/// Take out one entry of (dbid, workspace) in partition `p` that holds
+/// nothing worth keeping; whether one was found.
+fn reclaim_one(p: usize, dbid: u32, workspace: &[u8; 16], now: i64) -> bool {
+    let slots = part_slots(p);
+    let found = (0..slots.len()).find(|&i| {
+        let s = &mut slots[i];
+        s.used != 0
+            && s.dbid == dbid
+            && s.workspace == *workspace
+            && ((s.unflushed == 0 && s.refilled == 0 && now >= s.window_start + s.window_len)
+                || never_committed(s, now))
+    });
+    match found {
+        Some(i) => {
+            remove_at(slots, part_tenants(p), i);
+            true
+        }
+        None => false,
+    }
 }
 
 /// A refill period.
@@ -499,7 +527,17 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
         held: false,
     };
     let key_at = if key_needed {
-        match find_or_make(partition(hk), hk, dbid, &spec.key_id, KIND_KEY, now, &spec.workspace, spec.xid) {
+        match find_or_make(
+            partition(hk),
+            hk,
+            dbid,
+            &spec.key_id,
+            KIND_KEY,
+            now,
+            &spec.workspace,
+            spec.xid,
+            true,
+        ) {
             Some(at) => Some(at),
             None => return refused_full,
         }
@@ -516,6 +554,7 @@ fn admit_locked(spec: &Spec, cost: i64, now: i64, dbid: u32, hk: u64, ho: u64, k
             now,
             &spec.workspace,
             spec.xid,
+            true,
         ) {
             Some(at) => Some(at),
             None => return refused_full,
@@ -890,7 +929,7 @@ pub(crate) fn import(bytes: &[u8]) -> bool {
             }
         }
     } else if let Some(at) =
-        find_or_make(p, h, saved.dbid, &saved.id, saved.kind, clock_now(), &saved.workspace, saved.xid)
+        find_or_make(p, h, saved.dbid, &saved.id, saved.kind, clock_now(), &saved.workspace, saved.xid, true)
     {
         part_slots(p)[at] = saved;
     }

@@ -644,7 +644,7 @@ fn flush_all() -> bool {
                 Ok(w) => running.push(w),
                 Err(_) => {
                     ok = false;
-                    pgrx::warning!("pg_apikeys: no background worker slot for a usage flush (max_worker_processes); retrying next interval");
+                    warn_no_slot();
                 }
             }
         }
@@ -659,6 +659,19 @@ fn flush_all() -> bool {
     // a flusher that stopped before settling everything it copied leaves
     // the rest pending for the next flush (nothing taken out is lost)
     ok && header().flush_failures.swap(0, Ordering::AcqRel) == 0
+}
+
+/// The launcher's warning that no worker slot was free, at most once a
+/// minute (a flush_usage() waiting for it wakes the launcher every 10 ms).
+fn warn_no_slot() {
+    thread_local! {
+        static LAST: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+    let now = crate::limits::clock_now();
+    if LAST.with(|l| now - l.get() >= 60_000_000) {
+        LAST.with(|l| l.set(now));
+        pgrx::warning!("pg_apikeys: no background worker slot for a usage flush (max_worker_processes, taken by parallel queries or other workers); retrying");
+    }
 }
 
 enum DbState {

@@ -416,4 +416,11 @@ def test_one_tenant_cannot_fill_the_tables_for_the_others(clusters):
             su.execute("SET TRANSACTION READ ONLY")
             assert verify_many(su, bob["tokens"]) == 8
         after = stats(su)
+        # and in alice's own workspace, where her rolled-back entries count
+        # against its share: new committed keys take their places over
+        keys = call(su, "alice", """SELECT k.key FROM generate_series(1, 6) g,
+                                      LATERAL apikeys.create_key(%s, 'after-' || g, rate_limit => 5,
+                                                                 rate_window => '1 hour') k""", (alice["ws"],))
+        codes = [one(su, None, "SELECT code FROM apikeys.check_key(%s)", (Secret(r["key"]),))["code"] for r in keys]
+        assert codes == ["valid"] * 6
     assert delta(after, mid, "unrecorded", "fallbacks") == {"unrecorded": 0, "fallbacks": 0}

@@ -40,6 +40,11 @@ SELECT count(*) AS expiring_within_100_years FROM apikeys.expiring_keys('100 yea
  WHERE workspace_id = regress.id('ews');
 SELECT count(*) AS expiring_null FROM apikeys.expiring_keys(NULL);
 RESET ROLE;
+-- checked even when the caller sees no key that could match (the check
+-- used to sit on the inner side of the join and never ran then)
+SET ROLE mallory;
+SELECT regress.try($$SELECT count(*) FROM apikeys.expiring_keys('1 mon -29 days')$$) AS expiring_nothing_visible;
+RESET ROLE;
 
 -- the rest runs only with the usage engine
 SELECT apikeys.usage_mode() = 'shared_memory' AS engine \gset
