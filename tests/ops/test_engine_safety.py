@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cluster import Cluster, Secret, call, one, redact, wait_until
+from cluster import Cluster, Secret, call, one, redact, run, wait_until
 from test_usage_engine import PRELOAD, delta, hammer, launcher_pid, setup_db, stats, verify_many
 
 
@@ -424,3 +424,43 @@ def test_one_tenant_cannot_fill_the_tables_for_the_others(clusters):
         codes = [one(su, None, "SELECT code FROM apikeys.check_key(%s)", (Secret(r["key"]),))["code"] for r in keys]
         assert codes == ["valid"] * 6
     assert delta(after, mid, "unrecorded", "fallbacks") == {"unrecorded": 0, "fallbacks": 0}
+
+
+def test_a_cold_copy_made_into_a_standby_does_not_write_the_primarys_usage_again(clusters):
+    """A primary stopped cleanly with usage pending leaves it in
+    pg_apikeys_usage.pending; its data directory, copied cold and started as
+    a standby, finds that file too. The primary writes that usage itself, so
+    the standby drops the file (saved by a primary, found in recovery) and,
+    once promoted, writes nothing of it a second time."""
+    primary = clusters("safety_cold").init(
+        {**PRELOAD, "apikeys.usage_flush_interval": 3600, "wal_level": "replica", "max_wal_senders": 4,
+         "hot_standby": "on"},
+        hba=["host replication all 127.0.0.1/32 trust"])
+    primary.start()
+    data = setup_db(primary, "cold", keys=3)
+    with primary.connect("cold") as su:
+        assert verify_many(su, data["tokens"]) == 3
+    primary.stop("fast")
+    assert (primary.data / "pg_apikeys_usage.pending").exists()
+    copy = clusters("safety_cold_copy")
+    copy._fresh_dir()
+    copy.port = copy.ports.take()
+    run(["cp", "-a", primary.data, copy.data], as_owner=True)
+    run(["touch", copy.data / "standby.signal"], as_owner=True)
+    copy._conf({**copy._base_settings(), "hot_standby": "on",
+                "primary_conninfo": f"host=127.0.0.1 port={primary.port} user=postgres"})
+    primary.start()
+    with primary.connect("cold") as su:
+        assert flush(su)
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
+        lsn = one(su, None, "SELECT pg_current_wal_lsn()::text AS l")["l"]
+    copy.start()
+    with copy.connect("cold") as s:
+        wait_until(lambda: one(s, None, "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn AS ok", (lsn,))["ok"],
+                   30, "standby replay")
+    assert "saved usage not loaded (FromPrimary)" in copy.log_text()
+    run([copy.pgbin / "pg_ctl", "-D", copy.data, "-w", "promote"], as_owner=True)
+    with copy.connect("cold") as s:
+        wait_until(lambda: not one(s, None, "SELECT pg_is_in_recovery() AS r")["r"], 30, "promotion")
+        assert flush(s)
+        assert one(s, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
