@@ -485,6 +485,12 @@ fn take_where(pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
 fn copy_db(dbid: u32) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
+        // room for the whole partition before its lock is taken: nothing
+        // is allocated (nothing can fail to be) while it is held
+        let per = header().per_part as usize;
+        if out.try_reserve(per).is_err() {
+            break; // the rest waits for the next flush
+        }
         let mut part = Part::lock(p, false);
         out.extend(part.slots().iter().filter(|s| s.used != 0 && s.dbid == dbid).copied());
     }
@@ -598,6 +604,19 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
         failed = !flush_all();
         if !failed {
             hd.flush_done.fetch_max(asked, Ordering::AcqRel);
+        } else {
+            // no worker slot (or a flusher that did not finish): try again
+            // soon, but not in a tight loop while flush_usage() keeps
+            // setting our latch (this wait does not end on it)
+            // SAFETY: a plain timed wait of this process
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                    200,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+            }
         }
     }
 }
