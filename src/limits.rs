@@ -983,23 +983,8 @@ pub fn drop_database(dbid: u32) {
 /// probing without tombstones, as the usage table does).
 fn remove_at(slots: &mut [Entry], tenants: &mut [shmem::Tenant], at: usize) {
     let per = slots.len();
-    let home = |e: &Entry| ((hash(e.dbid, &e.id, e.kind) >> 5) as usize) % per;
-    let mut hole = at;
-    shmem::tenant_sub(tenants, slots[hole].dbid, &slots[hole].workspace);
-    slots[hole] = Entry::default();
-    let mut j = hole;
-    for _ in 1..per {
-        j = (j + 1) % per;
-        if slots[j].used == 0 {
-            break;
-        }
-        let h = home(&slots[j]);
-        if (hole + per - h) % per < (j + per - h) % per {
-            slots[hole] = slots[j];
-            slots[j] = Entry::default();
-            hole = j;
-        }
-    }
+    shmem::tenant_sub(tenants, slots[at].dbid, &slots[at].workspace);
+    shmem::shift_back(slots, at, |e| e.used != 0, |e| ((hash(e.dbid, &e.id, e.kind) >> 5) as usize) % per);
 }
 
 #[cfg(test)]

@@ -41,6 +41,35 @@ pub unsafe fn release(locks: *mut pg_sys::LWLockPadded, p: usize) {
     unsafe { pg_sys::LWLockRelease(&mut (*locks.add(p)).lock) };
 }
 
+/// Empty place `at` of a table with linear probing (no tombstones) and
+/// shift the later entries of its run back into the hole, each only when
+/// the hole lies between its own place (`home`) and where it sits: no entry
+/// is ever separated from its place by an empty one, and none moves further
+/// from it.
+pub fn shift_back<T: Copy + Default>(
+    slots: &mut [T],
+    at: usize,
+    used: impl Fn(&T) -> bool,
+    home: impl Fn(&T) -> usize,
+) {
+    let per = slots.len();
+    let mut hole = at;
+    slots[hole] = T::default();
+    let mut j = hole;
+    for _ in 1..per {
+        j = (j + 1) % per;
+        if !used(&slots[j]) {
+            break;
+        }
+        let h = home(&slots[j]);
+        if (hole + per - h) % per < (j + per - h) % per {
+            slots[hole] = slots[j];
+            slots[j] = T::default();
+            hole = j;
+        }
+    }
+}
+
 /// How many entries one workspace (of one database) holds in one
 /// partition of a table. Each partition keeps as many of these as it has
 /// entries, so they can never run out: at most one workspace per entry.

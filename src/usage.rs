@@ -440,23 +440,8 @@ fn home(e: &Entry, per: usize) -> usize {
 /// entries back only shortens their runs, so none can be lost).
 fn remove_at(slots: &mut [Entry], tenants: &mut [shmem::Tenant], at: usize) {
     let per = slots.len();
-    let mut hole = at;
-    shmem::tenant_sub(tenants, slots[hole].dbid, &slots[hole].workspace);
-    slots[hole] = Entry::default();
-    let mut j = hole;
-    for _ in 1..per {
-        j = (j + 1) % per;
-        if slots[j].used == 0 {
-            break;
-        }
-        let home = home(&slots[j], per);
-        // the hole lies on j's run (from its place up to j): move it back
-        if (hole + per - home) % per < (j + per - home) % per {
-            slots[hole] = slots[j];
-            slots[j] = Entry::default();
-            hole = j;
-        }
-    }
+    shmem::tenant_sub(tenants, slots[at].dbid, &slots[at].workspace);
+    shmem::shift_back(slots, at, |e| e.used != 0, |e| home(e, per));
 }
 
 /// Take every entry that `pick` picks out of the table.
