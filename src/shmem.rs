@@ -83,7 +83,7 @@ pub struct Tenant {
 }
 
 fn tenant_home(dbid: u32, ws: &[u8; 16], len: usize) -> usize {
-    ((mix(dbid, ws, 0x7e4a_47u64) >> 7) as usize) % len
+    ((mix(dbid, ws, 0x007e_4a47_u64) >> 7) as usize) % len
 }
 
 /// Count one more entry for (dbid, ws) in a partition's tenants, unless it

@@ -906,10 +906,8 @@ fn flush_entries(db: u32) {
     }
     let hd = header();
     let plan = BackgroundWorker::transaction(|| inspect(&entries));
-    let (keys_rel, counts, missing) = match plan {
-        Some(p) => p,
-        None => (0, false, Default::default()),
-    };
+    // None: the extension is gone (every entry below is discarded)
+    let (keys_rel, counts, missing) = plan.unwrap_or_default();
     // keys of a dropped (maybe re-created) extension, keys that never committed
     let dead = |e: &Entry| e.dbid == db && (e.keys_rel != keys_rel || missing.contains(&e.key));
     let gone = take_where(dead);
@@ -936,13 +934,15 @@ fn flush_entries(db: u32) {
 
     // one stamp per key: its latest due use over the entries' hours
     let interval = gucs::LAST_USED_INTERVAL.get();
+    // key -> (its latest due use, the hours of its entries)
+    type Due = ([u8; 16], (i64, Vec<i64>));
     let mut due: std::collections::HashMap<[u8; 16], (i64, Vec<i64>)> = std::collections::HashMap::new();
     for e in live.iter().filter(|e| e.last_used != 0) {
         let d = due.entry(e.key).or_insert((0, Vec::new()));
         d.0 = d.0.max(e.last_used);
         d.1.push(e.hour);
     }
-    let due: Vec<([u8; 16], (i64, Vec<i64>))> = due.into_iter().collect();
+    let due: Vec<Due> = due.into_iter().collect();
     for batch in due.chunks(ROW_BATCH) {
         let stamped: std::collections::HashSet<[u8; 16]> = if interval >= 0 {
             let want: Vec<([u8; 16], i64)> = batch.iter().map(|(k, (t, _))| (*k, *t)).collect();
