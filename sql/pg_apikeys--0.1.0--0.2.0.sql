@@ -468,15 +468,23 @@ $$;
 COMMENT ON FUNCTION apikeys.report_leaked(text[], text, text) IS
     'Revoke every key whose token is in the list (a leak report); one row per token: its SHA-256 and true_positive or false_positive. For roles granted by grant_leak_reporter only.';
 
+CREATE FUNCTION apikeys.checked_within(within interval) RETURNS interval
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_checked_within';
+COMMENT ON FUNCTION apikeys.checked_within(interval) IS
+    'Internal: expiring_keys'' interval as given, or 22023 when it has a negative part or exceeds 100 years.';
+
 CREATE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
     RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
     LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
-          FROM apikeys.keys k
-         WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
-           AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + $1
+          FROM apikeys.checked_within($1) AS c(w)
+         CROSS JOIN LATERAL (
+               SELECT * FROM apikeys.keys k
+                WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
+                  AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w) k
          ORDER BY k.expires_at, k.id
     $$;
 COMMENT ON FUNCTION apikeys.expiring_keys(interval) IS
@@ -1235,6 +1243,11 @@ CREATE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
     AS $$
 BEGIN
     IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
+        -- a set_owner_limit in flight for this owner (it takes the lock
+        -- exclusively) commits first, and its limit is read here; mints of
+        -- one owner never wait for each other
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1634757497,
+                    pg_catalog.hashtext(NEW.workspace_id::text OPERATOR(pg_catalog.||) NEW.owner));
         SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
           FROM apikeys.owner_limits l
          WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;
@@ -1379,7 +1392,8 @@ BEGIN
         apikeys.stamp_created_by(),
         apikeys.applying_replicated_change(),
         apikeys.usage_mode(),
-        apikeys.expiring_keys(interval)
+        apikeys.expiring_keys(interval),
+        apikeys.checked_within(interval)
         TO %s', role);
 END
 $$;
@@ -1425,97 +1439,12 @@ REVOKE ALL ON FUNCTION apikeys.audit_invitations() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.accept_invitation(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.report_leaked(text[], text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.expiring_keys(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.checked_within(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.github_secret_scanning(text, text, text) FROM PUBLIC;
 REVOKE ALL ON apikeys.scanning_keys FROM PUBLIC;
 DO $$
 BEGIN
-    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval), apikeys.usage_mode(), apikeys.owner_limits, check_key, update_key, suspend_key, resume_key, set_owner_limit, and new argument lists of create_key and rotate_key for clients'
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval), apikeys.checked_within(interval), apikeys.usage_mode(), apikeys.owner_limits, check_key, update_key, suspend_key, resume_key, set_owner_limit, and new argument lists of create_key and rotate_key for clients'
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
-END
-$$;
-
--- 13. Every interval argument is checked as a whole (a negative part, a
--- month part where none is allowed, or a result out of range is 22023):
--- expiring_keys checks its interval once, through checked_within.
-CREATE FUNCTION apikeys.checked_within(within interval) RETURNS interval
-    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
-    AS 'MODULE_PATHNAME', 'apikeys_checked_within';
-COMMENT ON FUNCTION apikeys.checked_within(interval) IS
-    'Internal: expiring_keys'' interval as given, or 22023 when it has a negative part or exceeds 100 years.';
-CREATE OR REPLACE FUNCTION apikeys.expiring_keys(within interval DEFAULT '7 days')
-    RETURNS TABLE (id uuid, workspace_id uuid, owner text, name text, prefix text, expires_at timestamptz)
-    LANGUAGE sql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-        SELECT k.id, k.workspace_id, k.owner, k.name, k.prefix, k.expires_at
-          FROM apikeys.checked_within($1) AS c(w)
-         CROSS JOIN LATERAL (
-               SELECT * FROM apikeys.keys k
-                WHERE k.revoked_at IS NULL AND k.replaced_by IS NULL
-                  AND k.expires_at > pg_catalog.now() AND k.expires_at <= pg_catalog.now() + c.w) k
-         ORDER BY k.expires_at, k.id
-    $$;
-CREATE OR REPLACE FUNCTION apikeys.grant_to(role regrole) RETURNS void
-    LANGUAGE plpgsql
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    -- regrole's text form is already a quoted identifier
-    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
-    EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
-        apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.owner_limits TO %s', role);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION
-        apikeys.current_principal(),
-        apikeys.member_role(uuid),
-        apikeys.create_workspace(text, uuid),
-        apikeys.add_member(uuid, text, text, text[]),
-        apikeys.remove_member(uuid, text),
-        apikeys.accept_invitation(uuid),
-        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
-        apikeys.verify_key(text, text[]),
-        apikeys.revoke_key(uuid),
-        apikeys.rotate_key(uuid, interval, timestamptz),
-        apikeys.check_key(text, text[], integer),
-        apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz),
-        apikeys.suspend_key(uuid),
-        apikeys.resume_key(uuid),
-        apikeys.set_owner_limit(uuid, text, integer, interval),
-        apikeys.import_key(uuid, text, text, text, text[], timestamptz),
-        apikeys.authenticate(),
-        apikeys.current_key_id(),
-        apikeys.current_workspace(),
-        apikeys.has_scope(text),
-        apikeys.create_public_key(uuid, text[]),
-        apikeys.revoke_public_key(uuid),
-        apikeys.resolve_public_key(text, text),
-        apikeys.stamp_created_by(),
-        apikeys.applying_replicated_change(),
-        apikeys.usage_mode(),
-        apikeys.expiring_keys(interval),
-        apikeys.checked_within(interval)
-        TO %s', role);
-END
-$$;
-REVOKE ALL ON FUNCTION apikeys.checked_within(interval) FROM PUBLIC;
-
--- 14. A mint reads its owner's limit after any set_owner_limit in flight
--- commits (an advisory lock, shared by mints, exclusive for set_owner_limit)
-CREATE OR REPLACE FUNCTION apikeys.keys_owner_limit() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-BEGIN
-    IF NEW.owner_rate_limit IS NULL AND NOT apikeys.applying_replicated_change() THEN
-        -- a set_owner_limit in flight for this owner (it takes the lock
-        -- exclusively) commits first, and its limit is read here; mints of
-        -- one owner never wait for each other
-        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1634757497,
-                    pg_catalog.hashtext(NEW.workspace_id::text OPERATOR(pg_catalog.||) NEW.owner));
-        SELECT l.rate_limit, l.rate_window INTO NEW.owner_rate_limit, NEW.owner_rate_window
-          FROM apikeys.owner_limits l
-         WHERE l.workspace_id = NEW.workspace_id AND l.owner = NEW.owner;
-    END IF;
-    RETURN NEW;
 END
 $$;
