@@ -367,6 +367,28 @@ CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS bo
 COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
     'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';
 
+CREATE FUNCTION apikeys.pending_usage(
+        OUT key_id uuid, OUT workspace_id uuid, OUT hour timestamptz,
+        OUT verified bigint, OUT rejected bigint, OUT last_used_at timestamptz)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
+COMMENT ON FUNCTION apikeys.pending_usage() IS
+    'Counts and last uses the usage engine holds in shared memory and has not written yet (the current hour''s, mostly), of the keys the caller can see; empty without the engine.';
+
+-- key_usage with what the engine has not written yet: as the caller, so
+-- key_usage's and keys' row security both apply.
+CREATE VIEW apikeys.key_usage_live WITH (security_invoker = true) AS
+SELECT u.key_id, u.workspace_id, u.hour,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected
+  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected FROM apikeys.key_usage ku
+        UNION ALL
+        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected FROM apikeys.pending_usage() p) u
+ GROUP BY u.key_id, u.workspace_id, u.hour;
+COMMENT ON VIEW apikeys.key_usage_live IS
+    'key_usage plus the counts the usage engine holds in memory (the current hour is written after it ends): per key and hour, under the same row security.';
+
 -- Limits, credits, suspension and updates (src/key_admin.rs, src/limits.rs;
 -- docs/reference.md, "Limits and credits").
 CREATE FUNCTION apikeys.check_key(key text, required_scopes text[] DEFAULT NULL, cost integer DEFAULT 1)

@@ -18,7 +18,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
         apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.owner_limits TO %s', role);
+        apikeys.key_usage_live, apikeys.owner_limits TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -47,7 +47,8 @@ BEGIN
         apikeys.applying_replicated_change(),
         apikeys.usage_mode(),
         apikeys.expiring_keys(interval),
-        apikeys.checked_within(interval)
+        apikeys.checked_within(interval),
+        apikeys.pending_usage()
         TO %s', role);
 END
 $$;

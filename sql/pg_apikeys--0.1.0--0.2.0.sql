@@ -960,6 +960,49 @@ ALTER TABLE apikeys.key_usage ENABLE ALWAYS TRIGGER key_usage_no_truncate;
 
 COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usage counts only grow; write-once columns of key_usage); not for calling.';
 
+-- The usage engine's record of its own write rounds (src/save.rs): which
+-- copy of the shared-memory table on disk each round followed and which
+-- hours it wrote, and which recovered copies were written here, so that
+-- after a crash no count is written twice. Not history: rows older than a
+-- week are removed, it is not dumped, and no client reads it.
+CREATE TABLE apikeys.usage_rounds (
+    snapshot     bigint      NOT NULL,
+    kind         text        NOT NULL CHECK (kind IN ('written', 'resolved')),
+    before_hour  timestamptz,
+    at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (snapshot, kind)
+);
+COMMENT ON TABLE apikeys.usage_rounds IS
+    'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';
+
+ALTER TABLE apikeys.usage_rounds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.usage_rounds FORCE ROW LEVEL SECURITY;
+REVOKE ALL ON apikeys.usage_rounds FROM PUBLIC;
+
+CREATE FUNCTION apikeys.pending_usage(
+        OUT key_id uuid, OUT workspace_id uuid, OUT hour timestamptz,
+        OUT verified bigint, OUT rejected bigint, OUT last_used_at timestamptz)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
+COMMENT ON FUNCTION apikeys.pending_usage() IS
+    'Counts and last uses the usage engine holds in shared memory and has not written yet (the current hour''s, mostly), of the keys the caller can see; empty without the engine.';
+
+-- key_usage with what the engine has not written yet: as the caller, so
+-- key_usage's and keys' row security both apply.
+CREATE VIEW apikeys.key_usage_live WITH (security_invoker = true) AS
+SELECT u.key_id, u.workspace_id, u.hour,
+       pg_catalog.sum(u.verified)::bigint AS verified,
+       pg_catalog.sum(u.rejected)::bigint AS rejected
+  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected FROM apikeys.key_usage ku
+        UNION ALL
+        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected FROM apikeys.pending_usage() p) u
+ GROUP BY u.key_id, u.workspace_id, u.hour;
+COMMENT ON VIEW apikeys.key_usage_live IS
+    'key_usage plus the counts the usage engine holds in memory (the current hour is written after it ends): per key and hour, under the same row security.';
+REVOKE ALL ON FUNCTION apikeys.pending_usage() FROM PUBLIC;
+REVOKE ALL ON apikeys.key_usage_live FROM PUBLIC;
+
 CREATE FUNCTION apikeys.usage_mode() RETURNS text
     LANGUAGE c STABLE PARALLEL SAFE
     AS 'MODULE_PATHNAME', 'apikeys_usage_mode';
@@ -1364,7 +1407,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
         apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.owner_limits TO %s', role);
+        apikeys.key_usage_live, apikeys.owner_limits TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -1393,7 +1436,8 @@ BEGIN
         apikeys.applying_replicated_change(),
         apikeys.usage_mode(),
         apikeys.expiring_keys(interval),
-        apikeys.checked_within(interval)
+        apikeys.checked_within(interval),
+        apikeys.pending_usage()
         TO %s', role);
 END
 $$;
@@ -1444,7 +1488,7 @@ REVOKE ALL ON FUNCTION apikeys.github_secret_scanning(text, text, text) FROM PUB
 REVOKE ALL ON apikeys.scanning_keys FROM PUBLIC;
 DO $$
 BEGIN
-    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval), apikeys.checked_within(interval), apikeys.usage_mode(), apikeys.owner_limits, check_key, update_key, suspend_key, resume_key, set_owner_limit, and new argument lists of create_key and rotate_key for clients'
+    RAISE WARNING 'pg_apikeys 0.2.0 adds apikeys.invitations, apikeys.key_usage, apikeys.accept_invitation(uuid), apikeys.expiring_keys(interval), apikeys.checked_within(interval), apikeys.usage_mode(), apikeys.pending_usage(), apikeys.key_usage_live, apikeys.owner_limits, check_key, update_key, suspend_key, resume_key, set_owner_limit, and new argument lists of create_key and rotate_key for clients'
         USING HINT = 'run SELECT apikeys.grant_to(''<role>'') again for each client role';
 END
 $$;

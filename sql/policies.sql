@@ -71,3 +71,8 @@ ALTER TABLE apikeys.owner_limits FORCE ROW LEVEL SECURITY;
 CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
     USING (apikeys.member_role(workspace_id) = 'admin'
            OR (owner = apikeys.current_principal() AND apikeys.member_role(workspace_id) IS NOT NULL));
+
+-- The usage engine's rounds: no client reads or writes them (no policy;
+-- the engine's worker is the bootstrap superuser).
+ALTER TABLE apikeys.usage_rounds ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.usage_rounds FORCE ROW LEVEL SECURITY;

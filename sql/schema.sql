@@ -187,6 +187,21 @@ CREATE INDEX key_usage_workspace ON apikeys.key_usage (workspace_id, hour);
 COMMENT ON TABLE apikeys.key_usage IS
     'Verifies per key and hour (verified, rejected), written by the usage engine; readable under RLS like keys.';
 
+-- The usage engine's record of its own write rounds (src/save.rs): which
+-- copy of the shared-memory table on disk each round followed and which
+-- hours it wrote, and which recovered copies were written here, so that
+-- after a crash no count is written twice. Not history: rows older than a
+-- week are removed, it is not dumped, and no client reads it.
+CREATE TABLE apikeys.usage_rounds (
+    snapshot     bigint      NOT NULL,
+    kind         text        NOT NULL CHECK (kind IN ('written', 'resolved')),
+    before_hour  timestamptz,
+    at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (snapshot, kind)
+);
+COMMENT ON TABLE apikeys.usage_rounds IS
+    'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';
+
 -- pg_dump keeps the rows of these tables (dump and restore keep keys
 -- verifiable; docs/reference.md, "Decisions").
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');

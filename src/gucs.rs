@@ -26,10 +26,13 @@ pub static KEY_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static CLAIMS_ROLES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"authenticator"));
 
-/// `apikeys.usage_slots` (default 65536): entries of the usage engine's
-/// shared-memory table, one per (database, key, hour) used since the last
-/// flush. Postmaster-only; defined only when the library is preloaded.
-pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(65536);
+/// `apikeys.usage_slots` (default 524288, 52 MiB): entries of the usage
+/// engine's shared-memory table, one per (database, key, hour) not written
+/// yet; the current hour's are written after it ends, so the default holds
+/// 100 000 keys of one workspace active in an hour, twice over at the hour's
+/// turn, within the default workspace share. Postmaster-only; defined only
+/// when the library is preloaded.
+pub static USAGE_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(524288);
 
 /// `apikeys.limit_slots` (default 131072): entries of the shared-memory
 /// table of rate-limit windows and credit balances (one per key with a limit
@@ -54,7 +57,7 @@ pub static WORKSPACE_SHARE: GucSetting<i32> = GucSetting::<i32>::new(50);
 pub fn init_preload() {
     GucRegistry::define_int_guc(
         c"apikeys.usage_slots",
-        c"Entries of the usage engine's shared-memory table (one per database, key and hour pending).",
+        c"Entries of the usage engine's shared-memory table (one per database, key and hour not written yet).",
         c"Needs a restart. Each entry takes 104 bytes with its share count; when the table is full a verify writes last_used_at in its own transaction instead.",
         &USAGE_SLOTS,
         1024,

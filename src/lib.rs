@@ -95,6 +95,7 @@ fmgr::entry_points! {
     apikeys_set_owner_limit / pg_finfo_apikeys_set_owner_limit => key_admin::set_owner_limit_wrapper;
     apikeys_usage_stats / pg_finfo_apikeys_usage_stats => usage::usage_stats_wrapper;
     apikeys_flush_usage / pg_finfo_apikeys_flush_usage => usage::flush_usage_wrapper;
+    apikeys_pending_usage / pg_finfo_apikeys_pending_usage => usage::pending_usage_wrapper;
     apikeys_checked_within / pg_finfo_apikeys_checked_within => key_admin::checked_within_wrapper;
 }
 

@@ -1,26 +1,41 @@
-//! What a clean shutdown keeps for the next start: the usage not yet
-//! written (`pg_apikeys_usage.pending`) and the limits table, that is every
-//! rate window, credit balance and debit not yet written
-//! (`pg_apikeys_limits.saved`), both in the data directory. A routine
-//! restart therefore serves nothing twice and opens no fresh window.
+//! What the usage engine keeps on disk, in the data directory, beside
+//! shared memory:
+//!
+//! * `pg_apikeys_usage.pending`: a copy of the usage table (counts and
+//!   `last_used_at` stamps not yet written), saved by the launcher at every
+//!   `apikeys.usage_flush_interval` and at shutdown, without WAL. The
+//!   engine keeps each key's counts of the current hour in memory and
+//!   writes them once, after the hour (or under pressure, or when
+//!   `flush_usage()` asks), so this copy is what bounds a crash's loss to
+//!   one interval. Each copy has an id (its *snapshot*, increasing); a
+//!   write round that follows it records that id in the database, in
+//!   `apikeys.usage_rounds`, in the transaction that writes the counts.
+//! * `pg_apikeys_usage.recovered.<snapshot>`: at the start of fresh shared
+//!   memory (a server start, or the reset after a crash), the last copy is
+//!   renamed so; each database's flusher writes the entries of its
+//!   database that the round of that snapshot did not write (the round's
+//!   row says which hours it wrote), and marks the copy resolved in the
+//!   same transaction: a crash at any point counts nothing twice and loses
+//!   at most what was counted after the last copy. Once every database in
+//!   it is resolved (or gone), the file is removed.
+//! * `pg_apikeys_limits.saved`: the limits table (every rate window, credit
+//!   balance and debit not yet written), saved at a clean shutdown, so a
+//!   routine restart serves nothing twice and opens no fresh window.
 //!
 //! Each file: a magic number, the cluster's system identifier, whether it
-//! was saved on a standby, the number of records, the records, and a CRC-32
-//! of everything before it. A file that fails any check is not loaded
-//! (counted and logged, never half-loaded). Loading removes the file.
+//! was saved on a standby, the record size, the snapshot id, the records,
+//! the number of records and a CRC-32 of everything before it. A file that
+//! fails any check is not loaded (logged, never half-loaded).
 //!
 //! A cold copy of a primary's data directory started as a standby (or from
 //! a base backup) finds the primary's saved usage: the primary writes that
 //! usage itself, so a server in recovery drops a file saved by a primary
 //! (counted as discarded) instead of writing it again after a promotion.
-//! A standby's own saves are loaded by the standby.
+//! A standby's own saves are kept until it is promoted.
 //!
-//! The usage file is taken out of shared memory as it is written, so a
-//! launcher stopped by `pg_terminate_backend` and started again takes it
-//! back without counting anything twice. The limits file is only loaded by
-//! the first launcher of fresh shared memory (a server start, or the reset
-//! after a crash); a relaunch finds the table still in shared memory and
-//! removes the file.
+//! The limits file is only loaded by the first launcher of fresh shared
+//! memory; a launcher started again after `pg_terminate_backend` finds both
+//! tables still in shared memory and takes nothing from disk.
 
 use std::ffi::CStr;
 use std::io::{Read, Write};
@@ -31,14 +46,17 @@ use pgrx::pg_sys;
 use crate::{limits, token, usage};
 
 const USAGE_FILE: &str = "pg_apikeys_usage.pending";
+const RECOVERED_PREFIX: &str = "pg_apikeys_usage.recovered.";
 const LIMITS_FILE: &str = "pg_apikeys_limits.saved";
-const USAGE_MAGIC: &[u8; 8] = b"PGAKU003";
-const LIMITS_MAGIC: &[u8; 8] = b"PGAKL001";
-/// magic, system identifier, flags, record size, count
+const USAGE_MAGIC: &[u8; 8] = b"PGAKU004";
+const LIMITS_MAGIC: &[u8; 8] = b"PGAKL002";
+/// magic, system identifier, flags, record size, snapshot id
 const HEADER_BYTES: usize = 8 + 8 + 4 + 4 + 8;
+/// record count, CRC-32
+const TRAILER_BYTES: usize = 8 + 4;
 const SAVED_IN_RECOVERY: u32 = 1;
 
-fn path(name: &str) -> Option<PathBuf> {
+fn data_dir() -> Option<PathBuf> {
     // SAFETY: DataDir is set before any worker starts
     let dir = unsafe { pg_sys::DataDir };
     if dir.is_null() {
@@ -46,7 +64,11 @@ fn path(name: &str) -> Option<PathBuf> {
     }
     // SAFETY: a NUL-terminated path
     let dir = unsafe { CStr::from_ptr(dir) }.to_str().ok()?;
-    Some(PathBuf::from(dir).join(name))
+    Some(PathBuf::from(dir))
+}
+
+fn path(name: &str) -> Option<PathBuf> {
+    Some(data_dir()?.join(name))
 }
 
 fn system_identifier() -> u64 {
@@ -59,16 +81,22 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
-/// The bytes of a file: header, records, CRC-32.
-fn encode(magic: &[u8; 8], record: usize, records: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_BYTES + records.len() + 4);
+fn header(magic: &[u8; 8], record: usize, snapshot: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES);
     out.extend_from_slice(magic);
     out.extend_from_slice(&system_identifier().to_le_bytes());
     let flags = if in_recovery() { SAVED_IN_RECOVERY } else { 0 };
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(record as u32).to_le_bytes());
-    out.extend_from_slice(&((records.len() / record.max(1)) as u64).to_le_bytes());
+    out.extend_from_slice(&snapshot.to_le_bytes());
+    out
+}
+
+/// The bytes of a file: header, records, trailer.
+fn encode(magic: &[u8; 8], record: usize, snapshot: i64, records: &[u8]) -> Vec<u8> {
+    let mut out = header(magic, record, snapshot);
     out.extend_from_slice(records);
+    out.extend_from_slice(&((records.len() / record.max(1)) as u64).to_le_bytes());
     let crc = token::crc32(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -85,16 +113,17 @@ pub enum Refused {
     FromPrimary,
 }
 
-/// The records of a file, checked (`sysid`: this cluster's identifier;
-/// `recovering`: whether this server is in recovery now).
+/// The records and snapshot id of a file, checked (`sysid`: this
+/// cluster's identifier; `recovering`: whether this server is in recovery
+/// now).
 pub fn decode<'a>(
     bytes: &'a [u8],
     magic: &[u8; 8],
     record: usize,
     sysid: u64,
     recovering: bool,
-) -> Result<&'a [u8], Refused> {
-    if bytes.len() < HEADER_BYTES + 4 || &bytes[..8] != magic {
+) -> Result<(&'a [u8], i64), Refused> {
+    if bytes.len() < HEADER_BYTES + TRAILER_BYTES || &bytes[..8] != magic {
         return Err(Refused::Damaged);
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -106,8 +135,8 @@ pub fn decode<'a>(
     if token::crc32(body).to_le_bytes() != crc {
         return Err(Refused::Damaged);
     }
-    let count = word(24, 8);
-    let records = &body[HEADER_BYTES..];
+    let count = word(body.len() - 8, 8);
+    let records = &body[HEADER_BYTES..body.len() - 8];
     if word(20, 4) != record as u64 || count.checked_mul(record as u64) != Some(records.len() as u64) {
         return Err(Refused::Damaged);
     }
@@ -118,7 +147,7 @@ pub fn decode<'a>(
     if recovering && !saved_in_recovery {
         return Err(Refused::FromPrimary);
     }
-    Ok(records)
+    Ok((records, word(24, 8) as i64))
 }
 
 fn write(name: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -140,65 +169,147 @@ fn take_file(name: &str) -> Option<Vec<u8>> {
     read.ok().map(|_| buf)
 }
 
+fn entries_of(records: &[u8]) -> impl Iterator<Item = usage::Entry> + '_ {
+    records.chunks_exact(usage::ENTRY_BYTES).map(|chunk| {
+        // SAFETY: ENTRY_BYTES bytes of a saved Entry (plain data, any bit pattern)
+        unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<usage::Entry>()) }
+    })
+}
+
+/// Save a copy of the usage table as `pg_apikeys_usage.pending` (a new
+/// snapshot id; `sync`: flushed to disk, as at shutdown). Written piece
+/// by piece, one partition at a time, into a temporary file renamed over
+/// the last copy. Returns the snapshot id; on a failure the last copy is
+/// removed (a write round after an older copy could otherwise have that
+/// copy's entries written twice after a crash) and a warning is logged.
+pub fn snapshot_usage(sync: bool) -> i64 {
+    let id = usage::next_snapshot();
+    let Some(path) = path(USAGE_FILE) else { return id };
+    let tmp = path.with_extension("tmp");
+    let written = (|| -> std::io::Result<()> {
+        let file = std::fs::File::create(&tmp)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        let head = header(USAGE_MAGIC, usage::ENTRY_BYTES, id);
+        let mut crc = token::crc32(&head);
+        out.write_all(&head)?;
+        let count = usage::each_partition(|entries| {
+            // SAFETY: Entry is repr(C) plain data
+            let bytes = unsafe {
+                std::slice::from_raw_parts(entries.as_ptr().cast::<u8>(), std::mem::size_of_val(entries))
+            };
+            crc = token::crc32_more(crc, bytes);
+            out.write_all(bytes)
+        })?;
+        let tail = (count as u64).to_le_bytes();
+        crc = token::crc32_more(crc, &tail);
+        out.write_all(&tail)?;
+        out.write_all(&crc.to_le_bytes())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        if sync {
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&path);
+        warn_once(&format!(
+            "pg_apikeys: could not save the usage table ({e}); a crash now loses what is pending"
+        ));
+    }
+    id
+}
+
+fn warn_once(msg: &str) {
+    thread_local! {
+        static LAST: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
+    let now = limits::clock_now();
+    if LAST.with(|l| now - l.get() >= 60_000_000) {
+        LAST.with(|l| l.set(now));
+        pgrx::warning!("{msg}");
+    }
+}
+
 /// At shutdown (or when the launcher is stopped): save both tables.
 pub fn save_all() {
-    let entries = usage::take_all();
-    if !entries.is_empty() {
-        let mut records = Vec::with_capacity(entries.len() * usage::ENTRY_BYTES);
-        for e in &entries {
-            // SAFETY: Entry is repr(C) plain data
-            records.extend_from_slice(unsafe {
-                std::slice::from_raw_parts((e as *const usage::Entry).cast::<u8>(), usage::ENTRY_BYTES)
-            });
-        }
-        if write(USAGE_FILE, &encode(USAGE_MAGIC, usage::ENTRY_BYTES, &records)).is_err() {
-            usage::count_discarded(entries.iter().map(|e| e.verified + e.rejected).sum());
-            pgrx::warning!("pg_apikeys: could not save pending usage at shutdown");
-        }
-    }
+    snapshot_usage(true);
     let limits = limits::export();
-    if !limits.is_empty() && write(LIMITS_FILE, &encode(LIMITS_MAGIC, limits::ENTRY_BYTES, &limits)).is_err()
+    if !limits.is_empty()
+        && write(LIMITS_FILE, &encode(LIMITS_MAGIC, limits::ENTRY_BYTES, 0, &limits)).is_err()
     {
         pgrx::warning!("pg_apikeys: could not save rate windows and credit debits at shutdown");
     }
 }
 
-/// At a launcher's start: take back the usage a shutdown saved.
-pub fn load_usage() {
-    let Some(bytes) = take_file(USAGE_FILE) else { return };
-    let records = match decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), in_recovery()) {
-        Ok(r) => r,
+/// At the first launcher of fresh shared memory: the last copy of the
+/// usage table becomes a recovered file (its entries are written by each
+/// database's flusher, less what a round after it wrote).
+pub fn recover_usage() {
+    let Some(file) = path(USAGE_FILE) else { return };
+    let Ok(bytes) = std::fs::read(&file) else { return };
+    match decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), in_recovery()) {
+        Ok((records, snapshot)) => {
+            usage::note_snapshot(snapshot);
+            let to = file.with_file_name(format!("{RECOVERED_PREFIX}{snapshot}"));
+            if records.is_empty() || std::fs::rename(&file, &to).is_err() {
+                let _ = std::fs::remove_file(&file);
+            }
+        }
+        Err(Refused::FromPrimary) => {
+            // the primary writes its own usage
+            pgrx::log!("pg_apikeys: saved usage not loaded (FromPrimary): the primary writes it");
+            let (records, _) = decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false)
+                .unwrap_or((&[], 0));
+            usage::count_discarded(entries_of(records).map(|e| e.verified + e.rejected).sum());
+            let _ = std::fs::remove_file(&file);
+        }
         Err(why) => {
             pgrx::warning!("pg_apikeys: saved usage not loaded ({why:?})");
-            return;
-        }
-    };
-    let mut bad = 0u64;
-    for chunk in records.chunks_exact(usage::ENTRY_BYTES) {
-        // SAFETY: ENTRY_BYTES bytes of a saved Entry (plain data, any bit pattern)
-        let e: usage::Entry = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
-        if usage::plausible(&e) {
-            usage::restore(&e);
-        } else {
-            bad += 1;
+            let _ = std::fs::remove_file(&file);
         }
     }
-    if bad > 0 {
-        pgrx::warning!("pg_apikeys: {bad} saved usage entries were not plausible and were left out");
-    }
+}
+
+/// The recovered files: (path, snapshot id).
+pub fn recovered_files() -> Vec<(PathBuf, i64)> {
+    let Some(dir) = data_dir() else { return Vec::new() };
+    let Ok(list) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(PathBuf, i64)> = list
+        .filter_map(|d| {
+            let d = d.ok()?;
+            let name = d.file_name();
+            let id = name.to_str()?.strip_prefix(RECOVERED_PREFIX)?.parse::<i64>().ok()?;
+            Some((d.path(), id))
+        })
+        .collect();
+    out.sort_by_key(|(_, id)| *id);
+    out
+}
+
+/// The plausible entries of a recovered file (None: unreadable or damaged).
+pub fn read_recovered(file: &std::path::Path) -> Option<Vec<usage::Entry>> {
+    let bytes = std::fs::read(file).ok()?;
+    let (records, _) = decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false).ok()?;
+    Some(entries_of(records).filter(usage::plausible).collect())
+}
+
+/// A recovered file every database of which has its entries written.
+pub fn forget_recovered(file: &std::path::Path) {
+    let _ = std::fs::remove_file(file);
 }
 
 /// At the first launcher of fresh shared memory: take back the limits table.
 pub fn load_limits() {
     let Some(bytes) = take_file(LIMITS_FILE) else { return };
-    let records = match decode(&bytes, LIMITS_MAGIC, limits::ENTRY_BYTES, system_identifier(), in_recovery())
-    {
-        Ok(r) => r,
-        Err(why) => {
-            pgrx::warning!("pg_apikeys: saved rate windows and credit debits not loaded ({why:?})");
-            return;
-        }
-    };
+    let (records, _) =
+        match decode(&bytes, LIMITS_MAGIC, limits::ENTRY_BYTES, system_identifier(), in_recovery()) {
+            Ok(r) => r,
+            Err(why) => {
+                pgrx::warning!("pg_apikeys: saved rate windows and credit debits not loaded ({why:?})");
+                return;
+            }
+        };
     let bad = records.chunks_exact(limits::ENTRY_BYTES).filter(|c| !limits::import(c)).count();
     if bad > 0 {
         pgrx::warning!("pg_apikeys: {bad} saved limits entries were not plausible and were left out");
@@ -220,8 +331,9 @@ mod tests {
         out.extend_from_slice(&sysid.to_le_bytes());
         out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&(record as u32).to_le_bytes());
-        out.extend_from_slice(&((records.len() / record) as u64).to_le_bytes());
+        out.extend_from_slice(&77i64.to_le_bytes());
         out.extend_from_slice(records);
+        out.extend_from_slice(&((records.len() / record) as u64).to_le_bytes());
         let crc = token::crc32(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
@@ -231,14 +343,14 @@ mod tests {
     fn a_saved_file_loads_only_whole_and_on_its_own_cluster() {
         let records = [7u8; 32];
         let good = file(42, 0, &records, 16);
-        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, false), Ok(&records[..]));
+        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, false), Ok((&records[..], 77)));
         assert_eq!(decode(&good, USAGE_MAGIC, 16, 43, false), Err(Refused::OtherCluster));
         assert_eq!(decode(&good, LIMITS_MAGIC, 16, 42, false), Err(Refused::Damaged));
         assert_eq!(decode(&good, USAGE_MAGIC, 32, 42, false), Err(Refused::Damaged));
         // a primary's save found by a standby (a copy made into one)
         assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, true), Err(Refused::FromPrimary));
         let standby = file(42, SAVED_IN_RECOVERY, &records, 16);
-        assert_eq!(decode(&standby, USAGE_MAGIC, 16, 42, true), Ok(&records[..]));
+        assert_eq!(decode(&standby, USAGE_MAGIC, 16, 42, true), Ok((&records[..], 77)));
         // one flipped bit anywhere, or a cut
         for i in 0..good.len() {
             let mut bad = good.clone();

@@ -79,6 +79,12 @@ pub fn encode_body(bytes: &[u8; BODY_BYTES]) -> String {
 
 /// CRC-32 (IEEE 802.3, reflected, as zlib and GitHub's token checksum use).
 pub fn crc32(data: &[u8]) -> u32 {
+    crc32_more(0, data)
+}
+
+/// The CRC-32 of `a` followed by `data`, given `crc32(a)`: a file's
+/// checksum computed as it is written, piece by piece.
+pub fn crc32_more(crc: u32, data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
         let mut i = 0;
@@ -94,7 +100,7 @@ pub fn crc32(data: &[u8]) -> u32 {
         }
         table
     };
-    let mut crc = 0xFFFF_FFFFu32;
+    let mut crc = !crc;
     for &b in data {
         crc = TABLE[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
     }
@@ -270,6 +276,7 @@ mod tests {
         // the CRC-32 "check" value from the catalogue of parametrised CRCs
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
+        assert_eq!(crc32_more(crc32(b"1234"), b"56789"), 0xCBF4_3926);
     }
 
     #[test]

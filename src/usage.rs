@@ -75,10 +75,16 @@ pub struct Entry {
     /// oid of the `apikeys.keys` the key was read from: an entry of a
     /// dropped (and maybe re-created) extension no longer matches
     pub keys_rel: u32,
-    /// 1 when a verify found the key row written by its own open
-    /// transaction (a key minted there): the flush checks that it exists
-    pub uncommitted: u32,
+    /// [`UNCOMMITTED`], [`NEVER_USED`]
+    pub flags: u32,
 }
+
+/// A verify found the key row written by its own open transaction (a key
+/// minted there): the next flush checks that it exists.
+pub const UNCOMMITTED: u32 = 1;
+/// A verify found `last_used_at` NULL (the key's first use): its stamp is
+/// written at the next flush, not after the hour.
+pub const NEVER_USED: u32 = 2;
 
 /// The key a verify found, as the usage engine records it.
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +93,8 @@ pub struct KeyRef {
     pub workspace: [u8; 16],
     pub keys_rel: u32,
     pub uncommitted: bool,
+    /// `last_used_at` was NULL
+    pub never_used: bool,
 }
 
 pub(crate) const ENTRY_BYTES: usize = std::mem::size_of::<Entry>();
@@ -118,6 +126,20 @@ struct Header {
     flush_requested: AtomicU64,
     flush_done: AtomicU64,
     last_flush: AtomicI64,
+    /// the id of the last copy of the table saved to disk (src/save.rs)
+    snapshot: AtomicI64,
+    /// the round the launcher runs now: the copy it follows, and the hours
+    /// it writes (those before `round_before`; `i64::MAX`: every hour)
+    round_snapshot: AtomicI64,
+    round_before: AtomicI64,
+    /// the reserve flusher: its latch while it waits for a database, the
+    /// database handed to it, its starts, and the start whose work ended
+    reserve_latch: AtomicPtr<pg_sys::Latch>,
+    reserve_db: AtomicU64,
+    reserve_starts: AtomicU64,
+    reserve_done: AtomicU64,
+    /// flushes the reserve flusher ran because no other slot was free
+    reserve_flushes: AtomicU64,
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -154,6 +176,17 @@ pub fn init_preload() {
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::ConsistentState)
         .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+    // a flusher that holds its worker slot from the server's start: when
+    // parallel queries (or other extensions) take every free slot, the
+    // launcher hands it a database
+    BackgroundWorkerBuilder::new("pg_apikeys usage reserve")
+        .set_type("pg_apikeys usage reserve")
+        .set_library("pg_apikeys")
+        .set_function("pg_apikeys_usage_reserve")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(Duration::from_secs(0)))
         .load();
 }
 
@@ -291,7 +324,7 @@ fn put(
                 shmem::tenant_add(tenants, e.dbid, &e.workspace, u32::MAX);
                 s.workspace = e.workspace;
             }
-            s.uncommitted |= e.uncommitted;
+            s.flags |= e.flags;
             return Ok(false); // merged
         }
     }
@@ -366,7 +399,8 @@ pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: b
         key: key.id,
         workspace: key.workspace,
         keys_rel: key.keys_rel,
-        uncommitted: u32::from(key.uncommitted),
+        flags: if key.uncommitted { UNCOMMITTED } else { 0 }
+            | if verified && stamp && key.never_used { NEVER_USED } else { 0 },
         hour: now.div_euclid(USECS_PER_HOUR),
         verified: u64::from(verified),
         rejected: u64::from(!verified),
@@ -378,18 +412,6 @@ pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: b
         hd.rejected.fetch_add(1, Ordering::Relaxed);
     }
     add(&e)
-}
-
-/// Take every entry out (a shutdown saves them).
-pub(crate) fn take_all() -> Vec<Entry> {
-    take_where(|_| true)
-}
-
-/// Put back an entry saved at shutdown; counted as discarded without room.
-pub(crate) fn restore(e: &Entry) {
-    if !add(e) {
-        count_discarded(e.verified + e.rejected);
-    }
 }
 
 /// Events given up (counted in `usage_stats().discarded`).
@@ -465,9 +487,10 @@ fn take_where(pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
     out
 }
 
-/// A copy of every entry of database `dbid`; the table keeps them until a
-/// committed write settles them ([`settle`]).
-fn copy_db(dbid: u32) -> Vec<Entry> {
+/// A copy of the entries of database `dbid` a round writing the hours
+/// before `before` has work in; the table keeps them until a committed
+/// write settles them ([`settle`]).
+fn copy_db(dbid: u32, before: i64) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         // room for the whole partition before its lock is taken: nothing
@@ -477,7 +500,7 @@ fn copy_db(dbid: u32) -> Vec<Entry> {
             break; // the rest waits for the next flush
         }
         let mut part = Part::lock(p, false);
-        out.extend(part.slots().iter().filter(|s| s.used != 0 && s.dbid == dbid).copied());
+        out.extend(part.slots().iter().filter(|s| s.dbid == dbid && due(s, before)).copied());
     }
     out
 }
@@ -505,12 +528,62 @@ fn settle(dbid: u32, key: &[u8; 16], hour: i64, f: impl FnOnce(&mut Entry)) {
     }
 }
 
-/// The databases with pending entries (no copy of the table).
-fn pending_dbs() -> Vec<u32> {
+/// Whether a round that writes the hours before `before` has work in an
+/// entry: counts or a stamp of such an hour, a first use's stamp, or a key
+/// minted in a verifying transaction (whose fate the flush checks).
+fn due(e: &Entry, before: i64) -> bool {
+    e.used != 0 && (e.hour < before || e.flags & (UNCOMMITTED | NEVER_USED) != 0)
+}
+
+/// The id of a new copy of the table: after every id before it, also
+/// those of copies saved before a restart.
+pub(crate) fn next_snapshot() -> i64 {
+    let hd = header();
+    let now = crate::limits::clock_now();
+    let mut last = hd.snapshot.load(Ordering::Acquire);
+    loop {
+        let id = now.max(last + 1);
+        match hd.snapshot.compare_exchange(last, id, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return id,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// A copy saved before this start had id `id`.
+pub(crate) fn note_snapshot(id: i64) {
+    header().snapshot.fetch_max(id, Ordering::AcqRel);
+}
+
+/// Call `f` with the entries in use of each partition in turn (copied
+/// out under a shared lock into room reserved once, written after it is
+/// released); the number of entries.
+pub(crate) fn each_partition(mut f: impl FnMut(&[Entry]) -> std::io::Result<()>) -> std::io::Result<usize> {
+    let per = header().per_part as usize;
+    let mut buf: Vec<Entry> = Vec::new();
+    buf.try_reserve_exact(per).map_err(|_| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+    let mut n = 0;
+    for p in 0..PARTITIONS {
+        buf.clear();
+        {
+            let mut part = Part::lock(p, false);
+            buf.extend(part.slots().iter().filter(|s| s.used != 0).copied());
+        }
+        n += buf.len();
+        if !buf.is_empty() {
+            f(&buf)?;
+        }
+    }
+    Ok(n)
+}
+
+/// The databases with work for a round that writes the hours before
+/// `before` (no copy of the table).
+fn pending_dbs(before: i64) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     for p in 0..PARTITIONS {
         let mut part = Part::lock(p, false);
-        for s in part.slots().iter().filter(|s| s.used != 0) {
+        for s in part.slots().iter().filter(|s| due(s, before)) {
             if !out.contains(&s.dbid) {
                 out.push(s.dbid);
             }
@@ -550,17 +623,21 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
     let hd = header();
     // SAFETY: our own latch, in shared memory
     hd.launcher_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
-    // the saved state of a clean shutdown belongs to fresh shared memory
-    // (a server start, or the reset after a crash); a launcher restarted
-    // after pg_terminate_backend finds the state it saved still here
+    // what was saved to disk belongs to fresh shared memory (a server
+    // start, or the reset after a crash); a launcher restarted after
+    // pg_terminate_backend finds both tables still here
     let fresh = !hd.launched.swap(true, Ordering::AcqRel);
-    crate::save::load_usage();
     if fresh {
+        crate::save::recover_usage();
         crate::save::load_limits();
     } else {
         crate::save::forget_limits();
     }
+    // every round follows a copy newer than any recovered one
+    crate::save::snapshot_usage(false);
+    let mut saved_at = crate::limits::clock_now();
     let mut failed = false;
+    let mut over_share = hd.over_share.load(Ordering::Relaxed);
     loop {
         let secs = gucs::USAGE_FLUSH_INTERVAL.get().max(1) as u64;
         let asked = hd.flush_requested.load(Ordering::Acquire);
@@ -580,13 +657,35 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
         }
         let asked = hd.flush_requested.load(Ordering::Acquire);
         hd.wake_sent.store(false, Ordering::Release);
+        // a copy of the table on disk at every interval: what a crash
+        // loses is what was counted after it
+        let now = crate::limits::clock_now();
+        if now - saved_at >= secs as i64 * 1_000_000 - 50_000 || now < saved_at {
+            crate::save::snapshot_usage(false);
+            saved_at = now;
+        }
         // SAFETY: reads shared state
         if unsafe { pg_sys::RecoveryInProgress() } {
             failed = false;
             hd.flush_done.fetch_max(asked, Ordering::AcqRel);
             continue;
         }
-        failed = !flush_all();
+        // what this round writes: the hours that ended, or every hour when
+        // flush_usage() asks or the table fills (three quarters full, or a
+        // workspace found its share used)
+        let total = hd.per_part * PARTITIONS as u64;
+        let shared = hd.over_share.load(Ordering::Relaxed);
+        let pressed =
+            hd.in_use.load(Ordering::Relaxed).max(0) as u64 * 4 >= total * 3 || shared != over_share;
+        over_share = shared;
+        let before = if asked > hd.flush_done.load(Ordering::Acquire) || pressed {
+            i64::MAX
+        } else {
+            now.div_euclid(USECS_PER_HOUR)
+        };
+        hd.round_snapshot.store(hd.snapshot.load(Ordering::Acquire), Ordering::Release);
+        hd.round_before.store(before, Ordering::Release);
+        failed = !flush_all(before);
         if !failed {
             hd.flush_done.fetch_max(asked, Ordering::AcqRel);
         } else {
@@ -609,9 +708,21 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
 /// One flusher per database with pending entries or credits, a few at a
 /// time; each writes its own database only. False when a flusher could not
 /// start (no worker slot) or did not finish its work.
-fn flush_all() -> bool {
-    let mut dbs = pending_dbs();
-    for db in crate::limits::pending_dbs() {
+fn flush_all(before: i64) -> bool {
+    let mut dbs = pending_dbs(before);
+    // recovered copies of the table: the databases they hold entries of
+    let recovered: Vec<(std::path::PathBuf, Vec<Entry>)> = crate::save::recovered_files()
+        .into_iter()
+        .map(|(path, _)| {
+            let entries = crate::save::read_recovered(&path).unwrap_or_default();
+            (path, entries)
+        })
+        .collect();
+    let mut gone_dbs = Vec::new();
+    for db in crate::limits::pending_dbs()
+        .into_iter()
+        .chain(recovered.iter().flat_map(|(_, es)| es.iter().map(|e| e.dbid)))
+    {
         if !dbs.contains(&db) {
             dbs.push(db);
         }
@@ -619,6 +730,7 @@ fn flush_all() -> bool {
     dbs.sort_unstable();
     let mut ok = true;
     let mut wanted = Vec::new();
+    let mut reserved = Vec::new();
     for db in dbs {
         match database_state(db) {
             DbState::Open => wanted.push(db),
@@ -628,6 +740,7 @@ fn flush_all() -> bool {
                 let gone = take_where(|e| e.dbid == db);
                 header().discarded.fetch_add(events(&gone), Ordering::Relaxed);
                 crate::limits::drop_database(db);
+                gone_dbs.push(db);
             }
         }
     }
@@ -646,10 +759,7 @@ fn flush_all() -> bool {
                 .load_dynamic();
             match worker {
                 Ok(w) => running.push(w),
-                Err(_) => {
-                    ok = false;
-                    warn_no_slot();
-                }
+                Err(_) => reserved.push(db),
             }
         }
         for w in running {
@@ -660,9 +770,27 @@ fn flush_all() -> bool {
             let _ = w.wait_for_shutdown();
         }
     }
+    // no free slot for these: the reserve flusher writes them, one by one
+    for db in reserved {
+        if !reserve_flush(db) {
+            ok = false;
+            warn_no_slot();
+            break;
+        }
+    }
     // a flusher that stopped before settling everything it copied leaves
     // the rest pending for the next flush (nothing taken out is lost)
-    ok && header().flush_failures.swap(0, Ordering::AcqRel) == 0
+    let ok = ok && header().flush_failures.swap(0, Ordering::AcqRel) == 0;
+    if ok {
+        // every database of the recovered copies wrote (and marked) its
+        // entries, or is gone: the copies are done with
+        for (path, entries) in &recovered {
+            let lost: Vec<Entry> = entries.iter().filter(|e| gone_dbs.contains(&e.dbid)).copied().collect();
+            header().discarded.fetch_add(events(&lost), Ordering::Relaxed);
+            crate::save::forget_recovered(path);
+        }
+    }
+    ok
 }
 
 /// The launcher's warning that no worker slot was free, at most once a
@@ -676,6 +804,96 @@ fn warn_no_slot() {
         LAST.with(|l| l.set(now));
         pgrx::warning!("pg_apikeys: no background worker slot for a usage flush (max_worker_processes, taken by parallel queries or other workers); retrying");
     }
+}
+
+/// Hand database `db` to the reserve flusher and wait until it has
+/// written it; false when the reserve is not there (starting again after
+/// its last flush) or stopped before finishing.
+fn reserve_flush(db: u32) -> bool {
+    let hd = header();
+    // it waits for work with its latch published; after a flush it exits
+    // and the postmaster starts it again at once
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let latch = loop {
+        let l = hd.reserve_latch.load(Ordering::Acquire);
+        if !l.is_null() {
+            break l;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        launcher_nap(20);
+    };
+    let start = hd.reserve_starts.load(Ordering::Acquire);
+    hd.reserve_db.store(u64::from(db), Ordering::Release);
+    // SAFETY: the reserve flusher's latch, in shared memory
+    unsafe { pg_sys::SetLatch(latch) };
+    loop {
+        if hd.reserve_done.load(Ordering::Acquire) == start {
+            hd.reserve_flushes.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        if hd.reserve_starts.load(Ordering::Acquire) != start {
+            return false; // it stopped (an error, a signal) and started again
+        }
+        launcher_nap(20);
+        if BackgroundWorker::sigterm_received() {
+            return false;
+        }
+    }
+}
+
+/// A short timed wait of the launcher (not ended by its latch).
+fn launcher_nap(ms: i64) {
+    // SAFETY: a plain timed wait of this process
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+    }
+}
+
+/// The reserve flusher: started with the server, it holds its worker slot
+/// while it waits, unconnected, for the launcher to hand it a database;
+/// it then flushes that database as a flusher does and exits, and the
+/// postmaster starts it again at once (a backend connects to one database
+/// in its life).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_apikeys_usage_reserve(_arg: pg_sys::Datum) {
+    flusher_signals();
+    let hd = header();
+    let me = hd.reserve_starts.fetch_add(1, Ordering::AcqRel) + 1;
+    hd.reserve_db.store(0, Ordering::Release);
+    // SAFETY: our own latch, in shared memory
+    hd.reserve_latch.store(unsafe { pg_sys::MyLatch }, Ordering::Release);
+    let db = loop {
+        // SAFETY: waiting on our own latch; SIGTERM (die) is handled at the
+        // interrupt check after it
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10_000,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pg_sys::check_for_interrupts!();
+        let db = hd.reserve_db.swap(0, Ordering::AcqRel) as u32;
+        if db != 0 {
+            break db;
+        }
+    };
+    hd.reserve_latch.store(std::ptr::null_mut(), Ordering::Release);
+    flush_database(db);
+    hd.reserve_done.store(me, Ordering::Release);
+    // exit code 1: the postmaster starts it again (code 0 would unregister it)
+    // SAFETY: ends this process, as a background worker may
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 enum DbState {
@@ -794,9 +1012,14 @@ fn in_usage_worker() -> bool {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_apikeys_usage_flush(arg: pg_sys::Datum) {
-    // SIGTERM as for a backend (die): pg_terminate_backend and a shutdown
-    // end the flusher at once, also while it waits for a lock. What it
-    // copied and did not settle stays pending.
+    flusher_signals();
+    flush_database(arg.value() as u32);
+}
+
+/// SIGTERM as for a backend (die): pg_terminate_backend and a shutdown end
+/// a flusher at once, also while it waits for a lock. What it copied and
+/// did not settle stays pending.
+fn flusher_signals() {
     // SAFETY: installing PostgreSQL's own handler before signals are unblocked
     unsafe {
         #[cfg(feature = "pg18")]
@@ -806,14 +1029,18 @@ pub extern "C-unwind" fn pg_apikeys_usage_flush(arg: pg_sys::Datum) {
         pg_sys::BackgroundWorkerUnblockSignals();
     }
     IN_FLUSHER.with(|f| f.set(true));
-    let db = arg.value() as u32;
+}
+
+/// Connect to `db` and write what the launcher's round asks of it.
+fn flush_database(db: u32) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(pg_sys::Oid::from(db)), None);
     let hd = header();
     // counted as failed until it gets to the end
     hd.flush_failures.fetch_add(1, Ordering::AcqRel);
     BackgroundWorker::transaction(own_session);
+    resolve_recovered(db);
     flush_credits(db);
-    flush_entries(db);
+    flush_entries(db, hd.round_before.load(Ordering::Acquire), hd.round_snapshot.load(Ordering::Acquire));
     hd.flushes.fetch_add(1, Ordering::Relaxed);
     hd.last_flush.store(crate::limits::clock_now(), Ordering::Relaxed);
     hd.flush_failures.fetch_sub(1, Ordering::AcqRel);
@@ -884,7 +1111,7 @@ fn inspect(entries: &[Entry]) -> Option<(u32, bool, std::collections::HashSet<[u
         // those that exist now (keys are never deleted otherwise)
         let unsure: Vec<pgrx::Uuid> = entries
             .iter()
-            .filter(|e| e.uncommitted != 0 && e.keys_rel == keys_rel.to_u32())
+            .filter(|e| e.flags & UNCOMMITTED != 0 && e.keys_rel == keys_rel.to_u32())
             .map(|e| pgrx::Uuid::from_bytes(e.key))
             .collect();
         let mut missing = std::collections::HashSet::new();
@@ -896,11 +1123,14 @@ fn inspect(entries: &[Entry]) -> Option<(u32, bool, std::collections::HashSet<[u
     })
 }
 
-/// Write the database's pending usage: counts in committed batches, then
-/// the `last_used_at` stamps of rows no one holds. Each committed batch is
-/// settled in shared memory at once; a failure leaves the rest pending.
-fn flush_entries(db: u32) {
-    let entries = copy_db(db);
+/// Write the database's usage that this round writes: the counts of the
+/// hours before `before` in one transaction (with the round's row in
+/// `usage_rounds`: which copy of the table it follows and which hours it
+/// wrote), then the `last_used_at` stamps of those hours and of first uses,
+/// of rows no one holds, in small batches. Each commit is settled in
+/// shared memory at once; a failure leaves the rest pending.
+fn flush_entries(db: u32, before: i64, snapshot: i64) {
+    let entries = copy_db(db, before);
     if entries.is_empty() {
         return;
     }
@@ -913,18 +1143,24 @@ fn flush_entries(db: u32) {
     let gone = take_where(dead);
     hd.discarded.fetch_add(events(&gone), Ordering::Relaxed);
     let live: Vec<Entry> = entries.into_iter().filter(|e| !dead(e)).collect();
+    // keys minted in a verifying transaction that exist now: checked
+    for e in live.iter().filter(|e| e.flags & UNCOMMITTED != 0) {
+        settle(db, &e.key, e.hour, |s| s.flags &= !UNCOMMITTED);
+    }
 
-    let with_counts: Vec<&Entry> = live.iter().filter(|e| e.verified + e.rejected > 0).collect();
-    for batch in with_counts.chunks(COUNT_BATCH) {
+    let with_counts: Vec<&Entry> =
+        live.iter().filter(|e| e.hour < before && e.verified + e.rejected > 0).collect();
+    if !with_counts.is_empty() {
+        let n = events_of(&with_counts);
         if counts {
-            BackgroundWorker::transaction(|| write_counts(batch));
-            hd.flushed.fetch_add(batch.iter().map(|e| e.verified + e.rejected).sum(), Ordering::Relaxed);
+            BackgroundWorker::transaction(|| write_counts(&with_counts, snapshot, before));
+            hd.flushed.fetch_add(n, Ordering::Relaxed);
         } else {
             // nowhere to write them (a subscriber): counted, not kept
-            hd.discarded.fetch_add(batch.iter().map(|e| e.verified + e.rejected).sum(), Ordering::Relaxed);
+            hd.discarded.fetch_add(n, Ordering::Relaxed);
         }
         // committed: no interrupt is processed between the commit and here
-        for e in batch {
+        for e in &with_counts {
             settle(db, &e.key, e.hour, |s| {
                 s.verified = s.verified.saturating_sub(e.verified);
                 s.rejected = s.rejected.saturating_sub(e.rejected);
@@ -933,54 +1169,180 @@ fn flush_entries(db: u32) {
     }
 
     // one stamp per key: its latest due use over the entries' hours
-    let interval = gucs::LAST_USED_INTERVAL.get();
-    // key -> (its latest due use, the hours of its entries)
-    type Due = ([u8; 16], (i64, Vec<i64>));
-    let mut due: std::collections::HashMap<[u8; 16], (i64, Vec<i64>)> = std::collections::HashMap::new();
-    for e in live.iter().filter(|e| e.last_used != 0) {
-        let d = due.entry(e.key).or_insert((0, Vec::new()));
-        d.0 = d.0.max(e.last_used);
-        d.1.push(e.hour);
-    }
-    let due: Vec<Due> = due.into_iter().collect();
-    for batch in due.chunks(ROW_BATCH) {
-        let stamped: std::collections::HashSet<[u8; 16]> = if interval >= 0 {
-            let want: Vec<([u8; 16], i64)> = batch.iter().map(|(k, (t, _))| (*k, *t)).collect();
-            BackgroundWorker::transaction(|| write_stamps(&want, f64::from(interval)))
-        } else {
-            // stamps are off now: nothing to write
-            batch.iter().map(|(k, _)| *k).collect()
-        };
-        for (key, (t, hours)) in batch {
-            if stamped.contains(key) {
-                for h in hours {
-                    settle(db, key, *h, |s| {
-                        if s.last_used <= *t {
-                            s.last_used = 0;
-                        }
-                    });
+    let stamps: Vec<&Entry> =
+        live.iter().filter(|e| e.last_used != 0 && (e.hour < before || e.flags & NEVER_USED != 0)).collect();
+    let stamped = write_all_stamps(&stamps);
+    for e in stamps {
+        if stamped.contains(&e.key) {
+            settle(db, &e.key, e.hour, |s| {
+                if s.last_used <= e.last_used {
+                    s.last_used = 0;
                 }
-            } else {
-                // a client holds the row: the stamp waits for the next flush
-                hd.deferred.fetch_add(1, Ordering::Relaxed);
-            }
+                s.flags &= !NEVER_USED;
+            });
+        } else {
+            // a client holds the row: the stamp waits for the next flush
+            hd.deferred.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-fn write_counts(batch: &[&Entry]) {
-    Spi::connect_mut(|client: &mut SpiClient<'_>| {
-        batch_settings(client);
-        let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
-        let wss: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
-        let hours: Vec<TimestampWithTimeZone> = batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
-        let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
-        let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
-        let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
-        if let Err(e) = client.update(COUNT_SQL, None, &args) {
-            pgrx::error!("pg_apikeys: usage counts not written: {e}");
+fn events_of(entries: &[&Entry]) -> u64 {
+    entries.iter().map(|e| e.verified + e.rejected).sum()
+}
+
+/// Write the `last_used_at` stamps of `entries` (each key once, its latest
+/// use) in batches of rows no one holds; the keys stamped (or with nothing
+/// to stamp, when stamps are off).
+fn write_all_stamps(entries: &[&Entry]) -> std::collections::HashSet<[u8; 16]> {
+    let interval = gucs::LAST_USED_INTERVAL.get();
+    let mut due: std::collections::HashMap<[u8; 16], i64> = std::collections::HashMap::new();
+    for e in entries {
+        let t = due.entry(e.key).or_insert(0);
+        *t = (*t).max(e.last_used);
+    }
+    let due: Vec<([u8; 16], i64)> = due.into_iter().collect();
+    let mut out = std::collections::HashSet::new();
+    for batch in due.chunks(ROW_BATCH) {
+        if interval >= 0 {
+            out.extend(BackgroundWorker::transaction(|| write_stamps(batch, f64::from(interval))));
+        } else {
+            // stamps are off now: nothing to write
+            out.extend(batch.iter().map(|(k, _)| *k));
         }
-    })
+    }
+    out
+}
+
+/// The round's row: after the copy `snapshot` of the table, the hours
+/// before `before` (infinity: every hour) of this database were written.
+/// Two rounds after one copy keep the later hour.
+const ROUND_SQL: &str = "\
+INSERT INTO apikeys.usage_rounds AS r (snapshot, kind, before_hour)
+VALUES ($1, 'written', $2)
+ON CONFLICT (snapshot, kind) DO UPDATE
+   SET before_hour = GREATEST(r.before_hour, excluded.before_hour)";
+
+/// Rows of rounds no copy of the table on disk can refer to any more.
+const PRUNE_SQL: &str = "\
+DELETE FROM apikeys.usage_rounds
+ WHERE at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days')";
+
+/// The copy `snapshot`: whether its entries of this database were written
+/// already, and which hours a round after it wrote.
+const ROUNDS_SQL: &str = "\
+SELECT bool_or(kind OPERATOR(pg_catalog.=) 'resolved') AS resolved,
+       max(before_hour) FILTER (WHERE kind OPERATOR(pg_catalog.=) 'written') AS before_hour
+  FROM apikeys.usage_rounds WHERE snapshot OPERATOR(pg_catalog.=) $1";
+
+/// Write the entries of this database in the copies of the table a crash
+/// (or a shutdown) left, less what a round after each copy wrote, and mark
+/// each copy resolved here, in one transaction per copy: after any crash,
+/// nothing is written twice.
+fn resolve_recovered(db: u32) {
+    let hd = header();
+    for (path, snapshot) in crate::save::recovered_files() {
+        let Some(entries) = crate::save::read_recovered(&path) else { continue };
+        let mine: Vec<Entry> = entries.into_iter().filter(|e| e.dbid == db).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let (written, dropped) = BackgroundWorker::transaction(|| {
+            let present =
+                Spi::get_one::<bool>("SELECT pg_catalog.to_regclass('apikeys.usage_rounds') IS NOT NULL")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(false);
+            if !present {
+                return (0, events(&mine)); // the extension is gone
+            }
+            let (resolved, covered) = Spi::connect_mut(|client: &mut SpiClient<'_>| {
+                let Ok(t) = client.select(ROUNDS_SQL, Some(1), &[snapshot.into()]) else {
+                    pgrx::error!("pg_apikeys: usage rounds not read");
+                };
+                let row = t.first();
+                let resolved = row.get::<bool>(1).ok().flatten().unwrap_or(false);
+                let covered: Option<i64> = row.get::<TimestampWithTimeZone>(2).ok().flatten().map(|t| {
+                    if t.is_infinity() {
+                        i64::MAX
+                    } else {
+                        i64::from(t).div_euclid(USECS_PER_HOUR)
+                    }
+                });
+                (resolved, covered)
+            });
+            if resolved {
+                return (0, 0);
+            }
+            // a round after the copy wrote these hours (with at least the
+            // copy's counts): only the rest is written here
+            let rest: Vec<Entry> =
+                mine.iter().filter(|e| covered.is_none_or(|c| e.hour >= c)).copied().collect();
+            let (keys_rel, counts, missing) = inspect(&rest).unwrap_or_default();
+            let (live, dead): (Vec<&Entry>, Vec<&Entry>) =
+                rest.iter().partition(|e| e.keys_rel == keys_rel && !missing.contains(&e.key));
+            let with_counts: Vec<&Entry> =
+                live.iter().filter(|e| e.verified + e.rejected > 0).copied().collect();
+            let mut dropped = events_of(&dead);
+            let mut written = 0;
+            if counts {
+                write_count_rows(&with_counts);
+                written = events_of(&with_counts);
+            } else {
+                dropped += events_of(&with_counts);
+            }
+            let stamps: Vec<([u8; 16], i64)> =
+                live.iter().filter(|e| e.last_used != 0).map(|e| (e.key, e.last_used)).collect();
+            let interval = gucs::LAST_USED_INTERVAL.get();
+            if interval >= 0 {
+                for batch in stamps.chunks(ROW_BATCH) {
+                    write_stamps(batch, f64::from(interval));
+                }
+            }
+            if let Err(e) = Spi::run_with_args(
+                "INSERT INTO apikeys.usage_rounds (snapshot, kind, before_hour) VALUES ($1, 'resolved', NULL)",
+                &[snapshot.into()],
+            ) {
+                pgrx::error!("pg_apikeys: recovered usage not marked: {e}");
+            }
+            (written, dropped)
+        });
+        hd.flushed.fetch_add(written, Ordering::Relaxed);
+        hd.discarded.fetch_add(dropped, Ordering::Relaxed);
+    }
+}
+
+/// The counts of a round (one transaction), and its row.
+fn write_counts(entries: &[&Entry], snapshot: i64, before: i64) {
+    write_count_rows(entries);
+    let before = if before == i64::MAX {
+        TimestampWithTimeZone::positive_infinity()
+    } else {
+        ts(before.saturating_mul(USECS_PER_HOUR))
+    };
+    for (q, args) in [(ROUND_SQL, vec![snapshot.into(), before.into()]), (PRUNE_SQL, vec![])] {
+        if let Err(e) = Spi::run_with_args(q, &args) {
+            pgrx::error!("pg_apikeys: usage round not recorded: {e}");
+        }
+    }
+}
+
+/// Add the counts of `entries` to `key_usage`, a statement per batch.
+fn write_count_rows(entries: &[&Entry]) {
+    for batch in entries.chunks(COUNT_BATCH) {
+        Spi::connect_mut(|client: &mut SpiClient<'_>| {
+            let ids: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+            let wss: Vec<pgrx::Uuid> = batch.iter().map(|e| pgrx::Uuid::from_bytes(e.workspace)).collect();
+            let hours: Vec<TimestampWithTimeZone> =
+                batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
+            let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
+            let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
+            let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
+            if let Err(e) = client.update(COUNT_SQL, None, &args) {
+                pgrx::error!("pg_apikeys: usage counts not written: {e}");
+            }
+        })
+    }
 }
 
 /// Lock the rows of `want` that no one holds; stamp those. The keys locked.
@@ -1211,6 +1573,60 @@ fn usage_stats() -> TableIterator<
         Some(crate::limits::full_refusals() as i64),
         Some(crate::limits::held_refusals() as i64),
     ))
+}
+
+/// `apikeys.pending_usage()`: this database's counts and stamps the engine
+/// holds in shared memory and has not written yet (the current hour's,
+/// mostly), of the keys the caller can see in `apikeys.keys` (its row
+/// security decides, as for `key_usage`). Empty without the engine.
+#[allow(clippy::type_complexity)]
+#[pg_extern(sql = false)]
+fn pending_usage() -> TableIterator<
+    'static,
+    (
+        name!(key_id, pgrx::Uuid),
+        name!(workspace_id, pgrx::Uuid),
+        name!(hour, TimestampWithTimeZone),
+        name!(verified, i64),
+        name!(rejected, i64),
+        name!(last_used_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    if !active() {
+        return TableIterator::new(Vec::new());
+    }
+    // SAFETY: backend-local
+    let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let entries: Vec<Entry> = copy_db(dbid, i64::MAX)
+        .into_iter()
+        .filter(|e| e.verified + e.rejected > 0 || e.last_used != 0)
+        .collect();
+    if entries.is_empty() {
+        return TableIterator::new(Vec::new());
+    }
+    let ids: Vec<pgrx::Uuid> = entries.iter().map(|e| pgrx::Uuid::from_bytes(e.key)).collect();
+    // the keys the caller sees, read as the caller (row security applies)
+    let visible: std::collections::HashSet<[u8; 16]> = Spi::connect(|client| {
+        client
+            .select("SELECT k.id FROM apikeys.keys k WHERE k.id OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.uuid[])", None, &[ids.into()])
+            .map(|t| t.filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten().map(|u| *u.as_bytes())).collect())
+            .unwrap_or_default()
+    });
+    let rows: Vec<_> = entries
+        .into_iter()
+        .filter(|e| visible.contains(&e.key))
+        .map(|e| {
+            (
+                pgrx::Uuid::from_bytes(e.key),
+                pgrx::Uuid::from_bytes(e.workspace),
+                ts(e.hour * USECS_PER_HOUR),
+                e.verified as i64,
+                e.rejected as i64,
+                (e.last_used != 0).then(|| ts(e.last_used)),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
 }
 
 /// `apikeys.flush_usage(timeout)`: ask the worker to write everything

@@ -624,6 +624,7 @@ fn find_live_key<R>(
             workspace: row.uuid(k.workspace_id),
             keys_rel: r.keys.to_u32(),
             uncommitted: written.is_some(),
+            never_used: nulls[k.last_used_at],
         };
         if !live(&values, &nulls, k, now) {
             p.end();

@@ -377,7 +377,8 @@ def test_a_damaged_saved_file_is_not_loaded(clusters):
         assert verify_many(su, data["tokens"]) == 2
         assert flush(su)
         assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 2
-    assert not f.exists()
+    # refused whole: nothing of it is kept to be written later
+    assert not list(c.data.glob("pg_apikeys_usage.recovered.*"))
     assert "saved usage not loaded (Damaged)" in c.log_text()
 
 
@@ -466,18 +467,20 @@ def test_a_cold_copy_made_into_a_standby_does_not_write_the_primarys_usage_again
         assert one(s, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
 
 
-def test_no_worker_slot_loses_nothing(clusters):
+def test_no_free_worker_slot_stops_no_flush(clusters):
     """Parallel queries take every free background worker slot (any session
-    may raise its own max_parallel_workers), so no flusher can start:
-    flush_usage() answers false, the launcher warns once rather than on
-    every retry, and once the slots are free again everything pending is
-    written exactly once. (Credit-limited keys fail closed meanwhile:
-    docs/operations.md, "Known gaps".)"""
-    c = clusters("safety_slots").init({**PRELOAD, "apikeys.usage_flush_interval": 3600,
-                                       "max_worker_processes": 4, "max_parallel_workers": 4})
+    may raise its own max_parallel_workers), so no flusher can start. The
+    reserve flusher, which holds its slot from the server's start, writes
+    instead: flush_usage() succeeds, a credit-limited key checked all along
+    never fails closed, nothing is written twice, and no warning is logged."""
+    c = clusters("safety_slots").init({**PRELOAD, "apikeys.usage_flush_interval": 1,
+                                       "max_worker_processes": 5, "max_parallel_workers": 4})
     c.start()
     data = setup_db(c, "slots", keys=3)
-    # the launcher and the logical replication launcher hold two slots
+    with c.connect("slots") as su:
+        call(su, None, "UPDATE apikeys.keys SET credits = 1000 WHERE id = %s", (data["ids"][0],))
+    # the launcher, the reserve and the logical replication launcher hold
+    # three slots; the parallel workers take the other two
     with c.connect() as su:
         # renamed in PostgreSQL 16
         force = "force_parallel_mode" if su.info.server_version < 160000 else "debug_parallel_query"
@@ -491,7 +494,7 @@ def test_no_worker_slot_loses_nothing(clusters):
         h.execute(f"SET {force} = on")
         h.execute("SET parallel_setup_cost = 0")
         try:
-            h.execute("SELECT pg_sleep(6)")
+            h.execute("SELECT pg_sleep(8)")
         except psycopg.Error:
             pass
 
@@ -499,20 +502,33 @@ def test_no_worker_slot_loses_nothing(clusters):
         t = threading.Thread(target=hog)
         t.start()
         threads.append(t)
+    codes: dict[str, int] = {}
     try:
         with c.connect("slots") as su:
             wait_until(lambda: one(su, None, "SELECT count(*) AS n FROM pg_stat_activity "
                                              "WHERE backend_type = 'parallel worker'")["n"] >= 2,
                        10, "parallel workers holding the free slots")
             assert verify_many(su, data["tokens"]) == 3
-            assert not flush(su, 1500), "a flush ran without a worker slot"
+            # four intervals of credit debits, written each time
+            for _ in range(20):
+                code = one(su, None, "SELECT code FROM apikeys.check_key(%s)", (data["tokens"][0],))["code"]
+                codes[code] = codes.get(code, 0) + 1
+                time.sleep(0.2)
+            assert flush(su, 5000), "no flush without a free worker slot"
+            assert one(su, None, "SELECT count(*) AS n FROM pg_stat_activity "
+                                 "WHERE backend_type = 'parallel worker'")["n"] >= 2
+            assert one(su, None, "SELECT credits AS n FROM apikeys.keys WHERE id = %s",
+                       (data["ids"][0],))["n"] == 1000 - 1 - 20  # the verify and the checks
     finally:
         for t in threads:
             t.join()
         for h in hogs:
             h.close()
+    assert codes == {"valid": 20}
     with c.connect("slots") as su:
         assert flush(su)
-        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
-        assert stats(su)["pending"] == 0
-    assert c.log_text().count("no background worker slot for a usage flush") == 1
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 23
+        assert stats(su)["credits_held"] == 0
+    log = c.log_text()
+    assert "no background worker slot for a usage flush" not in log
+    assert 'background worker "pg_apikeys usage reserve"' in log

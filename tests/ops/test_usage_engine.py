@@ -298,6 +298,67 @@ def test_kill_9_loses_at_most_one_flush_interval(clusters):
         assert verify_many(su, data["tokens"]) == 3
 
 
+def test_the_current_hour_is_written_once_after_it(clusters):
+    """The counts of the current hour stay in shared memory (no write at
+    each interval): readers see them through pending_usage() and
+    key_usage_live; a first use's last_used_at is written at the next
+    interval; flush_usage() writes the rest at once, with one round row."""
+    c = clusters("usage_hour").init(PRELOAD)
+    c.start()
+    data = setup_db(c, "hour", keys=3)
+    with c.connect("hour") as su:
+        for _ in range(4):
+            assert verify_many(su, data["tokens"]) == 3
+        # several flush intervals (1 s): first uses stamped, counts kept
+        wait_until(lambda: one(su, None, "SELECT count(*) AS n FROM apikeys.keys "
+                                          "WHERE last_used_at IS NOT NULL")["n"] == 3, 10, "first-use stamps")
+        time.sleep(2.5)
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.key_usage")["n"] == 0
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.usage_rounds")["n"] == 0
+        live = call(su, "alice", "SELECT key_id, verified FROM apikeys.key_usage_live ORDER BY key_id")
+        assert sorted(r["verified"] for r in live) == [4, 4, 4]
+        pending = call(su, "alice", "SELECT sum(verified) AS n FROM apikeys.pending_usage()")
+        assert pending[0]["n"] == 12
+        # bob sees none of alice's keys (row security of keys applies)
+        assert call(su, "bob", "SELECT count(*) AS n FROM apikeys.pending_usage()")[0]["n"] == 0
+        assert call(su, "bob", "SELECT count(*) AS n FROM apikeys.key_usage_live")[0]["n"] == 0
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 12
+        assert call(su, "alice", "SELECT sum(verified) AS n FROM apikeys.key_usage_live")[0]["n"] == 12
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.usage_rounds WHERE kind = 'written'")["n"] == 1
+
+
+def test_kill_9_recovers_the_saved_copy_exactly(clusters):
+    """The launcher saves a copy of the table at every interval (no WAL): a
+    kill -9 after it loses nothing of what the copy holds, and a kill -9
+    right after a write round (the copy on disk still holds what the round
+    wrote) writes nothing twice: the round's row in usage_rounds says which
+    hours of that copy were written."""
+    c = clusters("usage_copy").init(PRELOAD)
+    c.start()
+    data = setup_db(c, "copy", keys=2)
+    with c.connect("copy") as su:
+        for _ in range(7):
+            assert verify_many(su, data["tokens"]) == 2
+        time.sleep(2.5)  # a copy saved after the verifies
+    c.kill9()
+    c.start()
+    with c.connect("copy") as su:
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 14
+        for _ in range(4):
+            assert verify_many(su, data["tokens"]) == 2
+        time.sleep(2.5)  # the copy holds the 8 ...
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]  # ... and they are written
+    c.kill9()
+    c.start()
+    with c.connect("copy") as su:
+        assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 22
+        assert stats(su)["discarded"] == 0
+    assert not list(c.data.glob("pg_apikeys_usage.recovered.*"))
+
+
 def launcher_pid(c: Cluster) -> int | None:
     try:
         with c.connect() as su:
@@ -350,7 +411,8 @@ def test_clean_shutdown_keeps_pending_usage(clusters):
         assert su.execute("SELECT apikeys.flush_usage()").fetchone()["flush_usage"]
         assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 3
         assert one(su, None, "SELECT count(*) AS n FROM apikeys.keys WHERE last_used_at IS NOT NULL")["n"] == 3
-    assert not (c.data / "pg_apikeys_usage.pending").exists()
+    # the saved copy was written and is gone; a fresh copy is saved
+    assert not list(c.data.glob("pg_apikeys_usage.recovered.*"))
 
 
 # -- rate limits and credits ---------------------------------------------------
