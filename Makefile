@@ -7,7 +7,7 @@ PG_MAJOR ?= 15
 PG_VERSIONS ?= 15 18
 export PG_MAJOR
 
-.PHONY: help run test stop clean bootstrap install start psql lint bench bench-http package \
+.PHONY: help run test stop clean bootstrap install start psql lint bench bench-http bench-sustained package \
         test-unit test-pg test-regress test-isolation test-client test-http test-upgrade test-ops test-docs test-package
 
 ## help: list the targets
@@ -72,10 +72,15 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
-## bench: pgbench harness (bench/README.md), its own cluster on port 28840, about 15 minutes, then bench-http (not part of make test)
+## bench: pgbench harness (bench/README.md), its own cluster on port 28840, about 15 minutes, then bench-sustained and bench-http (not part of make test)
 bench: install
 	@bench/run.sh
+	@bench/sustained.sh
 	@bench/http.sh
+
+## bench-sustained: the usage engine at default settings, 100 000 keys at random, verify vs floor, WAL and the write of the hour (about 5 minutes)
+bench-sustained: install
+	@bench/sustained.sh
 
 ## bench-http: requests per second through postrust-server, API key vs JWT, and their ratio (about 2 minutes)
 bench-http: install

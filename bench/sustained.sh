@@ -85,15 +85,23 @@ for n in $SIZES; do
     psql_b postgres postgres -c "CREATE DATABASE $db"
     psql_b postgres "$db" -v n="$n" -f "$SRC/setup.sql" >/dev/null
     ws=$(q "$db" "SELECT id FROM apikeys.workspaces WHERE name = 'bench'")
-    for ((a = 1; a <= n; a += BATCH)); do
-        e=$((a + BATCH - 1)); [ "$e" -gt "$n" ] && e=$n
-        q "$db" "INSERT INTO bench.tokens SELECT i, (r).key FROM (SELECT i, apikeys.create_key('$ws') AS r FROM generate_series($a, $e) i OFFSET 0) s" >/dev/null
+    # two sessions, each its own batches
+    for j in 0 1; do
+        (for ((a = 1 + j * BATCH; a <= n; a += 2 * BATCH)); do
+            e=$((a + BATCH - 1)); [ "$e" -gt "$n" ] && e=$n
+            q "$db" "INSERT INTO bench.tokens SELECT i, (r).key FROM (SELECT i, apikeys.create_key('$ws') AS r FROM generate_series($a, $e) i OFFSET 0) s" >/dev/null
+        done) &
     done
+    wait
+    [ "$(q "$db" "SELECT count(*) FROM bench.tokens")" = "$n" ] || { echo "minting lost keys" >&2; exit 1; }
     say "$n keys: each verified once, written, vacuumed, checkpointed"
-    for ((a = 1; a <= n; a += BATCH)); do
-        e=$((a + BATCH - 1)); [ "$e" -gt "$n" ] && e=$n
-        psql_b bench_client "$db" -c "SELECT count(*) FROM bench.tokens t, apikeys.verify_key(t.token) WHERE t.i BETWEEN $a AND $e" >/dev/null
+    for j in 0 1; do
+        (for ((a = 1 + j * BATCH; a <= n; a += 2 * BATCH)); do
+            e=$((a + BATCH - 1)); [ "$e" -gt "$n" ] && e=$n
+            psql_b bench_client "$db" -c "SELECT count(*) FROM bench.tokens t, apikeys.verify_key(t.token) WHERE t.i BETWEEN $a AND $e" >/dev/null
+        done) &
     done
+    wait
     [ "$(q "$db" "SELECT apikeys.flush_usage(600000)")" = t ]
     psql_b postgres "$db" -c "VACUUM (ANALYZE)" -c "CHECKPOINT"
     psql_b postgres "$db" -At -f "$SRC/prewarm.sql" >/dev/null

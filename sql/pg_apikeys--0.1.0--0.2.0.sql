@@ -968,9 +968,11 @@ COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usa
 CREATE TABLE apikeys.usage_rounds (
     snapshot     bigint      NOT NULL,
     kind         text        NOT NULL CHECK (kind IN ('written', 'resolved')),
+    -- the nil uuid: every workspace
+    workspace_id uuid        NOT NULL,
     before_hour  timestamptz,
     at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (snapshot, kind)
+    PRIMARY KEY (snapshot, kind, workspace_id)
 );
 COMMENT ON TABLE apikeys.usage_rounds IS
     'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';

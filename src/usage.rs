@@ -132,6 +132,10 @@ struct Header {
     /// it writes (those before `round_before`; `i64::MAX`: every hour)
     round_snapshot: AtomicI64,
     round_before: AtomicI64,
+    /// a workspace that found its share used (its [`pressed_tag`]; 0:
+    /// none), and the one the running round writes whole
+    pressed: AtomicU64,
+    round_pressed: AtomicU64,
     /// the reserve flusher: its latch while it waits for a database, the
     /// database handed to it, its starts, and the start whose work ended
     reserve_latch: AtomicPtr<pg_sys::Latch>,
@@ -357,6 +361,7 @@ fn add(e: &Entry) -> bool {
             drop(part);
             if why == NoRoom::Share {
                 header().over_share.fetch_add(1, Ordering::Relaxed);
+                header().pressed.store(pressed_tag(e), Ordering::Relaxed);
             }
             wake_launcher();
             false
@@ -490,7 +495,7 @@ fn take_where(pick: impl Fn(&Entry) -> bool) -> Vec<Entry> {
 /// A copy of the entries of database `dbid` a round writing the hours
 /// before `before` has work in; the table keeps them until a committed
 /// write settles them ([`settle`]).
-fn copy_db(dbid: u32, before: i64) -> Vec<Entry> {
+fn copy_db(dbid: u32, round: Round) -> Vec<Entry> {
     let mut out = Vec::new();
     for p in 0..PARTITIONS {
         // room for the whole partition before its lock is taken: nothing
@@ -500,7 +505,7 @@ fn copy_db(dbid: u32, before: i64) -> Vec<Entry> {
             break; // the rest waits for the next flush
         }
         let mut part = Part::lock(p, false);
-        out.extend(part.slots().iter().filter(|s| s.dbid == dbid && due(s, before)).copied());
+        out.extend(part.slots().iter().filter(|s| s.dbid == dbid && due(s, round)).copied());
     }
     out
 }
@@ -531,8 +536,29 @@ fn settle(dbid: u32, key: &[u8; 16], hour: i64, f: impl FnOnce(&mut Entry)) {
 /// Whether a round that writes the hours before `before` has work in an
 /// entry: counts or a stamp of such an hour, a first use's stamp, or a key
 /// minted in a verifying transaction (whose fate the flush checks).
-fn due(e: &Entry, before: i64) -> bool {
-    e.used != 0 && (e.hour < before || e.flags & (UNCOMMITTED | NEVER_USED) != 0)
+fn due(e: &Entry, round: Round) -> bool {
+    e.used != 0 && (written(e, round) || e.flags & (UNCOMMITTED | NEVER_USED) != 0)
+}
+
+/// What a write round writes: the hours before `before` (`i64::MAX`: every
+/// hour), and every hour of the workspace whose tag is `pressed` (one that
+/// found its share of the table used: only its own entries are written
+/// early, so a tenant that fills its share costs the others nothing).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Round {
+    pub before: i64,
+    pub pressed: u64,
+}
+
+/// Whether the round writes the counts of entry `e`.
+fn written(e: &Entry, round: Round) -> bool {
+    e.hour < round.before || (round.pressed != 0 && pressed_tag(e) == round.pressed)
+}
+
+/// A workspace of a database, as the round that writes it early knows it
+/// (never 0).
+fn pressed_tag(e: &Entry) -> u64 {
+    shmem::mix(e.dbid, &e.workspace, 0x5052_4553).max(1)
 }
 
 /// The id of a new copy of the table: after every id before it, also
@@ -579,11 +605,11 @@ pub(crate) fn each_partition(mut f: impl FnMut(&[Entry]) -> std::io::Result<()>)
 
 /// The databases with work for a round that writes the hours before
 /// `before` (no copy of the table).
-fn pending_dbs(before: i64) -> Vec<u32> {
+fn pending_dbs(round: Round) -> Vec<u32> {
     let mut out: Vec<u32> = Vec::new();
     for p in 0..PARTITIONS {
         let mut part = Part::lock(p, false);
-        for s in part.slots().iter().filter(|s| due(s, before)) {
+        for s in part.slots().iter().filter(|s| due(s, round)) {
             if !out.contains(&s.dbid) {
                 out.push(s.dbid);
             }
@@ -637,7 +663,6 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
     crate::save::snapshot_usage(false);
     let mut saved_at = crate::limits::clock_now();
     let mut failed = false;
-    let mut over_share = hd.over_share.load(Ordering::Relaxed);
     loop {
         let secs = gucs::USAGE_FLUSH_INTERVAL.get().max(1) as u64;
         let asked = hd.flush_requested.load(Ordering::Acquire);
@@ -671,21 +696,20 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
             continue;
         }
         // what this round writes: the hours that ended, or every hour when
-        // flush_usage() asks or the table fills (three quarters full, or a
-        // workspace found its share used)
+        // flush_usage() asks or the table is three quarters full; and every
+        // hour of a workspace that found its share used
         let total = hd.per_part * PARTITIONS as u64;
-        let shared = hd.over_share.load(Ordering::Relaxed);
-        let pressed =
-            hd.in_use.load(Ordering::Relaxed).max(0) as u64 * 4 >= total * 3 || shared != over_share;
-        over_share = shared;
-        let before = if asked > hd.flush_done.load(Ordering::Acquire) || pressed {
+        let full = hd.in_use.load(Ordering::Relaxed).max(0) as u64 * 4 >= total * 3;
+        let before = if asked > hd.flush_done.load(Ordering::Acquire) || full {
             i64::MAX
         } else {
             now.div_euclid(USECS_PER_HOUR)
         };
+        let round = Round { before, pressed: hd.pressed.swap(0, Ordering::AcqRel) };
         hd.round_snapshot.store(hd.snapshot.load(Ordering::Acquire), Ordering::Release);
-        hd.round_before.store(before, Ordering::Release);
-        failed = !flush_all(before);
+        hd.round_before.store(round.before, Ordering::Release);
+        hd.round_pressed.store(round.pressed, Ordering::Release);
+        failed = !flush_all(round);
         if !failed {
             hd.flush_done.fetch_max(asked, Ordering::AcqRel);
         } else {
@@ -708,8 +732,8 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
 /// One flusher per database with pending entries or credits, a few at a
 /// time; each writes its own database only. False when a flusher could not
 /// start (no worker slot) or did not finish its work.
-fn flush_all(before: i64) -> bool {
-    let mut dbs = pending_dbs(before);
+fn flush_all(round: Round) -> bool {
+    let mut dbs = pending_dbs(round);
     // recovered copies of the table: the databases they hold entries of
     let recovered: Vec<(std::path::PathBuf, Vec<Entry>)> = crate::save::recovered_files()
         .into_iter()
@@ -1040,7 +1064,11 @@ fn flush_database(db: u32) {
     BackgroundWorker::transaction(own_session);
     resolve_recovered(db);
     flush_credits(db);
-    flush_entries(db, hd.round_before.load(Ordering::Acquire), hd.round_snapshot.load(Ordering::Acquire));
+    let round = Round {
+        before: hd.round_before.load(Ordering::Acquire),
+        pressed: hd.round_pressed.load(Ordering::Acquire),
+    };
+    flush_entries(db, round, hd.round_snapshot.load(Ordering::Acquire));
     hd.flushes.fetch_add(1, Ordering::Relaxed);
     hd.last_flush.store(crate::limits::clock_now(), Ordering::Relaxed);
     hd.flush_failures.fetch_sub(1, Ordering::AcqRel);
@@ -1129,8 +1157,8 @@ fn inspect(entries: &[Entry]) -> Option<(u32, bool, std::collections::HashSet<[u
 /// wrote), then the `last_used_at` stamps of those hours and of first uses,
 /// of rows no one holds, in small batches. Each commit is settled in
 /// shared memory at once; a failure leaves the rest pending.
-fn flush_entries(db: u32, before: i64, snapshot: i64) {
-    let entries = copy_db(db, before);
+fn flush_entries(db: u32, round: Round, snapshot: i64) {
+    let entries = copy_db(db, round);
     if entries.is_empty() {
         return;
     }
@@ -1149,11 +1177,11 @@ fn flush_entries(db: u32, before: i64, snapshot: i64) {
     }
 
     let with_counts: Vec<&Entry> =
-        live.iter().filter(|e| e.hour < before && e.verified + e.rejected > 0).collect();
+        live.iter().filter(|e| written(e, round) && e.verified + e.rejected > 0).collect();
     if !with_counts.is_empty() {
         let n = events_of(&with_counts);
         if counts {
-            BackgroundWorker::transaction(|| write_counts(&with_counts, snapshot, before));
+            BackgroundWorker::transaction(|| write_counts(&with_counts, snapshot, round));
             hd.flushed.fetch_add(n, Ordering::Relaxed);
         } else {
             // nowhere to write them (a subscriber): counted, not kept
@@ -1169,8 +1197,10 @@ fn flush_entries(db: u32, before: i64, snapshot: i64) {
     }
 
     // one stamp per key: its latest due use over the entries' hours
-    let stamps: Vec<&Entry> =
-        live.iter().filter(|e| e.last_used != 0 && (e.hour < before || e.flags & NEVER_USED != 0)).collect();
+    let stamps: Vec<&Entry> = live
+        .iter()
+        .filter(|e| e.last_used != 0 && (written(e, round) || e.flags & NEVER_USED != 0))
+        .collect();
     let stamped = write_all_stamps(&stamps);
     for e in stamps {
         if stamped.contains(&e.key) {
@@ -1214,14 +1244,20 @@ fn write_all_stamps(entries: &[&Entry]) -> std::collections::HashSet<[u8; 16]> {
     out
 }
 
-/// The round's row: after the copy `snapshot` of the table, the hours
-/// before `before` (infinity: every hour) of this database were written.
-/// Two rounds after one copy keep the later hour.
+/// The round's rows: after the copy `snapshot` of the table, the hours
+/// before `before` (infinity: every hour) of this database were written,
+/// of every workspace (the nil uuid) or, for a workspace written whole
+/// because it found its share used, of that workspace. Two rounds after
+/// one copy keep the later hour.
 const ROUND_SQL: &str = "\
-INSERT INTO apikeys.usage_rounds AS r (snapshot, kind, before_hour)
-VALUES ($1, 'written', $2)
-ON CONFLICT (snapshot, kind) DO UPDATE
+INSERT INTO apikeys.usage_rounds AS r (snapshot, kind, workspace_id, before_hour)
+SELECT $1, 'written', w.id, $3
+  FROM pg_catalog.unnest($2::pg_catalog.uuid[]) AS w(id)
+ON CONFLICT (snapshot, kind, workspace_id) DO UPDATE
    SET before_hour = GREATEST(r.before_hour, excluded.before_hour)";
+
+/// The workspace of a round's row that stands for every workspace.
+const EVERY_WORKSPACE: [u8; 16] = [0; 16];
 
 /// Rows of rounds no copy of the table on disk can refer to any more.
 const PRUNE_SQL: &str = "\
@@ -1231,8 +1267,7 @@ DELETE FROM apikeys.usage_rounds
 /// The copy `snapshot`: whether its entries of this database were written
 /// already, and which hours a round after it wrote.
 const ROUNDS_SQL: &str = "\
-SELECT bool_or(kind OPERATOR(pg_catalog.=) 'resolved') AS resolved,
-       max(before_hour) FILTER (WHERE kind OPERATOR(pg_catalog.=) 'written') AS before_hour
+SELECT kind, workspace_id, before_hour
   FROM apikeys.usage_rounds WHERE snapshot OPERATOR(pg_catalog.=) $1";
 
 /// Write the entries of this database in the copies of the table a crash
@@ -1256,19 +1291,33 @@ fn resolve_recovered(db: u32) {
             if !present {
                 return (0, events(&mine)); // the extension is gone
             }
+            // whether this copy was written here already, and which hours a
+            // round after it wrote, per workspace (the nil uuid: every one)
             let (resolved, covered) = Spi::connect_mut(|client: &mut SpiClient<'_>| {
-                let Ok(t) = client.select(ROUNDS_SQL, Some(1), &[snapshot.into()]) else {
+                let Ok(t) = client.select(ROUNDS_SQL, None, &[snapshot.into()]) else {
                     pgrx::error!("pg_apikeys: usage rounds not read");
                 };
-                let row = t.first();
-                let resolved = row.get::<bool>(1).ok().flatten().unwrap_or(false);
-                let covered: Option<i64> = row.get::<TimestampWithTimeZone>(2).ok().flatten().map(|t| {
-                    if t.is_infinity() {
-                        i64::MAX
-                    } else {
-                        i64::from(t).div_euclid(USECS_PER_HOUR)
+                let mut resolved = false;
+                let mut covered: std::collections::HashMap<[u8; 16], i64> = std::collections::HashMap::new();
+                for r in t {
+                    let kind = r.get::<String>(1).ok().flatten().unwrap_or_default();
+                    let ws = r.get::<pgrx::Uuid>(2).ok().flatten().map(|u| *u.as_bytes()).unwrap_or_default();
+                    let before = r.get::<TimestampWithTimeZone>(3).ok().flatten().map(|t| {
+                        if t.is_infinity() {
+                            i64::MAX
+                        } else {
+                            i64::from(t).div_euclid(USECS_PER_HOUR)
+                        }
+                    });
+                    match (kind.as_str(), before) {
+                        ("resolved", _) => resolved = true,
+                        ("written", Some(b)) => {
+                            let c = covered.entry(ws).or_insert(b);
+                            *c = (*c).max(b);
+                        }
+                        _ => {}
                     }
-                });
+                }
                 (resolved, covered)
             });
             if resolved {
@@ -1276,8 +1325,12 @@ fn resolve_recovered(db: u32) {
             }
             // a round after the copy wrote these hours (with at least the
             // copy's counts): only the rest is written here
-            let rest: Vec<Entry> =
-                mine.iter().filter(|e| covered.is_none_or(|c| e.hour >= c)).copied().collect();
+            let hit = |ws: &[u8; 16], hour: i64| covered.get(ws).is_some_and(|b| hour < *b);
+            let rest: Vec<Entry> = mine
+                .iter()
+                .filter(|e| !hit(&EVERY_WORKSPACE, e.hour) && !hit(&e.workspace, e.hour))
+                .copied()
+                .collect();
             let (keys_rel, counts, missing) = inspect(&rest).unwrap_or_default();
             let (live, dead): (Vec<&Entry>, Vec<&Entry>) =
                 rest.iter().partition(|e| e.keys_rel == keys_rel && !missing.contains(&e.key));
@@ -1300,7 +1353,8 @@ fn resolve_recovered(db: u32) {
                 }
             }
             if let Err(e) = Spi::run_with_args(
-                "INSERT INTO apikeys.usage_rounds (snapshot, kind, before_hour) VALUES ($1, 'resolved', NULL)",
+                "INSERT INTO apikeys.usage_rounds (snapshot, kind, workspace_id, before_hour)
+                 VALUES ($1, 'resolved', '00000000-0000-0000-0000-000000000000', NULL)",
                 &[snapshot.into()],
             ) {
                 pgrx::error!("pg_apikeys: recovered usage not marked: {e}");
@@ -1312,18 +1366,35 @@ fn resolve_recovered(db: u32) {
     }
 }
 
-/// The counts of a round (one transaction), and its row.
-fn write_counts(entries: &[&Entry], snapshot: i64, before: i64) {
+/// The counts of a round (one transaction), and its rows.
+fn write_counts(entries: &[&Entry], snapshot: i64, round: Round) {
     write_count_rows(entries);
-    let before = if before == i64::MAX {
-        TimestampWithTimeZone::positive_infinity()
-    } else {
-        ts(before.saturating_mul(USECS_PER_HOUR))
+    let hour = |h: i64| {
+        if h == i64::MAX {
+            TimestampWithTimeZone::positive_infinity()
+        } else {
+            ts(h.saturating_mul(USECS_PER_HOUR))
+        }
     };
-    for (q, args) in [(ROUND_SQL, vec![snapshot.into(), before.into()]), (PRUNE_SQL, vec![])] {
-        if let Err(e) = Spi::run_with_args(q, &args) {
+    // every workspace's hours before `before`; a pressed workspace's all
+    let mut rows: Vec<(Vec<pgrx::Uuid>, TimestampWithTimeZone)> =
+        vec![(vec![pgrx::Uuid::from_bytes(EVERY_WORKSPACE)], hour(round.before))];
+    if round.pressed != 0 && round.before != i64::MAX {
+        let mut pressed: Vec<[u8; 16]> =
+            entries.iter().filter(|e| pressed_tag(e) == round.pressed).map(|e| e.workspace).collect();
+        pressed.sort_unstable();
+        pressed.dedup();
+        if !pressed.is_empty() {
+            rows.push((pressed.into_iter().map(pgrx::Uuid::from_bytes).collect(), hour(i64::MAX)));
+        }
+    }
+    for (wss, before) in rows {
+        if let Err(e) = Spi::run_with_args(ROUND_SQL, &[snapshot.into(), wss.into(), before.into()]) {
             pgrx::error!("pg_apikeys: usage round not recorded: {e}");
         }
+    }
+    if let Err(e) = Spi::run(PRUNE_SQL) {
+        pgrx::error!("pg_apikeys: usage rounds not pruned: {e}");
     }
 }
 
@@ -1597,7 +1668,7 @@ fn pending_usage() -> TableIterator<
     }
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let entries: Vec<Entry> = copy_db(dbid, i64::MAX)
+    let entries: Vec<Entry> = copy_db(dbid, Round { before: i64::MAX, pressed: 0 })
         .into_iter()
         .filter(|e| e.verified + e.rejected > 0 || e.last_used != 0)
         .collect();

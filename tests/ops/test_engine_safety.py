@@ -532,3 +532,41 @@ def test_no_free_worker_slot_stops_no_flush(clusters):
     log = c.log_text()
     assert "no background worker slot for a usage flush" not in log
     assert 'background worker "pg_apikeys usage reserve"' in log
+
+
+def test_a_workspace_that_fills_its_share_is_written_alone_and_exactly(clusters):
+    """alice's keys fill her share of a small usage table: the next round
+    writes her entries early, current hour included, and only hers (bob's
+    hour stays in memory: a tenant that fills its share costs the others no
+    write). A kill -9 after that round, with the saved copy still holding
+    what it wrote, counts nothing twice: the round recorded her workspace as
+    written whole."""
+    c = clusters("safety_pressed").init({**PRELOAD, "apikeys.usage_slots": 1024})
+    c.start()
+    alice = setup_db(c, "pressed", keys=400)
+    bob = bob_keys(c, "pressed", 3)
+    with c.connect("pressed") as su:
+        # the extension's own flush after setup: nothing of the hour written yet
+        assert verify_many(su, bob["tokens"]) == 3
+        before = stats(su)
+        assert verify_many(su, alice["tokens"]) == 400
+        fell_back = stats(su)["fallbacks"] - before["fallbacks"]
+        assert stats(su)["discarded"] == 0
+        assert fell_back > 0, "alice never reached her share"
+        # the round after it wrote alice's entries, and bob's none
+        wait_until(lambda: one(su, None, "SELECT count(*) AS n FROM apikeys.key_usage WHERE workspace_id = %s",
+                               (alice["ws"],))["n"] > 0, 10, "alice's entries written early")
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.key_usage WHERE workspace_id = %s",
+                   (bob["ws"],))["n"] == 0
+        assert one(su, None, "SELECT count(*) AS n FROM apikeys.usage_rounds WHERE workspace_id = %s",
+                   (alice["ws"],))["n"] >= 1
+        time.sleep(1.5)  # a copy saved after the last verify
+    c.kill9()
+    c.start()
+    with c.connect("pressed") as su:
+        assert flush(su)
+        n = one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage WHERE workspace_id = %s",
+                (alice["ws"],))["n"]
+        assert n == 400 - fell_back
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage WHERE workspace_id = %s",
+                   (bob["ws"],))["n"] == 3
