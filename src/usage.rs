@@ -1352,6 +1352,11 @@ fn resolve_recovered(db: u32) {
                     write_stamps(batch, f64::from(interval));
                 }
             }
+            if !counts {
+                // a subscriber: its key_usage (and usage_rounds) come from
+                // the publisher, so it writes no row of either
+                return (0, dropped);
+            }
             if let Err(e) = Spi::run_with_args(
                 "INSERT INTO apikeys.usage_rounds (snapshot, kind, workspace_id, before_hour)
                  VALUES ($1, 'resolved', '00000000-0000-0000-0000-000000000000', NULL)",
