@@ -52,9 +52,10 @@ CONF
     if as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1; then
         return 0
     fi
-    local opts=()
+    # revocations are announced on NOTIFY apikeys_revoked (off unless named)
+    local opts=(-o "-c apikeys.notify_channel=apikeys_revoked")
     if [ "${APIKEYS_PRELOAD:-1}" = 1 ]; then
-        opts=(-o "-c shared_preload_libraries=pg_apikeys")
+        opts=(-o "-c shared_preload_libraries=pg_apikeys -c apikeys.notify_channel=apikeys_revoked")
         say "starting PostgreSQL $PG_MAJOR on port $PGPORT (pg_apikeys preloaded: usage engine)"
     else
         say "starting PostgreSQL $PG_MAJOR on port $PGPORT (no preload: usage recorded in transaction)"

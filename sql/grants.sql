@@ -64,6 +64,20 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer') THEN
         CREATE ROLE apikeys_importer NOLOGIN;
+    -- a role of that name made by someone else is not adopted: it must be a
+    -- plain NOLOGIN role that no one but a superuser can grant (a
+    -- CREATEROLE user who made it holds ADMIN OPTION on it)
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = 'apikeys_importer'
+                     AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                          OR r.rolreplication OR r.rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                    JOIN pg_catalog.pg_roles g ON g.oid = m.member
+                   WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer')
+                     AND m.admin_option AND NOT g.rolsuper) THEN
+        RAISE EXCEPTION 'a role named apikeys_importer exists and is not the plain NOLOGIN role pg_apikeys makes'
+            USING ERRCODE = '42501',
+                  HINT = 'drop or rename that role (or make it NOLOGIN with no other attribute, granted WITH ADMIN OPTION to no one), then create the extension';
     END IF;
 END
 $$;

@@ -399,6 +399,20 @@ DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer') THEN
         CREATE ROLE apikeys_importer NOLOGIN;
+    -- a role of that name made by someone else is not adopted: it must be a
+    -- plain NOLOGIN role that no one but a superuser can grant (a
+    -- CREATEROLE user who made it holds ADMIN OPTION on it)
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = 'apikeys_importer'
+                     AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                          OR r.rolreplication OR r.rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                    JOIN pg_catalog.pg_roles g ON g.oid = m.member
+                   WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_importer')
+                     AND m.admin_option AND NOT g.rolsuper) THEN
+        RAISE EXCEPTION 'a role named apikeys_importer exists and is not the plain NOLOGIN role pg_apikeys makes'
+            USING ERRCODE = '42501',
+                  HINT = 'drop or rename that role (or make it NOLOGIN with no other attribute, granted WITH ADMIN OPTION to no one), then create the extension';
     END IF;
 END
 $$;
@@ -1094,11 +1108,13 @@ ALTER TABLE apikeys.keys
                                              OR (date_part('month', refill_interval) = 0 AND date_part('day', refill_interval) = 1)))),
     ADD COLUMN credits_refilled_at timestamptz,
     ADD COLUMN suspended_at        timestamptz,
+    ADD COLUMN suspended_by        text        CHECK (suspended_by IN ('member', 'admin')),
     ADD COLUMN owner_rate_limit    integer,
     ADD COLUMN owner_rate_window   interval,
     ADD CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
     ADD CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
-    ADD CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL);
+    ADD CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL),
+    ADD CONSTRAINT keys_suspended_by CHECK (suspended_by IS NULL OR suspended_at IS NOT NULL);
 
 CREATE TABLE apikeys.owner_limits (
     workspace_id  uuid        NOT NULL,
@@ -1200,7 +1216,7 @@ BEGIN
         -- the publisher's audit rows arrive on their own; applications
         -- listening here still hear of the revoke, at the apply's commit
         IF TG_OP = 'UPDATE' AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
-            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+            PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
         END IF;
         RETURN NULL;
     END IF;
@@ -1235,7 +1251,7 @@ BEGIN
                 jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
         -- for applications that cache verifications: delivered at commit,
         -- never for a rolled-back revoke (docs/managing-keys.md)
-        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
     END IF;
     IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
@@ -1259,10 +1275,11 @@ BEGIN
     IF NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, who, CASE WHEN NEW.suspended_at IS NULL THEN 'key.resumed' ELSE 'key.suspended' END,
-                NEW.id, jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at)));
+                NEW.id, jsonb_strip_nulls(jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at),
+                                                'by', coalesce(NEW.suspended_by, OLD.suspended_by))));
         IF NEW.suspended_at IS NOT NULL THEN
             -- caches drop a suspended key as they drop a revoked one
-            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+            PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
         END IF;
     END IF;
     IF NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window

@@ -62,13 +62,16 @@ CREATE TABLE apikeys.keys (
     credits_refilled_at timestamptz,
     -- a reversible pause (suspend_key / resume_key); revoked_at is the latch
     suspended_at        timestamptz,
+    -- the tier that suspended it: only that tier or a higher one resumes it
+    suspended_by        text        CHECK (suspended_by IN ('member', 'admin')),
     -- the owner's limit in this workspace (owner_limits), copied onto each of
     -- the owner's keys so that a verify reads it with the key
     owner_rate_limit    integer,
     owner_rate_window   interval,
     CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
     CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
-    CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL)
+    CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL),
+    CONSTRAINT keys_suspended_by CHECK (suspended_by IS NULL OR suspended_at IS NOT NULL)
 )
 -- Room on every page for the last_used_at stamps a verify writes: they stay
 -- HOT (no index is touched) and never need to extend the table, so a verify

@@ -311,7 +311,7 @@ BEGIN
         -- the publisher's audit rows arrive on their own; applications
         -- listening here still hear of the revoke, at the apply's commit
         IF TG_OP = 'UPDATE' AND NEW.revoked_at IS DISTINCT FROM OLD.revoked_at THEN
-            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+            PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
         END IF;
         RETURN NULL;
     END IF;
@@ -346,7 +346,7 @@ BEGIN
                 jsonb_build_object('name', NEW.name, 'owner', NEW.owner, 'revoked_at', NEW.revoked_at));
         -- for applications that cache verifications: delivered at commit,
         -- never for a rolled-back revoke (docs/managing-keys.md)
-        PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+        PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
     END IF;
     IF NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
@@ -370,10 +370,11 @@ BEGIN
     IF NEW.suspended_at IS DISTINCT FROM OLD.suspended_at THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, key_id, detail)
         VALUES (NEW.workspace_id, who, CASE WHEN NEW.suspended_at IS NULL THEN 'key.resumed' ELSE 'key.suspended' END,
-                NEW.id, jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at)));
+                NEW.id, jsonb_strip_nulls(jsonb_build_object('name', NEW.name, 'suspended_at', coalesce(NEW.suspended_at, OLD.suspended_at),
+                                                'by', coalesce(NEW.suspended_by, OLD.suspended_by))));
         IF NEW.suspended_at IS NOT NULL THEN
             -- caches drop a suspended key as they drop a revoked one
-            PERFORM pg_catalog.pg_notify('apikeys_revoked', NEW.id::text);
+            PERFORM pg_catalog.pg_notify(c, NEW.id::text) FROM (SELECT pg_catalog.current_setting('apikeys.notify_channel', true) AS c) s WHERE s.c <> '';
         END IF;
     END IF;
     IF NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window

@@ -107,6 +107,14 @@ pub enum ApiError {
     LimitsNeedPreload,
     /// 23514: a revoked key cannot be suspended or resumed.
     KeyRevokedForGood,
+    /// 42501: the key was suspended by a higher tier (an admin) than the
+    /// caller's (a member, or an API key): only that tier lifts it.
+    SuspendedByHigherTier,
+    /// 23514: a suspended key cannot be rotated (the new key would not be).
+    KeySuspended,
+    /// 42501: a member tried to loosen a control of their own key (a higher
+    /// rate limit, more credits, a later expiry, a limit removed).
+    MemberCannotLoosen,
     /// 25006: a function that writes was called in a read-only transaction
     /// or on a hot standby.
     ReadOnly,
@@ -128,8 +136,12 @@ impl ApiError {
             | NotKeyOwner
             | ImportForOthers
             | KeyCannotManageAdmins
-            | KeyOutsideWorkspace => SqlState::INSUFFICIENT_PRIVILEGE,
-            LastAdmin | KeyNotActive | KeyAlreadyRotated | KeyRevokedForGood => SqlState::CHECK_VIOLATION,
+            | KeyOutsideWorkspace
+            | SuspendedByHigherTier
+            | MemberCannotLoosen => SqlState::INSUFFICIENT_PRIVILEGE,
+            LastAdmin | KeyNotActive | KeyAlreadyRotated | KeyRevokedForGood | KeySuspended => {
+                SqlState::CHECK_VIOLATION
+            }
             LimitsNeedPreload => SqlState::FEATURE_NOT_SUPPORTED,
             NameTaken | WorkspaceExists | DigestTaken => SqlState::UNIQUE_VIOLATION,
             WorkspaceNotFound | KeyNotFound | MemberNotFound | PublicKeyNotFound | InvitationNotFound => {
@@ -229,6 +241,13 @@ impl ApiError {
             BadSignature => c"invalid signature: the report is not signed by a current scanning key",
             LimitsNeedPreload => c"rate limits and credits need the usage engine",
             KeyRevokedForGood => c"a revoked key stays revoked: it cannot be suspended or resumed",
+            SuspendedByHigherTier => {
+                c"permission denied: the key was suspended by an admin; only an admin can resume it"
+            }
+            KeySuspended => c"a suspended key cannot be rotated",
+            MemberCannotLoosen => {
+                c"permission denied: a member may only tighten their own key's limits, credits, expiry and scopes"
+            }
             ReadOnly => c"cannot change API keys, workspaces or members in a read-only transaction",
             Internal => c"internal error in pg_apikeys",
         }
@@ -250,6 +269,9 @@ impl ApiError {
             InvitationNotFound => Some(c"an admin invites you with apikeys.add_member(); accept as yourself"),
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),
+            KeySuspended => Some(c"resume the key first (or ask whoever suspended it)"),
+            MemberCannotLoosen => Some(c"an admin of the workspace raises or removes limits"),
+            SuspendedByHigherTier => Some(c"ask an admin of the workspace to resume it"),
             LimitsNeedPreload => Some(
                 c"add pg_apikeys to shared_preload_libraries in postgresql.conf and restart the server",
             ),
@@ -359,6 +381,9 @@ mod tests {
             ApiError::Invalid(RuleError::Within),
             ApiError::KeyRevokedForGood,
             ApiError::LimitsNeedPreload,
+            ApiError::SuspendedByHigherTier,
+            ApiError::KeySuspended,
+            ApiError::MemberCannotLoosen,
         ];
         for e in all {
             let s = e.sqlstate();

@@ -26,6 +26,13 @@ pub static KEY_ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>
 pub static CLAIMS_ROLES: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"authenticator"));
 
+/// `apikeys.notify_channel` (default empty: off): the channel on which a
+/// key's id is sent (`NOTIFY`) when it stops verifying early. PostgreSQL
+/// has no privilege on `LISTEN`: any role that can connect hears every
+/// channel it names, so notifications are off until a superuser names one
+/// (docs/security.md, "Notifications"). Superuser-only (`SUSET`).
+pub static NOTIFY_CHANNEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// `apikeys.usage_slots` (default 524288, 52 MiB): entries of the usage
 /// engine's shared-memory table, one per (database, key, hour) not written
 /// yet; the current hour's are written after it ends, so the default holds
@@ -121,6 +128,14 @@ pub fn init() {
         c"Role apikeys.authenticate() switches to after accepting an API key.",
         c"Unset: the request keeps its role.",
         &KEY_ROLE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"apikeys.notify_channel",
+        c"Channel on which a key's id is sent (NOTIFY) when it stops verifying early; empty: no notifications.",
+        c"Any role that can connect may LISTEN on any channel: name one only where every such role may know key ids.",
+        &NOTIFY_CHANNEL,
         GucContext::Suset,
         GucFlags::default(),
     );

@@ -117,12 +117,25 @@ struct Current {
     name: String,
     revoked: bool,
     has_credits: bool,
+    scopes: Vec<String>,
+    expires_at: Option<TimestampWithTimeZone>,
+    rate_limit: Option<i32>,
+    rate_window: Option<Interval>,
+    credits: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_interval: Option<Interval>,
+    suspended: bool,
+    /// the tier that suspended it (a suspension made outside the
+    /// functions, with no tier, counts as an admin's)
+    suspended_by: Tier,
 }
 
 fn current(client: &mut SpiClient<'_>, key_id: Uuid) -> ApiResult<Current> {
     // locked: two changes of one key run one after the other
     let row = client.update(
-        "SELECT workspace_id, owner, name, revoked_at IS NOT NULL, credits IS NOT NULL
+        "SELECT workspace_id, owner, name, revoked_at IS NOT NULL, credits IS NOT NULL,
+                scopes, expires_at, rate_limit, rate_window, credits, refill_amount, refill_interval,
+                suspended_at IS NOT NULL, suspended_by
            FROM apikeys.keys WHERE id = $1 FOR UPDATE",
         Some(1),
         &[key_id.into()],
@@ -137,7 +150,108 @@ fn current(client: &mut SpiClient<'_>, key_id: Uuid) -> ApiResult<Current> {
         name: r.get(3)?.ok_or(ApiError::Internal)?,
         revoked: r.get(4)?.unwrap_or(false),
         has_credits: r.get(5)?.unwrap_or(false),
+        scopes: r.get(6)?.unwrap_or_default(),
+        expires_at: r.get(7)?,
+        rate_limit: r.get(8)?,
+        rate_window: r.get(9)?,
+        credits: r.get(10)?,
+        refill_amount: r.get(11)?,
+        refill_interval: r.get(12)?,
+        suspended: r.get(13)?.unwrap_or(false),
+        suspended_by: r.get::<String>(14)?.and_then(|t| Tier::parse(&t)).unwrap_or(Tier::Admin),
     })
+}
+
+/// The tiers of authority over a key, lowest first (docs/security.md, "Who
+/// undoes what"): a control set by a tier is lifted or loosened only by that
+/// tier or a higher one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Tier {
+    /// the key's owner acting as a member, or any caller through an API key
+    /// (a key never acts above a member)
+    Member,
+    /// an admin of the key's workspace, acting as itself
+    Admin,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Member => "member",
+            Tier::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        match s {
+            "member" => Some(Tier::Member),
+            "admin" => Some(Tier::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The caller's tier over the keys of `workspace_id` (the caller may manage
+/// the key: [`manageable_key`] said so).
+fn caller_tier(
+    client: &mut SpiClient<'_>,
+    caller: &crate::principal::Caller,
+    workspace_id: Uuid,
+) -> ApiResult<Tier> {
+    if caller.key.is_some() {
+        return Ok(Tier::Member);
+    }
+    let m = membership(client, workspace_id, &caller.principal)?;
+    Ok(if m.role == rules::Role::Admin { Tier::Admin } else { Tier::Member })
+}
+
+/// A window or refill period in microseconds (days and time; a month
+/// counts as 30 days, and only refills have months).
+fn usecs(i: Interval) -> i128 {
+    i128::from(i.months()) * 30 * 86_400_000_000
+        + i128::from(i.days()) * 86_400_000_000
+        + i128::from(i.micros())
+}
+
+/// Whether a member's change only tightens the key: a lower rate (or a
+/// limit where there was none), fewer credits (or credits where there were
+/// none), less or no refill, an earlier expiry, fewer scopes. Removing a
+/// limit or the credits, more of anything, a later expiry loosen.
+fn only_tightens(
+    cur: &Current,
+    limits: &LimitArgs,
+    scopes: Option<&Vec<String>>,
+    expires_at: Option<TimestampWithTimeZone>,
+    live_credits: Option<i64>,
+) -> bool {
+    let rate_ok = match (limits.rate_limit, limits.rate_window) {
+        (None, _) => true,
+        (Some(0), _) => cur.rate_limit.is_none(),
+        (Some(l), Some(w)) => match (cur.rate_limit, cur.rate_window) {
+            (Some(cl), Some(cw)) => i128::from(l) * usecs(cw) <= i128::from(cl) * usecs(w),
+            _ => true,
+        },
+        (Some(_), None) => false,
+    };
+    let credits_ok = match limits.credits {
+        None => true,
+        Some(-1) => cur.credits.is_none(),
+        Some(c) => live_credits.is_none_or(|have| c <= have),
+    };
+    let refill_ok = match (limits.refill_amount, limits.refill_interval) {
+        (None, _) | (Some(0), _) => true,
+        (Some(a), Some(i)) => match (cur.refill_amount, cur.refill_interval) {
+            (Some(ca), Some(ci)) => i128::from(a) * usecs(ci) <= i128::from(ca) * usecs(i),
+            _ => false,
+        },
+        (Some(_), None) => false,
+    };
+    let expiry_ok = match expires_at {
+        None => true,
+        Some(t) => cur.expires_at.is_none_or(|c| i64::from(t) <= i64::from(c)),
+    };
+    let scopes_ok = scopes.is_none_or(|s| s.iter().all(|x| cur.scopes.contains(x)));
+    rate_ok && credits_ok && refill_ok && expiry_ok && scopes_ok
 }
 
 /// Apply limit arguments to a key (validated by [`LimitArgs::check`]).
@@ -201,6 +315,15 @@ fn create_key_limited_impl(
             name: String::new(),
             revoked: false,
             has_credits: false,
+            scopes: Vec::new(),
+            expires_at: None,
+            rate_limit: None,
+            rate_window: None,
+            credits: None,
+            refill_amount: None,
+            refill_interval: None,
+            suspended: false,
+            suspended_by: Tier::Member,
         })?;
     }
     let k = crate::keys::create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)?;
@@ -298,6 +421,14 @@ fn update_key_impl(
             let me = membership(client, cur.workspace_id, &caller.principal)?;
             authorize_scopes(&caller, me.role, &me.scopes, s)?;
         }
+        // a member (or any API key) only tightens: the limits an admin set
+        // are raised or removed only by an admin
+        if caller_tier(client, &caller, cur.workspace_id)? == Tier::Member {
+            let live = cur.credits.map(|c| c - crate::limits::unwritten_debits(key_id.as_bytes()));
+            if !only_tightens(&cur, &limits, scopes.as_ref(), expires_at, live) {
+                return Err(ApiError::MemberCannotLoosen);
+            }
+        }
         if let Some(n) = &name {
             if *n != cur.name && name_taken(client, cur.workspace_id, n)? {
                 return Err(ApiError::NameTaken);
@@ -362,16 +493,33 @@ fn suspend_impl(key_id: Option<Uuid>, suspend: bool) -> ApiResult<bool> {
         if cur.revoked {
             return Err(ApiError::KeyRevokedForGood);
         }
-        let changed = client.update(
-            if suspend {
-                "UPDATE apikeys.keys SET suspended_at = pg_catalog.now() WHERE id = $1 AND suspended_at IS NULL RETURNING 1"
-            } else {
-                "UPDATE apikeys.keys SET suspended_at = NULL WHERE id = $1 AND suspended_at IS NOT NULL RETURNING 1"
-            },
+        let tier = caller_tier(client, &caller, cur.workspace_id)?;
+        if suspend {
+            if cur.suspended && cur.suspended_by >= tier {
+                return Ok(false);
+            }
+            // a new suspension, or a higher tier taking over a lower one's
+            // (which the lower tier then cannot lift)
+            client.update(
+                "UPDATE apikeys.keys SET suspended_at = coalesce(suspended_at, pg_catalog.now()), suspended_by = $2
+                  WHERE id = $1",
+                None,
+                &[key_id.into(), tier.as_str().into()],
+            )?;
+            return Ok(!cur.suspended);
+        }
+        if !cur.suspended {
+            return Ok(false);
+        }
+        if cur.suspended_by > tier {
+            return Err(ApiError::SuspendedByHigherTier);
+        }
+        client.update(
+            "UPDATE apikeys.keys SET suspended_at = NULL, suspended_by = NULL WHERE id = $1",
             None,
             &[key_id.into()],
         )?;
-        Ok(!changed.is_empty())
+        Ok(true)
     })
 }
 

@@ -340,6 +340,32 @@ pub(crate) fn rotate_key_impl(
             return Err(ApiError::KeyAlreadyRotated);
         }
         caller.require_key_scopes(&scopes)?;
+        // the replacement keeps the old key's limits and its credit balance
+        // (a schema from before 0.2.0 has none, nor suspensions)
+        let has_limits = !client
+            .select(
+                "SELECT 1 FROM pg_catalog.pg_attribute
+                  WHERE attrelid = 'apikeys.keys'::pg_catalog.regclass AND attname = 'suspended_at'
+                    AND NOT attisdropped",
+                Some(1),
+                &[],
+            )?
+            .is_empty();
+        // a suspended key is not rotated: its replacement would not be
+        // suspended, undoing whoever suspended it
+        if has_limits
+            && client
+                .select(
+                    "SELECT suspended_at IS NOT NULL FROM apikeys.keys WHERE id = $1",
+                    Some(1),
+                    &[key_id.into()],
+                )?
+                .first()
+                .get::<bool>(1)?
+                .unwrap_or(false)
+        {
+            return Err(ApiError::KeySuspended);
+        }
         let new_id: Uuid = client
             .select("SELECT pg_catalog.gen_random_uuid()", Some(1), &[])?
             .first()
@@ -371,17 +397,6 @@ pub(crate) fn rotate_key_impl(
             prefix: token_prefix(&display, &source),
         };
         let new = mint(client, &spec)?;
-        // the replacement keeps the old key's limits and its credit balance
-        // (a schema from before 0.2.0 has none)
-        let has_limits = !client
-            .select(
-                "SELECT 1 FROM pg_catalog.pg_attribute
-                  WHERE attrelid = 'apikeys.keys'::pg_catalog.regclass AND attname = 'suspended_at'
-                    AND NOT attisdropped",
-                Some(1),
-                &[],
-            )?
-            .is_empty();
         if has_limits {
             // the balance as this server knows it: less the debits not
             // written yet (from now on both tokens spend the replacement's)

@@ -13,7 +13,8 @@
 //!
 //! The key binding lives in backend memory, never in a setting a client could
 //! `set_config`, and is dropped by a transaction callback at commit, abort or
-//! prepare (and at abort of the subtransaction that made it).
+//! prepare; a binding made in a subtransaction passes to its parent at its
+//! commit and is dropped at its abort, bringing back the parent's.
 
 use std::cell::RefCell;
 use std::ffi::{c_void, CStr, CString};
@@ -79,23 +80,33 @@ impl Caller {
 }
 
 thread_local! {
-    static BINDING: RefCell<Option<KeyBinding>> = const { RefCell::new(None) };
+    /// The bindings of this transaction, innermost last: a re-`authenticate()`
+    /// inside a subtransaction stacks its binding on the outer one, so the
+    /// subtransaction's abort restores the outer binding (never none).
+    static BINDING: RefCell<Vec<KeyBinding>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The key bound to this transaction, if any.
 pub fn bound_key() -> Option<KeyBinding> {
-    BINDING.with(|b| b.borrow().clone())
+    BINDING.with(|b| b.borrow().last().cloned())
 }
 
-/// Bind `key` to the current transaction.
+/// Bind `key` to the current (sub)transaction.
 pub fn bind_key(key_id: pgrx::Uuid, workspace_id: pgrx::Uuid, owner: String, scopes: Vec<String>) {
     // SAFETY: reads backend-local transaction state
     let nest_level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    BINDING.with(|b| *b.borrow_mut() = Some(KeyBinding { key_id, workspace_id, owner, scopes, nest_level }));
+    BINDING.with(|b| {
+        let mut b = b.borrow_mut();
+        // a binding made at this level before is replaced
+        while b.last().is_some_and(|k| k.nest_level >= nest_level) {
+            b.pop();
+        }
+        b.push(KeyBinding { key_id, workspace_id, owner, scopes, nest_level });
+    });
 }
 
 fn clear_binding() {
-    BINDING.with(|b| b.borrow_mut().take());
+    BINDING.with(|b| b.borrow_mut().clear());
 }
 
 #[pg_guard]
@@ -120,17 +131,27 @@ unsafe extern "C-unwind" fn subxact_callback(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
-        // SAFETY: reads backend-local transaction state; during the callback
-        // the aborting subtransaction is still the current one
-        let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-        BINDING.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.as_ref().is_some_and(|k| k.nest_level >= level) {
-                *b = None;
+    // SAFETY: reads backend-local transaction state; during the callback
+    // the ending subtransaction is still the current one
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    BINDING.with(|b| {
+        let mut b = b.borrow_mut();
+        if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+            // the subtransaction's bindings go; the outer one is back
+            while b.last().is_some_and(|k| k.nest_level >= level) {
+                b.pop();
             }
-        });
-    }
+        } else if event == pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB {
+            // its binding now belongs to the parent, replacing the parent's
+            if let Some(mut inner) = b.pop_if(|k| k.nest_level >= level) {
+                while b.last().is_some_and(|k| k.nest_level >= level - 1) {
+                    b.pop();
+                }
+                inner.nest_level = level - 1;
+                b.push(inner);
+            }
+        }
+    });
 }
 
 /// Register the transaction callbacks; called once from `_PG_init`.
@@ -206,8 +227,10 @@ pub fn setting(name: &CStr) -> Option<String> {
 
 fn principal_without_key() -> ApiResult<Option<String>> {
     if let Some(claims) = setting(c"request.jwt.claims") {
-        if let Some(from_claims) = principal_from_claims(&claims)? {
-            if claims_trusted() {
+        // claims of a session that may not name the caller are ignored
+        // whole, before anything in them is read
+        if !claims.trim().is_empty() && claims_trusted() {
+            if let Some(from_claims) = principal_from_claims(&claims)? {
                 return Ok(from_claims);
             }
         }

@@ -35,11 +35,18 @@ pub struct Membership {
 /// `authenticate()` acts only while that key is live: a revoke or expiry
 /// that commits after `authenticate()` ends it ([`ApiError::Unauthenticated`]).
 pub fn caller() -> ApiResult<Caller> {
-    let caller = Caller::current()?.ok_or(ApiError::NoPrincipal)?;
-    if let Some(k) = &caller.key {
+    let mut caller = Caller::current()?.ok_or(ApiError::NoPrincipal)?;
+    if let Some(k) = &mut caller.key {
         if !crate::verify::key_is_live(k.key_id)? {
             return Err(ApiError::Unauthenticated);
         }
+        // the key acts with its scopes as they are now: a scope an admin
+        // took away after authenticate() is gone for this write too
+        let scopes: Option<Vec<String>> = Spi::get_one_with_args(
+            "SELECT scopes FROM apikeys.keys WHERE id OPERATOR(pg_catalog.=) $1",
+            &[k.key_id.into()],
+        )?;
+        k.scopes = scopes.unwrap_or_default();
     }
     Ok(caller)
 }
@@ -210,7 +217,11 @@ fn add_member_impl(
         let was = admin_sees_member(client, &caller, workspace_id, principal)?;
         // through an API key: only the key's scopes, and never an admin
         caller.require_key_scopes(&scopes)?;
-        if caller.key.is_some() && (role == Role::Admin || was == Some(Role::Admin)) {
+        if caller.key.is_some()
+            && (role == Role::Admin
+                || was == Some(Role::Admin)
+                || invited_as_admin(client, workspace_id, principal)?)
+        {
             return Err(ApiError::KeyCannotManageAdmins);
         }
         let Some(was) = was else {
@@ -254,6 +265,22 @@ fn add_member_impl(
         )?;
         Ok(())
     })
+}
+
+/// Whether `principal` has an open invitation to `workspace_id` as an admin.
+fn invited_as_admin(client: &mut SpiClient<'_>, workspace_id: Uuid, principal: &str) -> ApiResult<bool> {
+    if !has_invitations(client)? {
+        return Ok(false);
+    }
+    Ok(!client
+        .select(
+            "SELECT 1 FROM apikeys.invitations
+              WHERE workspace_id = $1 AND principal = $2 AND role = 'admin'
+                AND accepted_at IS NULL AND withdrawn_at IS NULL",
+            Some(1),
+            &[workspace_id.into(), principal.into()],
+        )?
+        .is_empty())
 }
 
 /// Whether this database has the invitations table, that is, 0.2.0's schema
@@ -324,6 +351,10 @@ fn remove_member_impl(workspace_id: Option<Uuid>, principal: Option<&str>) -> Ap
                 return Err(ApiError::MemberNotFound);
             }
             // not a member: withdraw an open invitation, if there is one
+            // (an admin invitation never through an API key)
+            if caller.key.is_some() && invited_as_admin(client, workspace_id, principal)? {
+                return Err(ApiError::KeyCannotManageAdmins);
+            }
             let withdrawn = client.update(
                 "UPDATE apikeys.invitations SET withdrawn_at = pg_catalog.now()
                   WHERE workspace_id = $1 AND principal = $2 AND accepted_at IS NULL AND withdrawn_at IS NULL

@@ -1,11 +1,14 @@
 """NOTIFY apikeys_revoked: an application that caches verifications LISTENs
 and drops a key when its id arrives. Sent whenever a key stops verifying
 early (revoke, leak report, rotation with no grace, member removal), at
-commit only, never for a rolled-back change (docs/managing-keys.md)."""
+commit only, never for a rolled-back change (docs/managing-keys.md). The
+test cluster names the channel (apikeys.notify_channel = apikeys_revoked);
+without it nothing is sent, and no client role can name one."""
 
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from helpers import ALICE, BOB, ok, rpc
 
@@ -89,3 +92,25 @@ def test_suspension_notifies_and_resumption_does_not(conn, world, database):
         assert received(listen, 0.3) == []
     finally:
         listen.close()
+
+
+def test_no_channel_no_notice_and_clients_cannot_name_one(conn, world, database, su):
+    """PostgreSQL has no privilege on LISTEN: any role that can connect
+    hears any channel. So key ids are sent only on the channel a superuser
+    names in apikeys.notify_channel; with it empty nothing is sent, and a
+    client role cannot set it (superuser-only)."""
+    listen = listener(database)
+    try:
+        k = world.mint(ALICE, world.ws_a, "unannounced", ["read"])
+        su.execute("SET apikeys.notify_channel = ''")
+        try:
+            su.execute("UPDATE apikeys.keys SET revoked_at = now() WHERE id = %s", (k["id"],))
+        finally:
+            su.execute("RESET apikeys.notify_channel")
+        assert received(listen, 0.5) == []
+    finally:
+        listen.close()
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with conn.transaction():
+            conn.execute("SELECT apikeys.usage_mode()")  # the library is loaded
+            conn.execute("SET LOCAL apikeys.notify_channel = 'mine'")

@@ -100,7 +100,8 @@ def setup(clusters):
         pytest.fail(f"the publisher needs PostgreSQL 15 at {PG15_BIN} (PG15_BIN)")
     pub = clusters("lr_pub", PG15_BIN).init(
         {"wal_level": "logical", "max_wal_senders": 8, "max_replication_slots": 8})
-    sub = clusters("lr_sub").init({"max_logical_replication_workers": 6, "max_replication_slots": 8})
+    sub = clusters("lr_sub").init({"max_logical_replication_workers": 6, "max_replication_slots": 8,
+                                   "apikeys.notify_channel": "apikeys_revoked"})
     pub.start()
     sub.start()
     src = populate(pub, DB)  # roles, every kind of key, public key, member and audit row
