@@ -93,12 +93,13 @@ CREATE FUNCTION apikeys.create_key(workspace_id uuid,
                                    rate_window interval DEFAULT NULL,
                                    credits bigint DEFAULT NULL,
                                    refill_amount bigint DEFAULT NULL,
-                                   refill_interval interval DEFAULT NULL)
+                                   refill_interval interval DEFAULT NULL,
+                                   owner text DEFAULT NULL)
     RETURNS TABLE (id uuid, name text, prefix text, key text)
     LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_create_key_limited';
-COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) IS
+COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval, text) IS
     'Mint a secret key. The key column is shown here once and never again.';
 
 -- The hot path. SECURITY INVOKER on purpose: it reads the unique indexes of
@@ -444,3 +445,93 @@ CREATE FUNCTION apikeys.in_usage_worker() RETURNS boolean
     AS 'MODULE_PATHNAME', 'apikeys_in_usage_worker';
 COMMENT ON FUNCTION apikeys.in_usage_worker() IS
     'Internal: whether this backend is the usage engine''s flusher (its credit debits are not audited).';
+
+-- The operator tier (docs/reference.md, "Operators"): a role granted
+-- apikeys_operator (grant_operator), or a superuser, acting as itself.
+CREATE FUNCTION apikeys.is_operator() RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_is_operator';
+COMMENT ON FUNCTION apikeys.is_operator() IS
+    'Whether the caller is an operator now: a superuser or a holder of apikeys_operator, acting as itself (never through an API key or in a request with trusted claims).';
+
+CREATE FUNCTION apikeys.suspend_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := suspend_owner.workspace_id;
+    who text := suspend_owner.owner;
+    made int;
+BEGIN
+    IF NOT apikeys.is_operator() THEN
+        RAISE EXCEPTION 'permission denied: operators only'
+            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
+    END IF;
+    IF ws IS NULL THEN
+        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+    INSERT INTO apikeys.suspensions (workspace_id, owner, suspended_by)
+    VALUES (ws, who, apikeys.current_principal())
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS made = ROW_COUNT;
+    -- every live key of theirs, the operator's suspension from now on
+    UPDATE apikeys.keys k
+       SET suspended_at = coalesce(k.suspended_at, pg_catalog.now()), suspended_by = 'operator'
+     WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
+       AND k.suspended_by IS DISTINCT FROM 'operator';
+    IF made > 0 THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (ws, apikeys.current_principal(), 'owner.suspended',
+                pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('owner', who)));
+    END IF;
+    RETURN made > 0;
+END
+$$;
+COMMENT ON FUNCTION apikeys.suspend_owner(uuid, text) IS
+    'Operators only: suspend every key of an owner (or, owner NULL, of the whole workspace) and refuse new ones until resume_owner. True when it was not suspended.';
+
+CREATE FUNCTION apikeys.resume_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := resume_owner.workspace_id;
+    who text := resume_owner.owner;
+    ended int;
+BEGIN
+    IF NOT apikeys.is_operator() THEN
+        RAISE EXCEPTION 'permission denied: operators only'
+            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
+    END IF;
+    IF ws IS NULL THEN
+        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+    UPDATE apikeys.suspensions s SET resumed_at = pg_catalog.now(), resumed_by = apikeys.current_principal()
+     WHERE s.workspace_id = ws AND s.owner IS NOT DISTINCT FROM who AND s.resumed_at IS NULL;
+    GET DIAGNOSTICS ended = ROW_COUNT;
+    -- the operator's suspensions of their keys end, unless another one
+    -- (the whole workspace, or the owner) still holds
+    UPDATE apikeys.keys k SET suspended_at = NULL, suspended_by = NULL
+     WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
+       AND k.suspended_by = 'operator'
+       AND NOT EXISTS (SELECT FROM apikeys.suspensions s
+                        WHERE s.workspace_id = ws AND s.resumed_at IS NULL
+                          AND (s.owner IS NULL OR s.owner = k.owner));
+    IF ended > 0 THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (ws, apikeys.current_principal(), 'owner.resumed',
+                pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('owner', who)));
+    END IF;
+    RETURN ended > 0;
+END
+$$;
+COMMENT ON FUNCTION apikeys.resume_owner(uuid, text) IS
+    'Operators only: end a suspend_owner (of an owner, or of the whole workspace with owner NULL); the keys it suspended verify again unless another suspension still holds. True when one ended.';

@@ -18,7 +18,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
         apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.key_usage_live, apikeys.owner_limits TO %s', role);
+        apikeys.key_usage_live, apikeys.owner_limits, apikeys.suspensions TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -26,7 +26,7 @@ BEGIN
         apikeys.add_member(uuid, text, text, text[]),
         apikeys.remove_member(uuid, text),
         apikeys.accept_invitation(uuid),
-        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval, text),
         apikeys.verify_key(text, text[]),
         apikeys.revoke_key(uuid),
         apikeys.rotate_key(uuid, interval, timestamptz),
@@ -48,7 +48,10 @@ BEGIN
         apikeys.usage_mode(),
         apikeys.expiring_keys(interval),
         apikeys.checked_within(interval),
-        apikeys.pending_usage()
+        apikeys.pending_usage(),
+        apikeys.is_operator(),
+        apikeys.suspend_owner(uuid, text),
+        apikeys.resume_owner(uuid, text)
         TO %s', role);
 END
 $$;
@@ -94,6 +97,53 @@ $$;
 REVOKE ALL ON FUNCTION apikeys.grant_importer(regrole) FROM PUBLIC;
 COMMENT ON FUNCTION apikeys.grant_importer(regrole) IS
     'Let a role import keys for other owners (import_key): grant it to a migration role only, never to a role PostgREST switches to.';
+
+-- The operator tier: a role a superuser grants with grant_operator. Made
+-- once, kept by DROP EXTENSION; a role of that name made by someone else is
+-- adopted only if it is a plain NOLOGIN role no one but a superuser grants.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_operator') THEN
+        CREATE ROLE apikeys_operator NOLOGIN;
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = 'apikeys_operator'
+                     AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                          OR r.rolreplication OR r.rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                    JOIN pg_catalog.pg_roles g ON g.oid = m.member
+                   WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_operator')
+                     AND m.admin_option AND NOT g.rolsuper) THEN
+        RAISE EXCEPTION 'a role named apikeys_operator exists and is not the plain NOLOGIN role pg_apikeys makes'
+            USING ERRCODE = '42501',
+                  HINT = 'drop or rename that role (or make it NOLOGIN with no other attribute, granted WITH ADMIN OPTION to no one), then create the extension';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION apikeys.grant_operator(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- never a role PostgREST switches to: a login in apikeys.claims_roles
+    -- (the authenticator) must not be able to become it
+    IF EXISTS (SELECT FROM pg_catalog.unnest(pg_catalog.string_to_array(
+                   coalesce(pg_catalog.current_setting('apikeys.claims_roles', true), 'authenticator'), ',')) AS c(name)
+                 JOIN pg_catalog.pg_roles r ON r.rolname = pg_catalog.btrim(c.name, ' "')
+                WHERE pg_catalog.pg_has_role(r.oid, role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'a role the API''s login (apikeys.claims_roles) can switch to cannot be an operator'
+            USING ERRCODE = '22023',
+                  HINT = 'grant it to the backend''s own role, which PostgREST never switches to';
+    END IF;
+    -- what clients get (the operator calls the same functions), and the role
+    PERFORM apikeys.grant_to(role);
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT apikeys_operator TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_operator(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_operator(regrole) IS
+    'Superusers only: make a role an operator (mints for any owner, rotates any key, suspends owners and workspaces, acts in every workspace as its admins); never a role PostgREST switches to.';
 
 -- Leak reports revoke keys of every workspace: only a role granted this
 -- (a secret-scanning intake, an incident responder) may send them.

@@ -920,6 +920,7 @@ BEGIN
                   WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
                   WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
                   WHEN 'key_usage' THEN 'usage rows are history; they are only added and incremented'
+                  WHEN 'suspensions' THEN 'suspensions are history; the operator ends one with apikeys.resume_owner'
                   WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
                   ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
               END;
@@ -1108,7 +1109,7 @@ ALTER TABLE apikeys.keys
                                              OR (date_part('month', refill_interval) = 0 AND date_part('day', refill_interval) = 1)))),
     ADD COLUMN credits_refilled_at timestamptz,
     ADD COLUMN suspended_at        timestamptz,
-    ADD COLUMN suspended_by        text        CHECK (suspended_by IN ('member', 'admin')),
+    ADD COLUMN suspended_by        text        CHECK (suspended_by IN ('member', 'admin', 'operator')),
     ADD COLUMN owner_rate_limit    integer,
     ADD COLUMN owner_rate_window   interval,
     ADD CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
@@ -1337,13 +1338,14 @@ CREATE FUNCTION apikeys.create_key(workspace_id uuid,
                                    rate_window interval DEFAULT NULL,
                                    credits bigint DEFAULT NULL,
                                    refill_amount bigint DEFAULT NULL,
-                                   refill_interval interval DEFAULT NULL)
+                                   refill_interval interval DEFAULT NULL,
+                                   owner text DEFAULT NULL)
     RETURNS TABLE (id uuid, name text, prefix text, key text)
     LANGUAGE c VOLATILE SECURITY DEFINER ROWS 1
     SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'apikeys_create_key_limited';
 
-COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) IS
+COMMENT ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval, text) IS
     'Mint a secret key. The key column is shown here once and never again.';
 
 DROP FUNCTION apikeys.rotate_key(uuid, interval);
@@ -1426,7 +1428,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
         apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.key_usage_live, apikeys.owner_limits TO %s', role);
+        apikeys.key_usage_live, apikeys.owner_limits, apikeys.suspensions TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -1434,7 +1436,7 @@ BEGIN
         apikeys.add_member(uuid, text, text, text[]),
         apikeys.remove_member(uuid, text),
         apikeys.accept_invitation(uuid),
-        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval),
+        apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval, text),
         apikeys.verify_key(text, text[]),
         apikeys.revoke_key(uuid),
         apikeys.rotate_key(uuid, interval, timestamptz),
@@ -1456,7 +1458,10 @@ BEGIN
         apikeys.usage_mode(),
         apikeys.expiring_keys(interval),
         apikeys.checked_within(interval),
-        apikeys.pending_usage()
+        apikeys.pending_usage(),
+        apikeys.is_operator(),
+        apikeys.suspend_owner(uuid, text),
+        apikeys.resume_owner(uuid, text)
         TO %s', role);
 END
 $$;
@@ -1480,7 +1485,7 @@ CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_audit_change;
 REVOKE ALL ON apikeys.owner_limits FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.keys_owner_limit() FROM PUBLIC;
-REVOKE ALL ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.create_key(uuid, text, text[], timestamptz, jsonb, text, integer, interval, bigint, bigint, interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.rotate_key(uuid, interval, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.check_key(text, text[], integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.update_key(uuid, text, text[], jsonb, integer, interval, bigint, bigint, interval, timestamptz) FROM PUBLIC;
@@ -1488,6 +1493,178 @@ REVOKE ALL ON FUNCTION apikeys.suspend_key(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.resume_key(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.set_owner_limit(uuid, text, integer, interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.in_usage_worker() FROM PUBLIC;
+
+-- 11b. The operator tier: suspensions of owners and workspaces, the operator role.
+-- Suspensions an operator made of an owner, or of a whole workspace (owner
+-- NULL): every key of theirs is suspended meanwhile and nothing is minted
+-- for them. History: a resumed suspension keeps its row.
+CREATE TABLE apikeys.suspensions (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id  uuid        NOT NULL,
+    owner         text,
+    suspended_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    suspended_by  text        NOT NULL,
+    resumed_at    timestamptz,
+    resumed_by    text
+);
+CREATE UNIQUE INDEX suspensions_active ON apikeys.suspensions (workspace_id, (coalesce(owner, '')))
+    WHERE resumed_at IS NULL;
+COMMENT ON TABLE apikeys.suspensions IS
+    'Owners (or whole workspaces, owner NULL) an operator suspended: their keys answer invalid and nothing is minted for them until resume_owner.';
+SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions_id_seq', '');
+ALTER TABLE apikeys.suspensions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.suspensions FORCE ROW LEVEL SECURITY;
+CREATE POLICY suspensions_visible ON apikeys.suspensions FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin');
+
+-- The operator tier (docs/reference.md, "Operators"): a role granted
+-- apikeys_operator (grant_operator), or a superuser, acting as itself.
+CREATE FUNCTION apikeys.is_operator() RETURNS boolean
+    LANGUAGE c VOLATILE
+    AS 'MODULE_PATHNAME', 'apikeys_is_operator';
+COMMENT ON FUNCTION apikeys.is_operator() IS
+    'Whether the caller is an operator now: a superuser or a holder of apikeys_operator, acting as itself (never through an API key or in a request with trusted claims).';
+
+CREATE FUNCTION apikeys.suspend_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := suspend_owner.workspace_id;
+    who text := suspend_owner.owner;
+    made int;
+BEGIN
+    IF NOT apikeys.is_operator() THEN
+        RAISE EXCEPTION 'permission denied: operators only'
+            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
+    END IF;
+    IF ws IS NULL THEN
+        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+    INSERT INTO apikeys.suspensions (workspace_id, owner, suspended_by)
+    VALUES (ws, who, apikeys.current_principal())
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS made = ROW_COUNT;
+    -- every live key of theirs, the operator's suspension from now on
+    UPDATE apikeys.keys k
+       SET suspended_at = coalesce(k.suspended_at, pg_catalog.now()), suspended_by = 'operator'
+     WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
+       AND k.suspended_by IS DISTINCT FROM 'operator';
+    IF made > 0 THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (ws, apikeys.current_principal(), 'owner.suspended',
+                pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('owner', who)));
+    END IF;
+    RETURN made > 0;
+END
+$$;
+COMMENT ON FUNCTION apikeys.suspend_owner(uuid, text) IS
+    'Operators only: suspend every key of an owner (or, owner NULL, of the whole workspace) and refuse new ones until resume_owner. True when it was not suspended.';
+
+CREATE FUNCTION apikeys.resume_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := resume_owner.workspace_id;
+    who text := resume_owner.owner;
+    ended int;
+BEGIN
+    IF NOT apikeys.is_operator() THEN
+        RAISE EXCEPTION 'permission denied: operators only'
+            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
+    END IF;
+    IF ws IS NULL THEN
+        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+    UPDATE apikeys.suspensions s SET resumed_at = pg_catalog.now(), resumed_by = apikeys.current_principal()
+     WHERE s.workspace_id = ws AND s.owner IS NOT DISTINCT FROM who AND s.resumed_at IS NULL;
+    GET DIAGNOSTICS ended = ROW_COUNT;
+    -- the operator's suspensions of their keys end, unless another one
+    -- (the whole workspace, or the owner) still holds
+    UPDATE apikeys.keys k SET suspended_at = NULL, suspended_by = NULL
+     WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
+       AND k.suspended_by = 'operator'
+       AND NOT EXISTS (SELECT FROM apikeys.suspensions s
+                        WHERE s.workspace_id = ws AND s.resumed_at IS NULL
+                          AND (s.owner IS NULL OR s.owner = k.owner));
+    IF ended > 0 THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (ws, apikeys.current_principal(), 'owner.resumed',
+                pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('owner', who)));
+    END IF;
+    RETURN ended > 0;
+END
+$$;
+COMMENT ON FUNCTION apikeys.resume_owner(uuid, text) IS
+    'Operators only: end a suspend_owner (of an owner, or of the whole workspace with owner NULL); the keys it suspended verify again unless another suspension still holds. True when one ended.';
+
+-- The operator tier: a role a superuser grants with grant_operator. Made
+-- once, kept by DROP EXTENSION; a role of that name made by someone else is
+-- adopted only if it is a plain NOLOGIN role no one but a superuser grants.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_operator') THEN
+        CREATE ROLE apikeys_operator NOLOGIN;
+    ELSIF EXISTS (SELECT FROM pg_catalog.pg_roles r
+                   WHERE r.rolname = 'apikeys_operator'
+                     AND (r.rolcanlogin OR r.rolsuper OR r.rolcreaterole OR r.rolcreatedb
+                          OR r.rolreplication OR r.rolbypassrls))
+       OR EXISTS (SELECT FROM pg_catalog.pg_auth_members m
+                    JOIN pg_catalog.pg_roles g ON g.oid = m.member
+                   WHERE m.roleid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = 'apikeys_operator')
+                     AND m.admin_option AND NOT g.rolsuper) THEN
+        RAISE EXCEPTION 'a role named apikeys_operator exists and is not the plain NOLOGIN role pg_apikeys makes'
+            USING ERRCODE = '42501',
+                  HINT = 'drop or rename that role (or make it NOLOGIN with no other attribute, granted WITH ADMIN OPTION to no one), then create the extension';
+    END IF;
+END
+$$;
+
+CREATE FUNCTION apikeys.grant_operator(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- never a role PostgREST switches to: a login in apikeys.claims_roles
+    -- (the authenticator) must not be able to become it
+    IF EXISTS (SELECT FROM pg_catalog.unnest(pg_catalog.string_to_array(
+                   coalesce(pg_catalog.current_setting('apikeys.claims_roles', true), 'authenticator'), ',')) AS c(name)
+                 JOIN pg_catalog.pg_roles r ON r.rolname = pg_catalog.btrim(c.name, ' "')
+                WHERE pg_catalog.pg_has_role(r.oid, role, 'MEMBER')) THEN
+        RAISE EXCEPTION 'a role the API''s login (apikeys.claims_roles) can switch to cannot be an operator'
+            USING ERRCODE = '22023',
+                  HINT = 'grant it to the backend''s own role, which PostgREST never switches to';
+    END IF;
+    -- what clients get (the operator calls the same functions), and the role
+    PERFORM apikeys.grant_to(role);
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT apikeys_operator TO %s', role);
+END
+$$;
+REVOKE ALL ON FUNCTION apikeys.grant_operator(regrole) FROM PUBLIC;
+COMMENT ON FUNCTION apikeys.grant_operator(regrole) IS
+    'Superusers only: make a role an operator (mints for any owner, rotates any key, suspends owners and workspaces, acts in every workspace as its admins); never a role PostgREST switches to.';
+CREATE TRIGGER suspensions_no_delete BEFORE DELETE ON apikeys.suspensions
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER suspensions_no_truncate BEFORE TRUNCATE ON apikeys.suspensions
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_delete;
+ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_truncate;
+REVOKE ALL ON apikeys.suspensions FROM PUBLIC;
+REVOKE ALL ON SEQUENCE apikeys.suspensions_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.is_operator() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.suspend_owner(uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.resume_owner(uuid, text) FROM PUBLIC;
 
 -- 12. Nothing new for PUBLIC (the fresh install revokes everything in the
 -- schema from PUBLIC). Client roles get the new table and function by

@@ -76,3 +76,9 @@ CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
 -- the engine's worker is the bootstrap superuser).
 ALTER TABLE apikeys.usage_rounds ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.usage_rounds FORCE ROW LEVEL SECURITY;
+
+-- Suspensions: admins see their workspaces'.
+ALTER TABLE apikeys.suspensions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.suspensions FORCE ROW LEVEL SECURITY;
+CREATE POLICY suspensions_visible ON apikeys.suspensions FOR SELECT
+    USING (apikeys.member_role(workspace_id) = 'admin');

@@ -63,7 +63,7 @@ CREATE TABLE apikeys.keys (
     -- a reversible pause (suspend_key / resume_key); revoked_at is the latch
     suspended_at        timestamptz,
     -- the tier that suspended it: only that tier or a higher one resumes it
-    suspended_by        text        CHECK (suspended_by IN ('member', 'admin')),
+    suspended_by        text        CHECK (suspended_by IN ('member', 'admin', 'operator')),
     -- the owner's limit in this workspace (owner_limits), copied onto each of
     -- the owner's keys so that a verify reads it with the key
     owner_rate_limit    integer,
@@ -207,6 +207,23 @@ CREATE TABLE apikeys.usage_rounds (
 COMMENT ON TABLE apikeys.usage_rounds IS
     'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';
 
+-- Suspensions an operator made of an owner, or of a whole workspace (owner
+-- NULL): every key of theirs is suspended meanwhile and nothing is minted
+-- for them. History: a resumed suspension keeps its row.
+CREATE TABLE apikeys.suspensions (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workspace_id  uuid        NOT NULL,
+    owner         text,
+    suspended_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    suspended_by  text        NOT NULL,
+    resumed_at    timestamptz,
+    resumed_by    text
+);
+CREATE UNIQUE INDEX suspensions_active ON apikeys.suspensions (workspace_id, (coalesce(owner, '')))
+    WHERE resumed_at IS NULL;
+COMMENT ON TABLE apikeys.suspensions IS
+    'Owners (or whole workspaces, owner NULL) an operator suspended: their keys answer invalid and nothing is minted for them until resume_owner.';
+
 -- pg_dump keeps the rows of these tables (dump and restore keep keys
 -- verifiable; docs/reference.md, "Decisions").
 SELECT pg_catalog.pg_extension_config_dump('apikeys.workspaces', '');
@@ -222,3 +239,5 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.invitations_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.scanning_keys', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.owner_limits', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions_id_seq', '');

@@ -27,6 +27,7 @@ BEGIN
                   WHEN 'invitations' THEN 'withdraw an open invitation instead (apikeys.remove_member)'
                   WHEN 'public_keys' THEN 'revoke public keys instead (apikeys.revoke_public_key)'
                   WHEN 'key_usage' THEN 'usage rows are history; they are only added and incremented'
+                  WHEN 'suspensions' THEN 'suspensions are history; the operator ends one with apikeys.resume_owner'
                   WHEN 'workspaces' THEN 'workspaces are kept with their history; remove their members instead'
                   ELSE 'the audit log is kept for good (DROP EXTENSION removes it with everything else)'
               END;
@@ -689,3 +690,10 @@ COMMENT ON FUNCTION apikeys.applying_replicated_change() IS 'Internal: whether t
 COMMENT ON FUNCTION apikeys.follow_replicated_id() IS 'Internal trigger function (moves an id sequence past a replicated row''s id); not for calling.';
 COMMENT ON FUNCTION apikeys.key_usage_guard() IS 'Internal trigger function (usage counts only grow; write-once columns of key_usage); not for calling.';
 COMMENT ON FUNCTION apikeys.keys_owner_limit() IS 'Internal trigger function (a new key carries its owner''s shared rate limit); not for calling.';
+
+CREATE TRIGGER suspensions_no_delete BEFORE DELETE ON apikeys.suspensions
+    FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();
+CREATE TRIGGER suspensions_no_truncate BEFORE TRUNCATE ON apikeys.suspensions
+    FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
+ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_delete;
+ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_truncate;

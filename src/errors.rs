@@ -115,6 +115,11 @@ pub enum ApiError {
     /// 42501: a member tried to loosen a control of their own key (a higher
     /// rate limit, more credits, a later expiry, a limit removed).
     MemberCannotLoosen,
+    /// 42501: minting a key for another owner without being an operator.
+    MintForOthers,
+    /// 42501: the key's owner, or its whole workspace, is suspended by an
+    /// operator: nothing is minted for it meanwhile.
+    OwnerSuspended,
     /// 25006: a function that writes was called in a read-only transaction
     /// or on a hot standby.
     ReadOnly,
@@ -138,7 +143,9 @@ impl ApiError {
             | KeyCannotManageAdmins
             | KeyOutsideWorkspace
             | SuspendedByHigherTier
-            | MemberCannotLoosen => SqlState::INSUFFICIENT_PRIVILEGE,
+            | MemberCannotLoosen
+            | MintForOthers
+            | OwnerSuspended => SqlState::INSUFFICIENT_PRIVILEGE,
             LastAdmin | KeyNotActive | KeyAlreadyRotated | KeyRevokedForGood | KeySuspended => {
                 SqlState::CHECK_VIOLATION
             }
@@ -242,9 +249,11 @@ impl ApiError {
             LimitsNeedPreload => c"rate limits and credits need the usage engine",
             KeyRevokedForGood => c"a revoked key stays revoked: it cannot be suspended or resumed",
             SuspendedByHigherTier => {
-                c"permission denied: the key was suspended by an admin; only an admin can resume it"
+                c"permission denied: the key was suspended by a higher tier (an admin or the operator); only that tier can resume it"
             }
             KeySuspended => c"a suspended key cannot be rotated",
+            MintForOthers => c"permission denied: only an operator mints keys for another owner",
+            OwnerSuspended => c"permission denied: the owner or its workspace is suspended",
             MemberCannotLoosen => {
                 c"permission denied: a member may only tighten their own key's limits, credits, expiry and scopes"
             }
@@ -271,7 +280,9 @@ impl ApiError {
             KeyNotActive => Some(c"create a new key instead"),
             KeySuspended => Some(c"resume the key first (or ask whoever suspended it)"),
             MemberCannotLoosen => Some(c"an admin of the workspace raises or removes limits"),
-            SuspendedByHigherTier => Some(c"ask an admin of the workspace to resume it"),
+            SuspendedByHigherTier => Some(c"ask whoever suspended it: an admin of the workspace, or the operator"),
+            MintForOthers => Some(c"mint for yourself, or as a role a superuser granted apikeys.grant_operator()"),
+            OwnerSuspended => Some(c"the operator lifts it with apikeys.resume_owner()"),
             LimitsNeedPreload => Some(
                 c"add pg_apikeys to shared_preload_libraries in postgresql.conf and restart the server",
             ),
@@ -384,6 +395,8 @@ mod tests {
             ApiError::SuspendedByHigherTier,
             ApiError::KeySuspended,
             ApiError::MemberCannotLoosen,
+            ApiError::MintForOthers,
+            ApiError::OwnerSuspended,
         ];
         for e in all {
             let s = e.sqlstate();

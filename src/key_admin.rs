@@ -172,6 +172,8 @@ pub enum Tier {
     Member,
     /// an admin of the key's workspace, acting as itself
     Admin,
+    /// an operator (`apikeys.grant_operator`, superusers), acting as itself
+    Operator,
 }
 
 impl Tier {
@@ -179,6 +181,7 @@ impl Tier {
         match self {
             Tier::Member => "member",
             Tier::Admin => "admin",
+            Tier::Operator => "operator",
         }
     }
 
@@ -186,6 +189,7 @@ impl Tier {
         match s {
             "member" => Some(Tier::Member),
             "admin" => Some(Tier::Admin),
+            "operator" => Some(Tier::Operator),
             _ => None,
         }
     }
@@ -200,6 +204,9 @@ fn caller_tier(
 ) -> ApiResult<Tier> {
     if caller.key.is_some() {
         return Ok(Tier::Member);
+    }
+    if crate::principal::is_operator(caller) {
+        return Ok(Tier::Operator);
     }
     let m = membership(client, workspace_id, &caller.principal)?;
     Ok(if m.role == rules::Role::Admin { Tier::Admin } else { Tier::Member })
@@ -297,6 +304,7 @@ fn create_key_limited_impl(
     metadata: Option<AnyElement>,
     prefix: Option<&str>,
     limits: LimitArgs,
+    owner: Option<&str>,
 ) -> ApiResult<NewKey> {
     // in create_key, 0 and -1 remove nothing: they are out of range
     if limits.rate_limit.is_some_and(|l| l <= 0) {
@@ -326,7 +334,7 @@ fn create_key_limited_impl(
             suspended_by: Tier::Member,
         })?;
     }
-    let k = crate::keys::create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)?;
+    let k = crate::keys::create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix, owner)?;
     Spi::connect_mut(|client| apply_limits(client, k.id, &limits))?;
     Ok(k)
 }
@@ -345,11 +353,20 @@ fn create_key_limited(
     credits: Option<i64>,
     refill_amount: Option<i64>,
     refill_interval: Option<Interval>,
+    owner: Option<&str>,
 ) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
 {
     let limits = LimitArgs { rate_limit, rate_window, credits, refill_amount, refill_interval };
-    match deferred(create_key_limited_impl(workspace_id, name, scopes, expires_at, metadata, prefix, limits))
-    {
+    match deferred(create_key_limited_impl(
+        workspace_id,
+        name,
+        scopes,
+        expires_at,
+        metadata,
+        prefix,
+        limits,
+        owner,
+    )) {
         Some(k) => TableIterator::once((k.id, k.name, k.prefix, k.key)),
         None => TableIterator::empty(),
     }

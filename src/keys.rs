@@ -176,9 +176,22 @@ pub(crate) fn create_key_impl(
     expires_at: Option<TimestampWithTimeZone>,
     metadata: Option<AnyElement>,
     prefix: Option<&str>,
+    owner: Option<&str>,
 ) -> ApiResult<NewKey> {
     crate::errors::require_writable()?;
     let caller = caller()?;
+    // a key for another owner (an identity: an external id that needs no
+    // membership): only an operator mints one
+    let owner = match owner {
+        Some(o) if o != caller.principal => {
+            rules::principal(o)?;
+            if !crate::principal::is_operator(&caller) {
+                return Err(ApiError::MintForOthers);
+            }
+            o.to_owned()
+        }
+        _ => caller.principal.clone(),
+    };
     let workspace_id = workspace_id.ok_or(ApiError::NullArgument(c"workspace_id must not be null"))?;
     let name = name.map(rules::key_name).transpose()?;
     let scopes = rules::scopes(&scopes.unwrap_or_default())?;
@@ -196,10 +209,11 @@ pub(crate) fn create_key_impl(
         };
         let m = caller_membership(client, &caller, workspace_id)?;
         authorize_scopes(&caller, m.role, &m.scopes, &scopes)?;
+        not_suspended(client, workspace_id, &owner)?;
         let spec = KeySpec {
             id: None,
             workspace_id,
-            owner: caller.principal.clone(),
+            owner,
             name,
             scopes,
             metadata,
@@ -208,6 +222,33 @@ pub(crate) fn create_key_impl(
         };
         mint(client, &spec)
     })
+}
+
+/// Refuse a mint for an owner (or in a workspace) an operator suspended
+/// ([`ApiError::OwnerSuspended`]); a schema from before 0.2.0 has no
+/// suspensions.
+pub(crate) fn not_suspended(client: &mut SpiClient<'_>, workspace_id: Uuid, owner: &str) -> ApiResult<()> {
+    let has_table = client
+        .select("SELECT pg_catalog.to_regclass('apikeys.suspensions') IS NOT NULL", Some(1), &[])?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false);
+    if !has_table {
+        return Ok(());
+    }
+    let suspended = !client
+        .select(
+            "SELECT 1 FROM apikeys.suspensions s
+              WHERE s.workspace_id = $1 AND s.resumed_at IS NULL AND (s.owner IS NULL OR s.owner = $2)",
+            Some(1),
+            &[workspace_id.into(), owner.into()],
+        )?
+        .is_empty();
+    if suspended {
+        Err(ApiError::OwnerSuspended)
+    } else {
+        Ok(())
+    }
 }
 
 #[pg_extern(sql = false)]
@@ -220,7 +261,7 @@ fn create_key(
     prefix: Option<&str>,
 ) -> TableIterator<'static, (name!(id, Uuid), name!(name, String), name!(prefix, String), name!(key, String))>
 {
-    match deferred(create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix)) {
+    match deferred(create_key_impl(workspace_id, name, scopes, expires_at, metadata, prefix, None)) {
         Some(k) => TableIterator::once(k.row()),
         None => TableIterator::empty(),
     }
@@ -329,10 +370,12 @@ pub(crate) fn rotate_key_impl(
         let source: String = row.get(6)?.ok_or(ApiError::Internal)?;
         let replaced: bool = row.get(7)?.unwrap_or(false);
         let dead: bool = row.get(8)?.unwrap_or(true);
-        if owner != caller.principal {
+        if owner != caller.principal && !crate::principal::is_operator(&caller) {
             // the new token would act as the owner: only the owner gets one
+            // (or an operator: a support rotation of a customer's key)
             return Err(ApiError::NotKeyOwner);
         }
+        not_suspended(client, workspace_id, &owner)?;
         if dead {
             return Err(ApiError::KeyNotActive);
         }

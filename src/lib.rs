@@ -96,6 +96,7 @@ fmgr::entry_points! {
     apikeys_usage_stats / pg_finfo_apikeys_usage_stats => usage::usage_stats_wrapper;
     apikeys_flush_usage / pg_finfo_apikeys_flush_usage => usage::flush_usage_wrapper;
     apikeys_pending_usage / pg_finfo_apikeys_pending_usage => usage::pending_usage_wrapper;
+    apikeys_is_operator / pg_finfo_apikeys_is_operator => principal::is_operator_now_wrapper;
     apikeys_checked_within / pg_finfo_apikeys_checked_within => key_admin::checked_within_wrapper;
 }
 

@@ -211,6 +211,39 @@ fn claims_trusted() -> bool {
     }
 }
 
+/// Whether trusted claims name (or make anonymous) the caller now: a
+/// PostgREST request, which is never an operator.
+fn claims_in_effect() -> bool {
+    setting(c"request.jwt.claims").is_some_and(|c| !c.trim().is_empty()) && claims_trusted()
+}
+
+/// Whether the caller is an **operator** (docs/security.md, "Who undoes
+/// what"): a superuser, or a role holding the privileges of
+/// `apikeys_operator` (`apikeys.grant_operator`), acting as itself: never
+/// through an API key, never in a request whose trusted claims name the
+/// caller (a role PostgREST switches to is no operator, whatever it holds).
+pub fn is_operator(caller: &Caller) -> bool {
+    if caller.key.is_some() || claims_in_effect() {
+        return false;
+    }
+    // SAFETY: a role look-up by name and a membership check, both cached
+    unsafe {
+        let user = pg_sys::GetOuterUserId();
+        if pg_sys::superuser_arg(user) {
+            return true;
+        }
+        let role = pg_sys::get_role_oid(c"apikeys_operator".as_ptr(), true);
+        role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(user, role)
+    }
+}
+
+/// `apikeys.is_operator()`: whether the caller is an operator now.
+#[pg_extern(sql = false)]
+fn is_operator_now() -> bool {
+    // anonymous callers (claims without sub) and bad claims are none
+    matches!(Caller::current(), Ok(Some(c)) if is_operator(&c))
+}
+
 /// Read a setting, `None` when it is unset or unknown.
 pub fn setting(name: &CStr) -> Option<String> {
     // SAFETY: GetConfigOption returns NULL or a NUL-terminated string owned by

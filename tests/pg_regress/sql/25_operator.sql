@@ -1,0 +1,132 @@
+-- The operator tier: a provider's backend role, granted by a superuser with
+-- grant_operator, mints for its customers (owners that are external ids,
+-- no membership, no JWT), acts in every workspace as its admins do,
+-- rotates any key (a support rotation), and suspends an owner or a whole
+-- workspace; no lower tier undoes what it did. Never through an API key,
+-- never in a request whose trusted claims name the caller.
+\set SHOW_CONTEXT never
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'backend') THEN
+        CREATE ROLE backend LOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'regress_authenticator') THEN
+        CREATE ROLE regress_authenticator LOGIN NOINHERIT;
+    END IF;
+END
+$$;
+GRANT anon TO regress_authenticator;
+GRANT app_user TO backend;
+SELECT apikeys.grant_operator('backend');
+-- never a role the API's login can switch to
+SET apikeys.claims_roles = 'regress_authenticator';
+SELECT regress.try($$SELECT apikeys.grant_operator('anon')$$) AS grant_to_a_switched_role;
+RESET apikeys.claims_roles;
+-- not granted to clients: a member cannot make itself an operator
+SET ROLE alice;
+SELECT regress.try($$SELECT apikeys.grant_operator('alice')$$) AS alice_grants_herself;
+SELECT apikeys.is_operator() AS alice_is_operator;
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.is_operator() AS backend_is_operator;
+RESET ROLE;
+-- a request with trusted claims is never an operator, whatever its role holds
+BEGIN;
+SELECT regress.as_jwt('backend', '{"role":"backend","sub":"backend"}');
+SELECT apikeys.is_operator() AS backend_in_a_request;
+ROLLBACK;
+
+-- the provider's workspace; customers are owners, not members
+SET ROLE backend;
+SELECT regress.put('pws', apikeys.create_workspace('Provider')::text);
+SELECT regress.put('c42', key), regress.put('c42_id', id::text)
+  FROM apikeys.create_key(regress.id('pws'), 'cust-42-prod', '{read}', owner => 'cust_42');
+SELECT regress.put('c43', key), regress.put('c43_id', id::text)
+  FROM apikeys.create_key(regress.id('pws'), 'cust-43-prod', '{read}', owner => 'cust_43');
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('pws'), 'bad-owner', ' spaced ')) AS odd_owner;
+SELECT regress.add_member(regress.id('pws'), 'alice', 'admin');
+RESET ROLE;
+SELECT owner, name FROM apikeys.keys WHERE workspace_id = regress.id('pws') ORDER BY name;
+SELECT regress.ok('c42') AS customer_key_verifies;
+SELECT count(*) AS customer_memberships FROM apikeys.members WHERE principal LIKE 'cust_%';
+
+-- an admin mints only for itself
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('pws'), 'for-cust', 'cust_42')) AS admin_mints_for_a_customer;
+SELECT count(*) AS admin_sees_customer_keys FROM apikeys.keys WHERE workspace_id = regress.id('pws');
+RESET ROLE;
+
+-- the operator acts in a workspace it is no member of
+SET ROLE alice;
+SELECT regress.put('aws_op', apikeys.create_workspace('Alice Alone')::text);
+SELECT regress.put('al', key), regress.put('al_id', id::text)
+  FROM apikeys.create_key(regress.id('aws_op'), 'alice-own', '{read}');
+RESET ROLE;
+SET ROLE backend;
+SELECT regress.put('op77_id', id::text)
+  FROM apikeys.create_key(regress.id('aws_op'), 'minted-by-operator', owner => 'cust_77');
+SELECT apikeys.suspend_key(regress.id('al_id')) AS operator_suspends_alices_key;
+RESET ROLE;
+SELECT name, owner FROM apikeys.keys WHERE id = regress.id('op77_id');
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('al_id'))) AS alice_resumes_operators_suspension;
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.resume_key(regress.id('al_id')) AS operator_resumes;
+RESET ROLE;
+
+-- a support rotation of a customer's key keeps its prefix form
+SET ROLE backend;
+SELECT regress.put('c42b', key), regress.put('c42b_id', id::text), left(prefix, 3) AS prefix_form
+  FROM apikeys.rotate_key(regress.id('c42_id'), '1 hour');
+RESET ROLE;
+SELECT regress.ok('c42') AS old_token_in_grace, regress.ok('c42b') AS new_token, owner
+  FROM apikeys.keys WHERE id = regress.id('c42b_id');
+-- an admin still rotates only their own keys
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.rotate_key(%L)', regress.id('c43_id'))) AS admin_rotates_a_customer_key;
+RESET ROLE;
+
+-- suspending an owner: every key of theirs is invalid, nothing is minted
+-- for them, and no admin lifts it
+SET ROLE backend;
+SELECT apikeys.suspend_owner(regress.id('pws'), 'cust_42') AS suspend_owner,
+       apikeys.suspend_owner(regress.id('pws'), 'cust_42') AS suspend_owner_again;
+RESET ROLE;
+SELECT regress.ok('c42b') AS suspended_key_verifies, regress.ok('c43') AS other_customer_verifies;
+SET ROLE backend;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('pws'), 'cust-42-two', 'cust_42')) AS mint_for_suspended;
+SELECT regress.try(format('SELECT apikeys.rotate_key(%L)', regress.id('c42b_id'))) AS rotate_suspended;
+RESET ROLE;
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('c42b_id'))) AS admin_resumes_operators_suspension;
+SELECT regress.try(format('SELECT apikeys.resume_owner(%L, %L)', regress.id('pws'), 'cust_42')) AS admin_resumes_owner;
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('pws'), 'cust_43')) AS admin_suspends_owner;
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.resume_owner(regress.id('pws'), 'cust_42') AS resume_owner,
+       apikeys.resume_owner(regress.id('pws'), 'cust_42') AS resume_owner_again;
+RESET ROLE;
+SELECT regress.ok('c42b') AS resumed_key_verifies;
+
+-- a whole workspace: every key, every owner; an owner's own suspension
+-- outlives the workspace's
+SET ROLE backend;
+SELECT apikeys.suspend_owner(regress.id('pws'), 'cust_43') AS owner_first,
+       apikeys.suspend_owner(regress.id('pws')) AS whole_workspace;
+RESET ROLE;
+SELECT regress.ok('c42b') AS c42_in_suspended_workspace, regress.ok('c43') AS c43_in_suspended_workspace;
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L)', regress.id('pws'), 'admin-in-suspended')) AS admin_mints_in_suspended;
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.resume_owner(regress.id('pws')) AS workspace_resumed;
+RESET ROLE;
+SELECT regress.ok('c42b') AS c42_after, regress.ok('c43') AS c43_still_suspended;
+SELECT owner, suspended_by IS NOT NULL AS by_someone, resumed_at IS NOT NULL AS resumed
+  FROM apikeys.suspensions WHERE workspace_id = regress.id('pws') ORDER BY id;
+SELECT action, actor, detail FROM apikeys.audit_log
+ WHERE workspace_id = regress.id('pws') AND action LIKE 'owner.%' ORDER BY id;
+-- suspensions are history
+SELECT regress.try($$DELETE FROM apikeys.suspensions$$) AS delete_suspensions;
+REVOKE apikeys_operator FROM backend;
