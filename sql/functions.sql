@@ -535,3 +535,172 @@ END
 $$;
 COMMENT ON FUNCTION apikeys.resume_owner(uuid, text) IS
     'Operators only: end a suspend_owner (of an owner, or of the whole workspace with owner NULL); the keys it suspended verify again unless another suspension still holds. True when one ended.';
+
+CREATE FUNCTION apikeys.set_plan(workspace_id uuid,
+                                 rate_limit integer DEFAULT NULL,
+                                 rate_window interval DEFAULT NULL,
+                                 credits bigint DEFAULT NULL,
+                                 refill_amount bigint DEFAULT NULL,
+                                 refill_interval interval DEFAULT NULL,
+                                 key_lifetime interval DEFAULT NULL,
+                                 active_keys integer DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := set_plan.workspace_id;
+    pl_rate integer := set_plan.rate_limit;
+    pl_window interval := set_plan.rate_window;
+    pl_credits bigint := set_plan.credits;
+    pl_refill bigint := set_plan.refill_amount;
+    pl_refill_every interval := set_plan.refill_interval;
+    pl_life interval := set_plan.key_lifetime;
+    pl_active integer := set_plan.active_keys;
+BEGIN
+    IF NOT apikeys.is_operator() THEN
+        RAISE EXCEPTION 'permission denied: operators only'
+            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
+    END IF;
+    IF ws IS NULL THEN
+        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+    -- every interval checked part by part: no month or negative part in a
+    -- window, a refill of exactly one day or one month, a lifetime of
+    -- 1 minute to 100 years with no negative part
+    IF (pl_rate IS NULL) <> (pl_window IS NULL) OR pl_rate <= 0
+       OR (pl_window IS NOT NULL
+           AND (pg_catalog.date_part('year', pl_window) <> 0 OR pg_catalog.date_part('month', pl_window) <> 0
+                OR pg_catalog.date_part('day', pl_window) < 0 OR pl_window < interval '1 second'
+                OR pl_window > interval '1 day'
+                OR pg_catalog.date_part('hour', pl_window) < 0 OR pg_catalog.date_part('minute', pl_window) < 0
+                OR pg_catalog.date_part('second', pl_window) < 0)) THEN
+        RAISE EXCEPTION 'invalid rate limit: a positive limit with a window of 1 second to 1 day' USING ERRCODE = '22023';
+    END IF;
+    IF pl_credits < 0 OR (pl_refill IS NULL) <> (pl_refill_every IS NULL) OR pl_refill <= 0
+       OR (pl_refill_every IS NOT NULL
+           AND NOT (pg_catalog.date_part('year', pl_refill_every) = 0
+                    AND pg_catalog.date_part('hour', pl_refill_every) = 0
+                    AND pg_catalog.date_part('minute', pl_refill_every) = 0
+                    AND pg_catalog.date_part('second', pl_refill_every) = 0
+                    AND ((pg_catalog.date_part('month', pl_refill_every) = 1 AND pg_catalog.date_part('day', pl_refill_every) = 0)
+                         OR (pg_catalog.date_part('month', pl_refill_every) = 0 AND pg_catalog.date_part('day', pl_refill_every) = 1)))) THEN
+        RAISE EXCEPTION 'invalid credits or refill: credits of 0 or more, a positive refill every 1 day or 1 month' USING ERRCODE = '22023';
+    END IF;
+    IF (pl_life IS NOT NULL
+        AND (pg_catalog.date_part('year', pl_life) < 0 OR pg_catalog.date_part('month', pl_life) < 0
+             OR pg_catalog.date_part('day', pl_life) < 0 OR pg_catalog.date_part('hour', pl_life) < 0
+             OR pg_catalog.date_part('minute', pl_life) < 0 OR pg_catalog.date_part('second', pl_life) < 0
+             OR pl_life < interval '1 minute' OR pl_life > interval '100 years'))
+       OR pl_active < 0 THEN
+        RAISE EXCEPTION 'invalid key lifetime or active keys: a lifetime of 1 minute to 100 years with no negative part, active keys of 0 or more' USING ERRCODE = '22023';
+    END IF;
+    IF (pl_rate IS NOT NULL OR pl_credits IS NOT NULL) AND apikeys.usage_mode() <> 'shared_memory' THEN
+        RAISE EXCEPTION 'rate limits and credits need the usage engine' USING ERRCODE = '0A000',
+            HINT = 'add pg_apikeys to shared_preload_libraries in postgresql.conf and restart the server';
+    END IF;
+    INSERT INTO apikeys.plans AS p (workspace_id, rate_limit, rate_window, credits, refill_amount, refill_interval,
+                                    key_lifetime, active_keys, set_by)
+    VALUES (ws, pl_rate, pl_window, pl_credits, pl_refill, pl_refill_every, pl_life, pl_active,
+            apikeys.current_principal())
+    ON CONFLICT ON CONSTRAINT plans_pkey DO UPDATE
+       SET rate_limit = excluded.rate_limit, rate_window = excluded.rate_window, credits = excluded.credits,
+           refill_amount = excluded.refill_amount, refill_interval = excluded.refill_interval,
+           key_lifetime = excluded.key_lifetime, active_keys = excluded.active_keys,
+           set_by = excluded.set_by, set_at = pg_catalog.now();
+    -- the workspace's live keys come within the ceilings at once
+    UPDATE apikeys.keys k
+       SET rate_limit = CASE WHEN over_rate THEN pl_rate ELSE k.rate_limit END,
+           rate_window = CASE WHEN over_rate THEN pl_window ELSE k.rate_window END,
+           credits = CASE WHEN over_credits THEN pl_credits ELSE k.credits END,
+           credits_refilled_at = CASE WHEN over_credits THEN pg_catalog.statement_timestamp() ELSE k.credits_refilled_at END,
+           refill_amount = CASE WHEN pl_refill IS NOT NULL AND k.refill_amount > pl_refill THEN pl_refill ELSE k.refill_amount END,
+           expires_at = CASE WHEN pl_life IS NOT NULL AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now() + pl_life)
+                             THEN pg_catalog.now() + pl_life ELSE k.expires_at END
+      FROM (SELECT k2.id,
+                   pl_rate IS NOT NULL
+                   AND (k2.rate_limit IS NULL
+                        OR k2.rate_limit::numeric / pg_catalog.date_part('epoch', k2.rate_window)::numeric
+                           > pl_rate::numeric / pg_catalog.date_part('epoch', pl_window)::numeric) AS over_rate,
+                   pl_credits IS NOT NULL AND (k2.credits IS NULL OR k2.credits > pl_credits) AS over_credits
+              FROM apikeys.keys k2
+             WHERE k2.workspace_id = ws AND k2.revoked_at IS NULL
+               AND (k2.expires_at IS NULL OR k2.expires_at > pg_catalog.now())) o
+     WHERE k.id = o.id;
+    INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+    VALUES (ws, apikeys.current_principal(), 'plan.set',
+            pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                'rate_limit', pl_rate, 'rate_window', pl_window, 'credits', pl_credits,
+                'refill_amount', pl_refill, 'refill_interval', pl_refill_every,
+                'key_lifetime', pl_life, 'active_keys', pl_active)));
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION apikeys.set_plan(uuid, integer, interval, bigint, bigint, interval, interval, integer) IS
+    'Operators only: the ceilings of a workspace (rate limit and credits per key, refill, longest key lifetime, most active keys; NULL: none). Live keys are brought within them at once; admins and members never exceed them.';
+
+-- Keys within their workspace's plan: a key minted or changed by anyone
+-- but an operator gets the plan's limits and lifetime when it has none, and
+-- may not exceed them.
+CREATE FUNCTION apikeys.keys_plan() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    p apikeys.plans;
+    active bigint;
+BEGIN
+    IF apikeys.applying_replicated_change() OR apikeys.in_usage_worker() THEN
+        RETURN NEW;
+    END IF;
+    SELECT * INTO p FROM apikeys.plans pl WHERE pl.workspace_id = NEW.workspace_id;
+    IF NOT FOUND OR apikeys.is_operator() THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        IF p.rate_limit IS NOT NULL AND NEW.rate_limit IS NULL THEN
+            NEW.rate_limit := p.rate_limit;
+            NEW.rate_window := p.rate_window;
+        END IF;
+        IF p.credits IS NOT NULL AND NEW.credits IS NULL THEN
+            NEW.credits := p.credits;
+            NEW.credits_refilled_at := pg_catalog.statement_timestamp();
+            IF p.refill_amount IS NOT NULL AND NEW.refill_amount IS NULL THEN
+                NEW.refill_amount := p.refill_amount;
+                NEW.refill_interval := p.refill_interval;
+            END IF;
+        END IF;
+        IF p.key_lifetime IS NOT NULL AND NEW.expires_at IS NULL THEN
+            NEW.expires_at := pg_catalog.now() + p.key_lifetime;
+        END IF;
+        IF p.active_keys IS NOT NULL THEN
+            SELECT count(*) INTO active FROM apikeys.keys k
+             WHERE k.workspace_id = NEW.workspace_id AND k.revoked_at IS NULL AND k.replaced_by IS NULL
+               AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now());
+            IF active >= p.active_keys THEN
+                RAISE EXCEPTION 'permission denied: the workspace''s plan allows at most % active keys', p.active_keys
+                    USING ERRCODE = '42501', HINT = 'revoke a key, or ask the operator for a larger plan';
+            END IF;
+        END IF;
+    END IF;
+    IF (p.rate_limit IS NOT NULL
+        AND (NEW.rate_limit IS NULL
+             OR NEW.rate_limit::numeric / pg_catalog.date_part('epoch', NEW.rate_window)::numeric
+                > p.rate_limit::numeric / pg_catalog.date_part('epoch', p.rate_window)::numeric))
+       OR (p.credits IS NOT NULL AND (NEW.credits IS NULL OR NEW.credits > p.credits))
+       OR (p.refill_amount IS NOT NULL AND NEW.refill_amount IS NOT NULL
+           AND NEW.refill_amount::numeric * (CASE WHEN p.refill_interval = interval '1 month' THEN 30 ELSE 1 END)
+               > p.refill_amount::numeric * (CASE WHEN NEW.refill_interval = interval '1 month' THEN 30 ELSE 1 END))
+       OR (p.key_lifetime IS NOT NULL
+           AND (NEW.expires_at IS NULL OR NEW.expires_at > pg_catalog.now() + p.key_lifetime + interval '1 second')) THEN
+        RAISE EXCEPTION 'permission denied: beyond the workspace''s plan'
+            USING ERRCODE = '42501', HINT = 'stay within apikeys.plans for this workspace, or ask the operator';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION apikeys.keys_plan() IS 'Internal trigger function (keys within their workspace''s plan); not for calling.';

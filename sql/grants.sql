@@ -18,7 +18,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
     EXECUTE format('GRANT SELECT ON apikeys.workspaces, apikeys.members, apikeys.keys,
         apikeys.public_keys, apikeys.audit_log, apikeys.invitations, apikeys.key_usage,
-        apikeys.key_usage_live, apikeys.owner_limits, apikeys.suspensions TO %s', role);
+        apikeys.key_usage_live, apikeys.owner_limits, apikeys.suspensions, apikeys.plans TO %s', role);
     EXECUTE format('GRANT EXECUTE ON FUNCTION
         apikeys.current_principal(),
         apikeys.member_role(uuid),
@@ -51,7 +51,8 @@ BEGIN
         apikeys.pending_usage(),
         apikeys.is_operator(),
         apikeys.suspend_owner(uuid, text),
-        apikeys.resume_owner(uuid, text)
+        apikeys.resume_owner(uuid, text),
+        apikeys.set_plan(uuid, integer, interval, bigint, bigint, interval, interval, integer)
         TO %s', role);
 END
 $$;

@@ -82,3 +82,9 @@ ALTER TABLE apikeys.suspensions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.suspensions FORCE ROW LEVEL SECURITY;
 CREATE POLICY suspensions_visible ON apikeys.suspensions FOR SELECT
     USING (apikeys.member_role(workspace_id) = 'admin');
+
+-- Plans: every member of the workspace sees its plan.
+ALTER TABLE apikeys.plans ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.plans FORCE ROW LEVEL SECURITY;
+CREATE POLICY plans_visible ON apikeys.plans FOR SELECT
+    USING (apikeys.member_role(workspace_id) IS NOT NULL);

@@ -207,6 +207,25 @@ CREATE TABLE apikeys.usage_rounds (
 COMMENT ON TABLE apikeys.usage_rounds IS
     'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';
 
+-- Plans: ceilings an operator sets for a workspace (set_plan). Admins and
+-- members never exceed them; new keys get the plan's limits by default.
+CREATE TABLE apikeys.plans (
+    workspace_id     uuid        PRIMARY KEY,
+    rate_limit       integer     CHECK (rate_limit > 0),
+    rate_window      interval,
+    credits          bigint      CHECK (credits >= 0),
+    refill_amount    bigint      CHECK (refill_amount > 0),
+    refill_interval  interval,
+    key_lifetime     interval,
+    active_keys      integer     CHECK (active_keys >= 0),
+    set_by           text        NOT NULL,
+    set_at           timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CONSTRAINT plans_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
+    CONSTRAINT plans_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL))
+);
+COMMENT ON TABLE apikeys.plans IS
+    'Ceilings an operator set for a workspace (set_plan): rate limit and credits per key, refill, longest key lifetime, most active keys.';
+
 -- Suspensions an operator made of an owner, or of a whole workspace (owner
 -- NULL): every key of theirs is suspended meanwhile and nothing is minted
 -- for them. History: a resumed suspension keeps its row.
@@ -241,3 +260,4 @@ SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.owner_limits', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions', '');
 SELECT pg_catalog.pg_extension_config_dump('apikeys.suspensions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('apikeys.plans', '');

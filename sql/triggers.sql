@@ -697,3 +697,16 @@ CREATE TRIGGER suspensions_no_truncate BEFORE TRUNCATE ON apikeys.suspensions
     FOR EACH STATEMENT EXECUTE FUNCTION apikeys.forbid_delete();
 ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_delete;
 ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_truncate;
+
+CREATE TRIGGER keys_plan BEFORE INSERT ON apikeys.keys
+    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_plan();
+CREATE TRIGGER keys_plan_update BEFORE UPDATE ON apikeys.keys
+    FOR EACH ROW
+    WHEN (NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window
+          OR NEW.credits > OLD.credits OR (NEW.credits IS NULL AND OLD.credits IS NOT NULL)
+          OR NEW.refill_amount IS DISTINCT FROM OLD.refill_amount
+          OR NEW.refill_interval IS DISTINCT FROM OLD.refill_interval
+          OR NEW.expires_at IS DISTINCT FROM OLD.expires_at)
+    EXECUTE FUNCTION apikeys.keys_plan();
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_plan;
+ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_plan_update;

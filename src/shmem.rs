@@ -4,11 +4,37 @@
 
 use pgrx::pg_sys;
 
+/// The secret key of [`mix`], in shared memory: random at every start of
+/// fresh shared memory (null until then, and in a backend without the
+/// preload, which has no tables to place anything in).
+static SEED: std::sync::atomic::AtomicPtr<[u64; 2]> = std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Use `seed` (in shared memory, set before any entry is placed) as the
+/// key of [`mix`].
+pub fn set_seed(seed: *mut [u64; 2]) {
+    SEED.store(seed, std::sync::atomic::Ordering::Release);
+}
+
 /// A 64-bit hash of a 16-byte id (a key or an owner), its database and a
-/// tag (the hour of a usage entry, the kind of a limits entry): the words
-/// mixed, then splitmix64's finaliser. The low bits pick the partition, the
-/// rest the place inside it.
+/// tag (the hour of a usage entry, the kind of a limits entry): SipHash-2-4
+/// keyed with a secret drawn at server start, so no tenant can compute
+/// where its entries land and pack them into the probe run that other
+/// tenants' entries need. The low bits pick the partition, the rest the
+/// place inside it. (Without a key, in unit tests: splitmix64's finaliser
+/// over the words.)
 pub fn mix(dbid: u32, id: &[u8; 16], tag: u64) -> u64 {
+    let seed = SEED.load(std::sync::atomic::Ordering::Acquire);
+    if !seed.is_null() {
+        use std::hash::Hasher;
+        // SAFETY: a pointer into shared memory, set once at start-up
+        let [k0, k1] = unsafe { *seed };
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+        h.write(id);
+        h.write_u32(dbid);
+        h.write_u64(tag);
+        return h.finish();
+    }
     let mut a = [0u8; 8];
     a.copy_from_slice(&id[..8]);
     let mut b = [0u8; 8];

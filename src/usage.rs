@@ -144,6 +144,8 @@ struct Header {
     reserve_done: AtomicU64,
     /// flushes the reserve flusher ran because no other slot was free
     reserve_flushes: AtomicU64,
+    /// the secret key of the tables' hash (shmem::mix), random at start
+    seed: [u64; 2],
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -224,8 +226,17 @@ unsafe extern "C-unwind" fn shmem_startup() {
             std::ptr::write_bytes(base, 0, segment_size());
             let h = base as *mut Header;
             (*h).per_part = (slot_count() / PARTITIONS) as u64;
+            let mut seed = [0u8; 16];
+            if !pg_sys::pg_strong_random(seed.as_mut_ptr().cast(), seed.len()) {
+                pgrx::error!("pg_apikeys: no random bytes for the usage tables' hash key");
+            }
+            (*h).seed = [
+                u64::from_le_bytes(seed[..8].try_into().unwrap_or_default()),
+                u64::from_le_bytes(seed[8..].try_into().unwrap_or_default()),
+            ];
         }
         HEADER = base as *mut Header;
+        shmem::set_seed(&raw mut (*HEADER).seed);
         SLOTS = base.add(std::mem::size_of::<Header>()) as *mut Entry;
         TENANTS = SLOTS.add(slot_count()) as *mut shmem::Tenant;
         LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
@@ -737,9 +748,14 @@ fn flush_all(round: Round) -> bool {
     // recovered copies of the table: the databases they hold entries of
     let recovered: Vec<(std::path::PathBuf, Vec<Entry>)> = crate::save::recovered_files()
         .into_iter()
-        .map(|(path, _)| {
-            let entries = crate::save::read_recovered(&path).unwrap_or_default();
-            (path, entries)
+        .filter_map(|(path, _)| match crate::save::read_recovered(&path) {
+            Some(entries) => Some((path, entries)),
+            None => {
+                // damaged since it was checked at the start: refused whole
+                pgrx::warning!("pg_apikeys: saved usage not loaded (Damaged): {}", path.display());
+                crate::save::forget_recovered(&path);
+                None
+            }
         })
         .collect();
     let mut gone_dbs = Vec::new();

@@ -570,3 +570,28 @@ def test_a_workspace_that_fills_its_share_is_written_alone_and_exactly(clusters)
         assert n == 400 - fell_back
         assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage WHERE workspace_id = %s",
                    (bob["ws"],))["n"] == 3
+
+
+def test_a_damaged_recovered_copy_is_refused_out_loud(clusters):
+    """A recovered copy of the usage table damaged before it was written
+    back is refused whole with a WARNING (as a damaged pending file is),
+    and removed; the engine goes on."""
+    c = clusters("safety_recovered").init(PRELOAD)
+    c.start()
+    data = setup_db(c, "recovered", keys=2)
+    with c.connect("recovered") as su:
+        assert verify_many(su, data["tokens"]) == 2
+        time.sleep(2.5)  # a copy saved after the verifies
+    c.kill9()
+    copy = c.data / "pg_apikeys_usage.pending"
+    raw = copy.read_bytes()
+    damaged = c.data / "pg_apikeys_usage.recovered.42"
+    run(["cp", copy, damaged], as_owner=True)
+    run(["truncate", "-s", str(len(raw) // 3), damaged], as_owner=True)
+    c.start()
+    with c.connect("recovered") as su:
+        assert flush(su)
+        # the genuine copy was written back; the damaged one was not
+        assert one(su, None, "SELECT sum(verified) AS n FROM apikeys.key_usage")["n"] == 2
+    assert not damaged.exists()
+    assert "saved usage not loaded (Damaged)" in c.log_text()

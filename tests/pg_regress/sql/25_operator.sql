@@ -1,3 +1,5 @@
+-- limits need the usage engine: this file's expected output has a variant
+-- per mode (expected/25_operator.out without the preload, 25_operator_1.out with it)
 -- The operator tier: a provider's backend role, granted by a superuser with
 -- grant_operator, mints for its customers (owners that are external ids,
 -- no membership, no JWT), acts in every workspace as its admins do,
@@ -127,6 +129,48 @@ SELECT owner, suspended_by IS NOT NULL AS by_someone, resumed_at IS NOT NULL AS 
   FROM apikeys.suspensions WHERE workspace_id = regress.id('pws') ORDER BY id;
 SELECT action, actor, detail FROM apikeys.audit_log
  WHERE workspace_id = regress.id('pws') AND action LIKE 'owner.%' ORDER BY id;
+-- plans: ceilings set by the operator that admins and members never exceed;
+-- live keys are brought within them at once, new keys get them by default
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.set_plan(%L, active_keys => 100)', regress.id('pws'))) AS admin_sets_plan;
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.set_plan(regress.id('pws'), key_lifetime => '30 days', active_keys => 4) AS set_plan;
+RESET ROLE;
+SELECT count(*) AS live_keys_beyond_the_lifetime FROM apikeys.keys
+ WHERE workspace_id = regress.id('pws') AND revoked_at IS NULL
+   AND (expires_at IS NULL OR expires_at > now() + interval '30 days 1 second');
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, %L, %L)', regress.id('pws'), 'too-long', '{}',
+                          now() + interval '1 year')) AS beyond_the_lifetime;
+SELECT regress.put('pd_id', id::text) FROM apikeys.create_key(regress.id('pws'), 'plan-default');
+SELECT expires_at <= now() + interval '30 days' AS gets_the_plan_lifetime FROM apikeys.keys WHERE id = regress.id('pd_id');
+SELECT count(*) AS active_keys FROM apikeys.keys
+ WHERE workspace_id = regress.id('pws') AND revoked_at IS NULL AND replaced_by IS NULL;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L)', regress.id('pws'), 'fourth')) AS fourth_key;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L)', regress.id('pws'), 'fifth')) AS fifth_key;
+RESET ROLE;
+-- the operator is not bound by the plan it sets
+SET ROLE backend;
+SELECT name FROM apikeys.create_key(regress.id('pws'), 'operator-beyond-plan', owner => 'cust_99');
+SELECT regress.try(format('SELECT apikeys.set_plan(%L, key_lifetime => %L)', regress.id('pws'), '-1 day')) AS negative_lifetime;
+SELECT regress.try(format('SELECT apikeys.set_plan(%L, rate_limit => 1, rate_window => %L)', regress.id('pws'), '1 mon -29 days')) AS odd_window;
+RESET ROLE;
+SELECT apikeys.usage_mode() = 'shared_memory' AS engine \gset
+\if :engine
+SET ROLE backend;
+SELECT apikeys.set_plan(regress.id('pws'), rate_limit => 10, rate_window => '1 minute', credits => 100,
+                        key_lifetime => '30 days', active_keys => 10) AS set_plan_with_limits;
+RESET ROLE;
+SELECT count(*) FILTER (WHERE rate_limit = 10 AND credits = 100) AS clamped, count(*) AS live
+  FROM apikeys.keys WHERE workspace_id = regress.id('pws') AND revoked_at IS NULL;
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, credits => 1000)', regress.id('pd_id'))) AS admin_beyond_credits;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 0)', regress.id('pd_id'))) AS admin_removes_rate;
+SELECT apikeys.update_key(regress.id('pd_id'), credits => 50) AS admin_within_plan;
+RESET ROLE;
+\endif
+SELECT action FROM apikeys.audit_log WHERE workspace_id = regress.id('pws') AND action = 'plan.set';
 -- suspensions are history
 SELECT regress.try($$DELETE FROM apikeys.suspensions$$) AS delete_suspensions;
 REVOKE apikeys_operator FROM backend;
