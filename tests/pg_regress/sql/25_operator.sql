@@ -17,8 +17,16 @@ BEGIN
     END IF;
 END
 $$;
-GRANT anon TO regress_authenticator;
-GRANT app_user TO backend;
+DO $$
+BEGIN
+    IF NOT pg_has_role('regress_authenticator', 'anon', 'MEMBER') THEN
+        GRANT anon TO regress_authenticator;
+    END IF;
+    IF NOT pg_has_role('backend', 'app_user', 'MEMBER') THEN
+        GRANT app_user TO backend;
+    END IF;
+END
+$$;
 SELECT apikeys.grant_operator('backend');
 -- never a role the API's login can switch to
 SET apikeys.claims_roles = 'regress_authenticator';
