@@ -85,6 +85,13 @@ SET ROLE backend;
 SELECT apikeys.resume_key(regress.id('al_id')) AS operator_resumes;
 RESET ROLE;
 
+-- an operator imports a customer's key from another keystore by its digest,
+-- for an owner that is no member
+SET ROLE backend;
+SELECT apikeys.import_key(regress.id('pws'), 'cust_44', 'cust-44-legacy',
+                          encode(sha256('legacy-token-of-cust-44'::bytea), 'hex')) IS NOT NULL AS imported;
+RESET ROLE;
+SELECT count(*) AS legacy_verifies FROM apikeys.verify_key('legacy-token-of-cust-44');
 -- a support rotation of a customer's key keeps its prefix form
 SET ROLE backend;
 SELECT regress.put('c42b', key), regress.put('c42b_id', id::text), left(prefix, 3) AS prefix_form
@@ -143,7 +150,7 @@ SET ROLE alice;
 SELECT regress.try(format('SELECT apikeys.set_plan(%L, active_keys => 100)', regress.id('pws'))) AS admin_sets_plan;
 RESET ROLE;
 SET ROLE backend;
-SELECT apikeys.set_plan(regress.id('pws'), key_lifetime => '30 days', active_keys => 4) AS set_plan;
+SELECT apikeys.set_plan(regress.id('pws'), key_lifetime => '30 days', active_keys => 5) AS set_plan;
 RESET ROLE;
 SELECT count(*) AS live_keys_beyond_the_lifetime FROM apikeys.keys
  WHERE workspace_id = regress.id('pws') AND revoked_at IS NULL
