@@ -16,6 +16,8 @@
 #   BENCH_SUSTAINED_SIZES="100000"   key counts, one database each
 #   BENCH_SECONDS=30  BENCH_ROUNDS=3  BENCH_CLIENTS=2
 #   BENCH_SUSTAINED_CONF="apikeys.usage_slots = 4194304"   extra postgresql.conf lines
+#   BENCH_SUSTAINED_OFF=1   then the same rounds with the engine off (no preload,
+#                           apikeys.last_used_interval = -1): the engine's own cost
 #   BENCH_PORT=28841  BENCH_DIR=/tmp/pg_apikeys_bench_sustained
 set -euo pipefail
 . "$(dirname "$0")/../scripts/env.sh"
@@ -150,5 +152,36 @@ for n in $SIZES; do
             printf "%s keys: verify/floor %.3f (%.0f / %.0f tps); WAL during the runs %.2f B/verify; %d fallbacks, %d unrecorded, %d key row updates\n", n, v / f, v, f, vw / vx, fb, un, up
             printf "%s keys: the write of the hour: %d entries, %.2f s, %d B of WAL = %.2f B/verify over an hour at %.0f verifies/s; saved copy %d B\n", n, in_use, fsecs, fwal, fwal / (v * 3600), v, saved
         }' "$CSV" | tee -a "$OUT/sustained.txt"
+    if [ "${BENCH_SUSTAINED_OFF:-}" = 1 ]; then
+        # the same rounds with the engine off and no last_used_at writes at
+        # all: what the engine itself costs, against a floor of this phase
+        say "$n keys: the same rounds without the usage engine (no preload, apikeys.last_used_interval = -1)"
+        as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+        as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 \
+            -o "-c shared_preload_libraries= -c apikeys.last_used_interval=-1" start >/dev/null
+        psql_b postgres "$db" -At -f "$SRC/prewarm.sql" >/dev/null
+        for round in $(seq 1 "$ROUNDS"); do
+            if [ $((round % 2)) = 1 ]; then order="floor verify"; else order="verify floor"; fi
+            for s in $order; do
+                role=$([ $s = floor ] && echo postgres || echo bench_client)
+                out=$(cd "$SRC" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -h "$SOCK" -p "$PORT" \
+                    -U "$role" -f "$s.sql" -D n="$n" -T "$SECS" "$db" 2>&1)
+                tps=$(sed -nE 's/^tps = ([0-9.]+) \(without initial connection time\).*/\1/p' <<<"$out")
+                txns=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
+                echo "$n,$round,$s-off,$SECS,$txns,$tps,0,0,0,0" >>"$CSV"
+                printf '  %-8s r%s %-11s %9.0f tps %10s txns\n' "$n" "$round" "$s-off" "$tps" "$txns"
+            done
+        done
+        awk -F, -v n="$n" '
+            $1 == n && $3 == "floor" { ft += $6; fr++ }
+            $1 == n && $3 == "verify" { vt += $6; vr++ }
+            $1 == n && $3 == "floor-off" { gt += $6; gr++ }
+            $1 == n && $3 == "verify-off" { wt += $6; wr++ }
+            END {
+                printf "%s keys: engine on %.3f of the floor, engine off %.3f: the engine costs %.1f %% of the floor\n", n, (vt / vr) / (ft / fr), (wt / wr) / (gt / gr), 100 * ((wt / wr) / (gt / gr) - (vt / vr) / (ft / fr))
+            }' "$CSV" | tee -a "$OUT/sustained.txt"
+        as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+        as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
+    fi
     psql_b postgres postgres -c "DROP DATABASE $db"
 done
