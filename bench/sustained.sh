@@ -79,7 +79,7 @@ $EXTRA
 CONF
 as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
 psql_b postgres postgres -f "$SRC/roles.sql" >/dev/null
-echo "size,round,script,seconds,txns,tps,wal_bytes,fallbacks,unrecorded,key_updates" >"$CSV"
+echo "size,round,script,seconds,txns,tps,wal_bytes,fallbacks,unrecorded,key_updates,hour_crossed" >"$CSV"
 
 for n in $SIZES; do
     db="sustained_$n"
@@ -120,8 +120,10 @@ for n in $SIZES; do
             upd0=$(q "$db" "SELECT pg_stat_clear_snapshot(); SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'apikeys.keys'::regclass" | tail -1)
             lsn0=$(q "$db" "SELECT pg_current_wal_insert_lsn()")
             t0=$(now)
+            h0=$(date -u +%Y%m%d%H)
             out=$(cd "$SRC" && "$PGBIN/pgbench" -n -M prepared -c "$CLIENTS" -j "$CLIENTS" -h "$SOCK" -p "$PORT" \
                 -U "$role" -f "$s.sql" -D n="$n" -T "$SECS" "$db" 2>&1)
+            crossed=$([ "$(date -u +%Y%m%d%H)" = "$h0" ] && echo 0 || echo 1)
             secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
             lsn1=$(q "$db" "SELECT pg_current_wal_insert_lsn()")
             sleep 1
@@ -130,10 +132,10 @@ for n in $SIZES; do
             wal=$(q "$db" "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
             tps=$(sed -nE 's/^tps = ([0-9.]+) \(without initial connection time\).*/\1/p' <<<"$out")
             txns=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-            echo "$n,$round,$s,$secs,$txns,$tps,$wal,$((f1 - f0)),$((u1 - u0)),$((upd1 - upd0))" >>"$CSV"
-            printf '  %-8s r%s %-7s %9.0f tps %10s txns %8.2f WAL B/txn %6s fallbacks %6s key updates\n' \
+            echo "$n,$round,$s,$secs,$txns,$tps,$wal,$((f1 - f0)),$((u1 - u0)),$((upd1 - upd0)),$crossed" >>"$CSV"
+            printf '  %-8s r%s %-7s %9.0f tps %10s txns %8.2f WAL B/txn %6s fallbacks %6s key updates%s\n' \
                 "$n" "$round" "$s" "$tps" "$txns" "$(awk -v w="$wal" -v t="$txns" 'BEGIN { print (t > 0 ? w / t : 0) }')" \
-                "$((f1 - f0))" "$((upd1 - upd0))"
+                "$((f1 - f0))" "$((upd1 - upd0))" "$([ "$crossed" = 1 ] && echo ' (the hour ended in this run: not in the ratio)')"
         done
     done
     in_use=$(q "$db" "SELECT slots_in_use FROM apikeys.usage_stats()")
@@ -145,11 +147,19 @@ for n in $SIZES; do
     fwal=$(q "$db" "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '$lsn0')::bigint")
     echo "$n,hour,flush,$fsecs,$in_use,0,$fwal,0,0,0" >>"$CSV"
     awk -F, -v n="$n" -v fwal="$fwal" -v fsecs="$fsecs" -v in_use="$in_use" -v saved="$saved" '
-        $1 == n && $3 == "floor" { ft += $6; fr++ }
-        $1 == n && $3 == "verify" { vt += $6; vr++; vw += $7; vx += $5; fb += $8; un += $9; up += $10 }
+        function median(a, k,   i, j, t) {
+            for (i = 2; i <= k; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+            return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+        }
+        $1 == n && $3 == "floor" { ftps[$2] = $6; if ($11 == 1) cross[$2] = 1 }
+        $1 == n && $3 == "verify" { vtps[$2] = $6; vw += $7; vx += $5; fb += $8; un += $9; up += $10; if ($11 == 1) cross[$2] = 1 }
         END {
-            f = ft / fr; v = vt / vr
-            printf "%s keys: verify/floor %.3f (%.0f / %.0f tps); WAL during the runs %.2f B/verify; %d fallbacks, %d unrecorded, %d key row updates\n", n, v / f, v, f, vw / vx, fb, un, up
+            for (r in vtps) {
+                if (cross[r]) { skipped++; continue }
+                ft += ftps[r]; vt += vtps[r]; k++; ratio[k] = vtps[r] / ftps[r]
+            }
+            f = ft / k; v = vt / k
+            printf "%s keys: verify/floor %.3f (%.0f / %.0f tps; median of %d rounds %.3f%s); WAL during the runs %.2f B/verify; %d fallbacks, %d unrecorded, %d key row updates\n", n, v / f, v, f, k, median(ratio, k), skipped ? sprintf(", %d round(s) where the hour ended left out", skipped) : "", vw / vx, fb, un, up
             printf "%s keys: the write of the hour: %d entries, %.2f s, %d B of WAL = %.2f B/verify over an hour at %.0f verifies/s; saved copy %d B\n", n, in_use, fsecs, fwal, fwal / (v * 3600), v, saved
         }' "$CSV" | tee -a "$OUT/sustained.txt"
     if [ "${BENCH_SUSTAINED_OFF:-}" = 1 ]; then
@@ -168,17 +178,24 @@ for n in $SIZES; do
                     -U "$role" -f "$s.sql" -D n="$n" -T "$SECS" "$db" 2>&1)
                 tps=$(sed -nE 's/^tps = ([0-9.]+) \(without initial connection time\).*/\1/p' <<<"$out")
                 txns=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
-                echo "$n,$round,$s-off,$SECS,$txns,$tps,0,0,0,0" >>"$CSV"
+                echo "$n,$round,$s-off,$SECS,$txns,$tps,0,0,0,0,0" >>"$CSV"
                 printf '  %-8s r%s %-11s %9.0f tps %10s txns\n' "$n" "$round" "$s-off" "$tps" "$txns"
             done
         done
         awk -F, -v n="$n" '
-            $1 == n && $3 == "floor" { ft += $6; fr++ }
-            $1 == n && $3 == "verify" { vt += $6; vr++ }
-            $1 == n && $3 == "floor-off" { gt += $6; gr++ }
-            $1 == n && $3 == "verify-off" { wt += $6; wr++ }
+            function median(a, k,   i, j, t) {
+                for (i = 2; i <= k; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
+                return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
+            }
+            $1 == n && $3 == "floor" { f[$2] = $6; if ($11 == 1) cross[$2] = 1 }
+            $1 == n && $3 == "verify" { v[$2] = $6; if ($11 == 1) cross[$2] = 1 }
+            $1 == n && $3 == "floor-off" { g[$2] = $6 }
+            $1 == n && $3 == "verify-off" { w[$2] = $6 }
             END {
-                printf "%s keys: engine on %.3f of the floor, engine off %.3f: the engine costs %.1f %% of the floor\n", n, (vt / vr) / (ft / fr), (wt / wr) / (gt / gr), 100 * ((wt / wr) / (gt / gr) - (vt / vr) / (ft / fr))
+                for (r in v) if (!cross[r]) { ft += f[r]; vt += v[r]; k++; on[k] = v[r] / f[r] }
+                for (r in w) { gt += g[r]; wt += w[r]; m++; off[m] = w[r] / g[r] }
+                a = vt / ft; b = wt / gt
+                printf "%s keys: engine on %.3f of the floor (median %.3f), engine off %.3f (median %.3f): the engine costs %.1f %% of the floor (%.1f %% by the medians)\n", n, a, median(on, k), b, median(off, m), 100 * (b - a), 100 * (median(off, m) - median(on, k))
             }' "$CSV" | tee -a "$OUT/sustained.txt"
         as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
         as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
