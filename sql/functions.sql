@@ -470,7 +470,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -510,7 +513,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -565,7 +571,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -657,6 +666,21 @@ BEGIN
     IF apikeys.applying_replicated_change() OR apikeys.in_usage_worker() THEN
         RETURN NEW;
     END IF;
+    IF TG_OP = 'INSERT' THEN
+        -- an operator's suspend_owner or set_plan in flight in this
+        -- workspace (each updates the workspace's row) is waited for, so
+        -- what is read below is what it committed (in READ COMMITTED; a
+        -- REPEATABLE READ or SERIALIZABLE mint that raced one fails with
+        -- 40001 instead, and its retry reads it)
+        PERFORM FROM apikeys.workspaces w WHERE w.id = NEW.workspace_id FOR SHARE;
+        IF NEW.revoked_at IS NULL AND NEW.suspended_at IS NULL
+           AND EXISTS (SELECT FROM apikeys.suspensions s
+                        WHERE s.workspace_id = NEW.workspace_id AND s.resumed_at IS NULL
+                          AND (s.owner IS NULL OR s.owner = NEW.owner)) THEN
+            RAISE EXCEPTION 'permission denied: the owner or its workspace is suspended'
+                USING ERRCODE = '42501', HINT = 'the operator lifts it with apikeys.resume_owner()';
+        END IF;
+    END IF;
     SELECT * INTO p FROM apikeys.plans pl WHERE pl.workspace_id = NEW.workspace_id;
     IF NOT FOUND OR apikeys.is_operator() THEN
         RETURN NEW;
@@ -678,6 +702,12 @@ BEGIN
             NEW.expires_at := pg_catalog.now() + p.key_lifetime;
         END IF;
         IF p.active_keys IS NOT NULL THEN
+            -- mints of the workspace take turns on its plan's row, so each
+            -- counts the keys of those before it (a no-op update: under
+            -- REPEATABLE READ a mint that raced another fails with 40001)
+            UPDATE apikeys.plans pl SET set_at = pl.set_at
+             WHERE pl.workspace_id = NEW.workspace_id
+            RETURNING pl.* INTO p;
             SELECT count(*) INTO active FROM apikeys.keys k
              WHERE k.workspace_id = NEW.workspace_id AND k.revoked_at IS NULL AND k.replaced_by IS NULL
                AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now());

@@ -1543,7 +1543,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -1583,7 +1586,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -1686,6 +1692,22 @@ ALTER TABLE apikeys.plans FORCE ROW LEVEL SECURITY;
 CREATE POLICY plans_visible ON apikeys.plans FOR SELECT
     USING (apikeys.member_role(workspace_id) IS NOT NULL);
 
+-- The operator (apikeys.is_operator(): a superuser or a role granted
+-- apikeys_operator, acting neither through an API key nor in a request
+-- whose trusted claims name a caller) reads every workspace as its admins
+-- do, without membership. The sub-select runs once per statement, not
+-- once per row.
+CREATE POLICY workspaces_operator ON apikeys.workspaces FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY members_operator ON apikeys.members FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY keys_operator ON apikeys.keys FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY public_keys_operator ON apikeys.public_keys FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY audit_log_operator ON apikeys.audit_log FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY invitations_operator ON apikeys.invitations FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY key_usage_operator ON apikeys.key_usage FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY owner_limits_operator ON apikeys.owner_limits FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY suspensions_operator ON apikeys.suspensions FOR SELECT USING ((SELECT apikeys.is_operator()));
+CREATE POLICY plans_operator ON apikeys.plans FOR SELECT USING ((SELECT apikeys.is_operator()));
+
 CREATE FUNCTION apikeys.set_plan(workspace_id uuid,
                                  rate_limit integer DEFAULT NULL,
                                  rate_window interval DEFAULT NULL,
@@ -1715,7 +1737,10 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
-    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR UPDATE;
+    -- a no-op update of the workspace's row: a mint in flight there
+    -- (which holds it FOR SHARE) is waited for, and one that starts now
+    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
+    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
@@ -1807,6 +1832,21 @@ BEGIN
     IF apikeys.applying_replicated_change() OR apikeys.in_usage_worker() THEN
         RETURN NEW;
     END IF;
+    IF TG_OP = 'INSERT' THEN
+        -- an operator's suspend_owner or set_plan in flight in this
+        -- workspace (each updates the workspace's row) is waited for, so
+        -- what is read below is what it committed (in READ COMMITTED; a
+        -- REPEATABLE READ or SERIALIZABLE mint that raced one fails with
+        -- 40001 instead, and its retry reads it)
+        PERFORM FROM apikeys.workspaces w WHERE w.id = NEW.workspace_id FOR SHARE;
+        IF NEW.revoked_at IS NULL AND NEW.suspended_at IS NULL
+           AND EXISTS (SELECT FROM apikeys.suspensions s
+                        WHERE s.workspace_id = NEW.workspace_id AND s.resumed_at IS NULL
+                          AND (s.owner IS NULL OR s.owner = NEW.owner)) THEN
+            RAISE EXCEPTION 'permission denied: the owner or its workspace is suspended'
+                USING ERRCODE = '42501', HINT = 'the operator lifts it with apikeys.resume_owner()';
+        END IF;
+    END IF;
     SELECT * INTO p FROM apikeys.plans pl WHERE pl.workspace_id = NEW.workspace_id;
     IF NOT FOUND OR apikeys.is_operator() THEN
         RETURN NEW;
@@ -1828,6 +1868,12 @@ BEGIN
             NEW.expires_at := pg_catalog.now() + p.key_lifetime;
         END IF;
         IF p.active_keys IS NOT NULL THEN
+            -- mints of the workspace take turns on its plan's row, so each
+            -- counts the keys of those before it (a no-op update: under
+            -- REPEATABLE READ a mint that raced another fails with 40001)
+            UPDATE apikeys.plans pl SET set_at = pl.set_at
+             WHERE pl.workspace_id = NEW.workspace_id
+            RETURNING pl.* INTO p;
             SELECT count(*) INTO active FROM apikeys.keys k
              WHERE k.workspace_id = NEW.workspace_id AND k.revoked_at IS NULL AND k.replaced_by IS NULL
                AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now());

@@ -188,4 +188,25 @@ RESET ROLE;
 SELECT action FROM apikeys.audit_log WHERE workspace_id = regress.id('pws') AND action = 'plan.set';
 -- suspensions are history
 SELECT regress.try($$DELETE FROM apikeys.suspensions$$) AS delete_suspensions;
+-- the operator reads every workspace as its admins do (row security),
+-- without being a member; never through a request with trusted claims
+SET ROLE alice;
+SELECT regress.put('aws', apikeys.create_workspace('Alice only')::text);
+SELECT name FROM apikeys.create_key(regress.id('aws'), 'alice-own');
+RESET ROLE;
+SET ROLE backend;
+SELECT apikeys.member_role(regress.id('aws')) AS backend_membership;
+SELECT (SELECT count(*) FROM apikeys.workspaces WHERE id = regress.id('aws')) AS workspaces,
+       (SELECT count(*) FROM apikeys.keys WHERE workspace_id = regress.id('aws')) AS keys,
+       (SELECT count(*) FROM apikeys.members WHERE workspace_id = regress.id('aws')) AS members,
+       (SELECT count(*) > 0 FROM apikeys.audit_log WHERE workspace_id = regress.id('aws')) AS audit;
+RESET ROLE;
+BEGIN;
+SELECT regress.as_jwt('backend', '{"role":"backend","sub":"backend"}');
+SELECT count(*) AS keys_seen_in_a_request FROM apikeys.keys WHERE workspace_id = regress.id('aws');
+ROLLBACK;
 REVOKE apikeys_operator FROM backend;
+-- the grant taken back: nothing of the workspace is visible any more
+SET ROLE backend;
+SELECT count(*) AS keys_seen_after_the_revoke FROM apikeys.keys WHERE workspace_id = regress.id('aws');
+RESET ROLE;
