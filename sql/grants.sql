@@ -121,6 +121,24 @@ BEGIN
 END
 $$;
 
+-- The operator (apikeys.is_operator(): a superuser or a role granted
+-- apikeys_operator, acting neither through an API key nor in a request
+-- whose trusted claims name a caller) reads every workspace as its admins
+-- do, without membership. The sub-select runs once per statement, not once per
+-- row. Only roles holding apikeys_operator meet these policies (superusers
+-- bypass row security), so no other role calls is_operator() in a query (a
+-- role granted before 0.2.0 may not execute it yet).
+CREATE POLICY workspaces_operator ON apikeys.workspaces FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY members_operator ON apikeys.members FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY keys_operator ON apikeys.keys FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY public_keys_operator ON apikeys.public_keys FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY audit_log_operator ON apikeys.audit_log FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY invitations_operator ON apikeys.invitations FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY key_usage_operator ON apikeys.key_usage FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY owner_limits_operator ON apikeys.owner_limits FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY suspensions_operator ON apikeys.suspensions FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+CREATE POLICY plans_operator ON apikeys.plans FOR SELECT TO apikeys_operator USING ((SELECT apikeys.is_operator()));
+
 CREATE FUNCTION apikeys.grant_operator(role regrole) RETURNS void
     LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp

@@ -88,19 +88,3 @@ ALTER TABLE apikeys.plans ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.plans FORCE ROW LEVEL SECURITY;
 CREATE POLICY plans_visible ON apikeys.plans FOR SELECT
     USING (apikeys.member_role(workspace_id) IS NOT NULL);
-
--- The operator (apikeys.is_operator(): a superuser or a role granted
--- apikeys_operator, acting neither through an API key nor in a request
--- whose trusted claims name a caller) reads every workspace as its admins
--- do, without membership. The sub-select runs once per statement, not
--- once per row.
-CREATE POLICY workspaces_operator ON apikeys.workspaces FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY members_operator ON apikeys.members FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY keys_operator ON apikeys.keys FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY public_keys_operator ON apikeys.public_keys FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY audit_log_operator ON apikeys.audit_log FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY invitations_operator ON apikeys.invitations FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY key_usage_operator ON apikeys.key_usage FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY owner_limits_operator ON apikeys.owner_limits FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY suspensions_operator ON apikeys.suspensions FOR SELECT USING ((SELECT apikeys.is_operator()));
-CREATE POLICY plans_operator ON apikeys.plans FOR SELECT USING ((SELECT apikeys.is_operator()));

@@ -69,6 +69,8 @@ class Upgrade:
     after: dict[str, Any] = field(default_factory=dict)
     update_error: str | None = None
     notices: list[str] = field(default_factory=list)
+    # what each role read right after the update, before grant_to again
+    visibility_before_grant: dict[tuple, Any] = field(default_factory=dict)
 
 
 def extversion(conn: psycopg.Connection) -> str:
@@ -107,6 +109,7 @@ def upgraded(request, clusters) -> Upgrade:
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
     try:
         conn.execute("ALTER EXTENSION pg_apikeys UPDATE")
+        u.visibility_before_grant = visibility(conn)
         # what docs/reference.md ("Upgrading") tells the operator to run next
         conn.execute("SELECT apikeys.grant_to('app'), apikeys.grant_to('app_user')")
     except psycopg.Error as e:
@@ -196,6 +199,12 @@ def test_public_keys_resolve_as_before(upgraded: Upgrade):
 
 def test_roles_see_what_they_saw(upgraded: Upgrade):
     assert upgraded.after["visibility"] == upgraded.source.snap["visibility"]
+
+
+def test_roles_read_as_before_even_before_grant_to_runs_again(upgraded: Upgrade):
+    # the new policies call nothing a role granted by the released version
+    # cannot execute (the operator's policies apply to apikeys_operator only)
+    assert upgraded.visibility_before_grant == upgraded.source.snap["visibility"]
 
 
 def test_latches_and_no_delete_hold(upgraded: Upgrade):
