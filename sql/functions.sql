@@ -7,7 +7,7 @@
 -- EXECUTE is revoked from PUBLIC in grants.sql; apikeys.grant_to() grants it.
 
 CREATE FUNCTION apikeys.current_principal() RETURNS text
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c STABLE LEAKPROOF PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'apikeys_current_principal';
 COMMENT ON FUNCTION apikeys.current_principal() IS
     'The caller: an authenticated API key''s owner, else the JWT sub, else the session role; NULL when anonymous.';
@@ -21,7 +21,7 @@ COMMENT ON FUNCTION apikeys.current_key_id() IS
     'The API key authenticated in this transaction, or NULL.';
 
 CREATE FUNCTION apikeys.current_workspace() RETURNS uuid
-    LANGUAGE c STABLE PARALLEL RESTRICTED
+    LANGUAGE c STABLE LEAKPROOF PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'apikeys_current_workspace';
 COMMENT ON FUNCTION apikeys.current_workspace() IS
     'The workspace of the API key authenticated in this transaction, or NULL.';

@@ -1,6 +1,16 @@
 -- pg_apikeys: row-level security (docs/security.md). Enabled and forced on every
 -- table. Clients only ever SELECT; there are no write policies, so a direct
 -- INSERT/UPDATE/DELETE is refused (it is not granted either).
+--
+-- The caller's workspaces are looked up once per query, not once per row:
+-- each policy compares workspace_id with ARRAY(SELECT ... FROM members ...),
+-- an uncorrelated sub-select the planner runs once (an InitPlan), and
+-- reads the caller through (SELECT apikeys.current_principal()). The
+-- look-up reads members under members' own policy; current_principal() and
+-- current_workspace() are LEAKPROOF, so its `principal = ...` condition
+-- runs first, on the index, and members' policy sees only the caller's own
+-- rows. The same rule as apikeys.member_role(): a membership that is not
+-- removed, and with an API key only the key's workspace.
 
 ALTER TABLE apikeys.workspaces ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.workspaces FORCE ROW LEVEL SECURITY;
@@ -23,7 +33,9 @@ ALTER TABLE apikeys.scanning_keys FORCE ROW LEVEL SECURITY;
 
 -- Members see the workspaces they belong to.
 CREATE POLICY workspaces_visible ON apikeys.workspaces FOR SELECT
-    USING (apikeys.member_role(id) IS NOT NULL);
+    USING (id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
 
 -- Admins see every membership (with history) of their workspaces; everyone
 -- sees their own (an API-key request: in the key's workspace only).
@@ -34,43 +46,61 @@ CREATE POLICY members_visible ON apikeys.members FOR SELECT
 
 -- Admins see every key of their workspaces; members see their own keys.
 CREATE POLICY keys_visible ON apikeys.keys FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin'
-           OR (owner = apikeys.current_principal()
-               AND apikeys.member_role(workspace_id) IS NOT NULL));
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))
+           OR (owner = (SELECT apikeys.current_principal())
+               AND workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))));
 
 -- Admins see their workspaces' public keys (resolve_public_key is the way
 -- everyone else uses them).
 CREATE POLICY public_keys_visible ON apikeys.public_keys FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin');
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
 
 -- Admins read their workspaces' audit trail; nobody else reads any of it.
 CREATE POLICY audit_log_visible ON apikeys.audit_log FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin');
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
 
 -- Invitees see their own invitations (to accept them; an API-key request,
 -- which acts in its key's workspace only, sees none); admins see their
 -- workspaces' invitations.
 CREATE POLICY invitations_visible ON apikeys.invitations FOR SELECT
-    USING ((principal = apikeys.current_principal() AND apikeys.current_key_id() IS NULL)
-           OR apikeys.member_role(workspace_id) = 'admin');
+    USING ((principal = (SELECT apikeys.current_principal()) AND (SELECT apikeys.current_key_id()) IS NULL)
+           OR workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
 
 -- Usage counts, like keys: admins see their workspaces', members their own
 -- keys' (the keys subquery runs under keys' own policy).
 ALTER TABLE apikeys.key_usage ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.key_usage FORCE ROW LEVEL SECURITY;
 CREATE POLICY key_usage_visible ON apikeys.key_usage FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin'
-           OR (apikeys.member_role(workspace_id) IS NOT NULL
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))
+           OR (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))
                AND EXISTS (SELECT FROM apikeys.keys k
                             WHERE k.id = key_usage.key_id
-                              AND k.owner = apikeys.current_principal())));
+                              AND k.owner = (SELECT apikeys.current_principal()))));
 
 -- Owner limits: admins see their workspaces', everyone their own.
 ALTER TABLE apikeys.owner_limits ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.owner_limits FORCE ROW LEVEL SECURITY;
 CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin'
-           OR (owner = apikeys.current_principal() AND apikeys.member_role(workspace_id) IS NOT NULL));
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))
+           OR (owner = (SELECT apikeys.current_principal()) AND workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id)))));
 
 -- The usage engine's rounds: no client reads or writes them (no policy;
 -- the engine's worker is the bootstrap superuser).
@@ -81,10 +111,14 @@ ALTER TABLE apikeys.usage_rounds FORCE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.suspensions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.suspensions FORCE ROW LEVEL SECURITY;
 CREATE POLICY suspensions_visible ON apikeys.suspensions FOR SELECT
-    USING (apikeys.member_role(workspace_id) = 'admin');
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL AND m.role = 'admin'
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
 
 -- Plans: every member of the workspace sees its plan.
 ALTER TABLE apikeys.plans ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.plans FORCE ROW LEVEL SECURITY;
 CREATE POLICY plans_visible ON apikeys.plans FOR SELECT
-    USING (apikeys.member_role(workspace_id) IS NOT NULL);
+    USING (workspace_id = ANY (ARRAY(SELECT m.workspace_id FROM apikeys.members m
+                WHERE m.principal = apikeys.current_principal() AND m.removed_at IS NULL
+                  AND m.workspace_id = coalesce(apikeys.current_workspace(), m.workspace_id))));
