@@ -1118,6 +1118,9 @@ ALTER TABLE apikeys.keys
     ADD COLUMN suspended_by        text        CHECK (suspended_by IN ('member', 'admin', 'operator')),
     ADD COLUMN owner_rate_limit    integer,
     ADD COLUMN owner_rate_window   interval,
+    ADD COLUMN owner_suspended     boolean,
+    ADD COLUMN held_suspended_at   timestamptz,
+    ADD COLUMN held_suspended_by   text        CHECK (held_suspended_by IN ('member', 'admin', 'operator')),
     ADD CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
     ADD CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
     ADD CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL),
@@ -1555,6 +1558,19 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
+    -- an owner is checked as create_key(owner => ...) checks it: a typo
+    -- must not suspend no one in silence
+    IF who IS NOT NULL AND (who = '' OR pg_catalog.char_length(who) > 256 OR who <> pg_catalog.btrim(who, E' \t\n\r\x0b\x0c')
+                            OR who ~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff]') THEN
+        RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
+            USING ERRCODE = '22023';
+    END IF;
+    -- an older snapshot would miss keys minted or changed since it was
+    -- taken: they would escape the suspension or the plan
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
+            HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
+    END IF;
     -- a no-op update of the workspace's row: a mint in flight there
     -- (which holds it FOR SHARE) is waited for, and one that starts now
     -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
@@ -1566,11 +1582,15 @@ BEGIN
     VALUES (ws, who, apikeys.current_principal())
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS made = ROW_COUNT;
-    -- every live key of theirs, the operator's suspension from now on
+    -- every live key of theirs is held by the operator from now on; a key
+    -- suspended already (by its owner, an admin or the operator's own
+    -- suspend_key) keeps that suspension aside for resume_owner to give back
     UPDATE apikeys.keys k
-       SET suspended_at = coalesce(k.suspended_at, pg_catalog.now()), suspended_by = 'operator'
+       SET held_suspended_at = k.suspended_at, held_suspended_by = k.suspended_by,
+           suspended_at = coalesce(k.suspended_at, pg_catalog.now()), suspended_by = 'operator',
+           owner_suspended = true
      WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
-       AND k.suspended_by IS DISTINCT FROM 'operator';
+       AND k.owner_suspended IS NOT TRUE;
     IF made > 0 THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
         VALUES (ws, apikeys.current_principal(), 'owner.suspended',
@@ -1598,6 +1618,19 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
+    -- an owner is checked as create_key(owner => ...) checks it: a typo
+    -- must not suspend no one in silence
+    IF who IS NOT NULL AND (who = '' OR pg_catalog.char_length(who) > 256 OR who <> pg_catalog.btrim(who, E' \t\n\r\x0b\x0c')
+                            OR who ~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff]') THEN
+        RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
+            USING ERRCODE = '22023';
+    END IF;
+    -- an older snapshot would miss keys minted or changed since it was
+    -- taken: they would escape the suspension or the plan
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
+            HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
+    END IF;
     -- a no-op update of the workspace's row: a mint in flight there
     -- (which holds it FOR SHARE) is waited for, and one that starts now
     -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
@@ -1608,11 +1641,14 @@ BEGIN
     UPDATE apikeys.suspensions s SET resumed_at = pg_catalog.now(), resumed_by = apikeys.current_principal()
      WHERE s.workspace_id = ws AND s.owner IS NOT DISTINCT FROM who AND s.resumed_at IS NULL;
     GET DIAGNOSTICS ended = ROW_COUNT;
-    -- the operator's suspensions of their keys end, unless another one
-    -- (the whole workspace, or the owner) still holds
-    UPDATE apikeys.keys k SET suspended_at = NULL, suspended_by = NULL
+    -- the keys this held go back to what they were (live, or their own
+    -- suspension), unless another suspension (the whole workspace, or the
+    -- owner) still holds them
+    UPDATE apikeys.keys k
+       SET suspended_at = k.held_suspended_at, suspended_by = k.held_suspended_by,
+           held_suspended_at = NULL, held_suspended_by = NULL, owner_suspended = NULL
      WHERE k.workspace_id = ws AND (who IS NULL OR k.owner = who) AND k.revoked_at IS NULL
-       AND k.suspended_by = 'operator'
+       AND k.owner_suspended
        AND NOT EXISTS (SELECT FROM apikeys.suspensions s
                         WHERE s.workspace_id = ws AND s.resumed_at IS NULL
                           AND (s.owner IS NULL OR s.owner = k.owner));
@@ -1735,6 +1771,12 @@ BEGIN
     IF ws IS NULL THEN
         RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
     END IF;
+    -- an older snapshot would miss keys minted or changed since it was
+    -- taken: they would escape the suspension or the plan
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
+            HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
+    END IF;
     -- a no-op update of the workspace's row: a mint in flight there
     -- (which holds it FOR SHARE) is waited for, and one that starts now
     -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
@@ -1785,25 +1827,32 @@ BEGIN
            refill_amount = excluded.refill_amount, refill_interval = excluded.refill_interval,
            key_lifetime = excluded.key_lifetime, active_keys = excluded.active_keys,
            set_by = excluded.set_by, set_at = pg_catalog.now();
-    -- the workspace's live keys come within the ceilings at once
+    -- the workspace's live keys come within the ceilings at once, each
+    -- judged as it is when updated (a key an admin changes meanwhile is
+    -- waited for and judged again)
     UPDATE apikeys.keys k
-       SET rate_limit = CASE WHEN over_rate THEN pl_rate ELSE k.rate_limit END,
-           rate_window = CASE WHEN over_rate THEN pl_window ELSE k.rate_window END,
-           credits = CASE WHEN over_credits THEN pl_credits ELSE k.credits END,
-           credits_refilled_at = CASE WHEN over_credits THEN pg_catalog.statement_timestamp() ELSE k.credits_refilled_at END,
-           refill_amount = CASE WHEN pl_refill IS NOT NULL AND k.refill_amount > pl_refill THEN pl_refill ELSE k.refill_amount END,
+       SET rate_limit = CASE WHEN NOT apikeys.rate_within(k.rate_limit, k.rate_window, pl_rate, pl_window)
+                             THEN pl_rate ELSE k.rate_limit END,
+           rate_window = CASE WHEN NOT apikeys.rate_within(k.rate_limit, k.rate_window, pl_rate, pl_window)
+                              THEN pl_window ELSE k.rate_window END,
+           credits = CASE WHEN pl_credits IS NOT NULL AND (k.credits IS NULL OR k.credits > pl_credits)
+                          THEN pl_credits ELSE k.credits END,
+           credits_refilled_at = CASE WHEN pl_credits IS NOT NULL AND (k.credits IS NULL OR k.credits > pl_credits)
+                                      THEN pg_catalog.statement_timestamp() ELSE k.credits_refilled_at END,
+           refill_amount = CASE WHEN pl_credits IS NOT NULL AND pl_refill IS NULL THEN NULL
+                                WHEN pl_refill IS NOT NULL AND k.refill_amount > pl_refill THEN pl_refill
+                                ELSE k.refill_amount END,
+           refill_interval = CASE WHEN pl_credits IS NOT NULL AND pl_refill IS NULL THEN NULL
+                                  ELSE k.refill_interval END,
            expires_at = CASE WHEN pl_life IS NOT NULL AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now() + pl_life)
                              THEN pg_catalog.now() + pl_life ELSE k.expires_at END
-      FROM (SELECT k2.id,
-                   pl_rate IS NOT NULL
-                   AND (k2.rate_limit IS NULL
-                        OR k2.rate_limit::numeric / pg_catalog.date_part('epoch', k2.rate_window)::numeric
-                           > pl_rate::numeric / pg_catalog.date_part('epoch', pl_window)::numeric) AS over_rate,
-                   pl_credits IS NOT NULL AND (k2.credits IS NULL OR k2.credits > pl_credits) AS over_credits
-              FROM apikeys.keys k2
-             WHERE k2.workspace_id = ws AND k2.revoked_at IS NULL
-               AND (k2.expires_at IS NULL OR k2.expires_at > pg_catalog.now())) o
-     WHERE k.id = o.id;
+     WHERE k.workspace_id = ws AND k.revoked_at IS NULL
+       AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now())
+       AND (NOT apikeys.rate_within(k.rate_limit, k.rate_window, pl_rate, pl_window)
+            OR (pl_credits IS NOT NULL AND (k.credits IS NULL OR k.credits > pl_credits))
+            OR (pl_credits IS NOT NULL AND pl_refill IS NULL AND k.refill_amount IS NOT NULL)
+            OR (pl_refill IS NOT NULL AND k.refill_amount > pl_refill)
+            OR (pl_life IS NOT NULL AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now() + pl_life)));
     INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
     VALUES (ws, apikeys.current_principal(), 'plan.set',
             pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
@@ -1819,6 +1868,26 @@ COMMENT ON FUNCTION apikeys.set_plan(uuid, integer, interval, bigint, bigint, in
 -- Keys within their workspace's plan: a key minted or changed by anyone
 -- but an operator gets the plan's limits and lifetime when it has none, and
 -- may not exceed them.
+-- Whether a rate limit (rate per win) stays within a ceiling (cap per
+-- cap_win) in every window of the ceiling's length, not only on average: a
+-- longer window may spend its whole limit at once, so it must hold no more
+-- than the ceiling; a shorter one may fill each of its windows, so all of
+-- those in one ceiling window must. No ceiling: true; no limit under one:
+-- false.
+CREATE FUNCTION apikeys.rate_within(rate integer, win interval, cap integer, cap_win interval) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT CASE WHEN $3 IS NULL THEN true
+                    WHEN $1 IS NULL OR $2 IS NULL THEN false
+                    WHEN pg_catalog.date_part('epoch', $2) >= pg_catalog.date_part('epoch', $4) THEN $1 <= $3
+                    ELSE $1::numeric * pg_catalog.ceil(pg_catalog.date_part('epoch', $4)::numeric
+                                                      / pg_catalog.date_part('epoch', $2)::numeric) <= $3
+               END
+    $$;
+COMMENT ON FUNCTION apikeys.rate_within(integer, interval, integer, interval) IS
+    'Internal: whether a rate limit stays within a ceiling in every window of the ceiling''s length (a plan, or a member''s own earlier limit).';
+
 CREATE FUNCTION apikeys.keys_plan() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
@@ -1830,13 +1899,16 @@ BEGIN
     IF apikeys.applying_replicated_change() OR apikeys.in_usage_worker() THEN
         RETURN NEW;
     END IF;
-    IF TG_OP = 'INSERT' THEN
+    IF TG_OP = 'INSERT' OR NOT apikeys.is_operator() THEN
         -- an operator's suspend_owner or set_plan in flight in this
         -- workspace (each updates the workspace's row) is waited for, so
-        -- what is read below is what it committed (in READ COMMITTED; a
-        -- REPEATABLE READ or SERIALIZABLE mint that raced one fails with
-        -- 40001 instead, and its retry reads it)
+        -- what is read below is what it committed, and one that starts now
+        -- waits for this key's transaction and then sees it (in READ
+        -- COMMITTED; a REPEATABLE READ or SERIALIZABLE write that raced
+        -- one fails with 40001 instead, and its retry reads it)
         PERFORM FROM apikeys.workspaces w WHERE w.id = NEW.workspace_id FOR SHARE;
+    END IF;
+    IF TG_OP = 'INSERT' THEN
         IF NEW.revoked_at IS NULL AND NEW.suspended_at IS NULL
            AND EXISTS (SELECT FROM apikeys.suspensions s
                         WHERE s.workspace_id = NEW.workspace_id AND s.resumed_at IS NULL
@@ -1881,11 +1953,14 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    IF (p.rate_limit IS NOT NULL
-        AND (NEW.rate_limit IS NULL
-             OR NEW.rate_limit::numeric / pg_catalog.date_part('epoch', NEW.rate_window)::numeric
-                > p.rate_limit::numeric / pg_catalog.date_part('epoch', p.rate_window)::numeric))
+    IF NOT apikeys.rate_within(NEW.rate_limit, NEW.rate_window, p.rate_limit, p.rate_window)
        OR (p.credits IS NOT NULL AND (NEW.credits IS NULL OR NEW.credits > p.credits))
+       -- under a plan's credits only the operator adds credits: no top-up
+       -- of a balance, no refill the plan does not give
+       OR (p.credits IS NOT NULL AND TG_OP = 'UPDATE' AND NEW.credits > OLD.credits)
+       OR (p.credits IS NOT NULL AND p.refill_amount IS NULL AND NEW.refill_amount IS NOT NULL
+           AND (TG_OP = 'INSERT' OR NEW.refill_amount IS DISTINCT FROM OLD.refill_amount
+                OR NEW.refill_interval IS DISTINCT FROM OLD.refill_interval))
        OR (p.refill_amount IS NOT NULL AND NEW.refill_amount IS NOT NULL
            AND NEW.refill_amount::numeric * (CASE WHEN p.refill_interval = interval '1 month' THEN 30 ELSE 1 END)
                > p.refill_amount::numeric * (CASE WHEN NEW.refill_interval = interval '1 month' THEN 30 ELSE 1 END))
@@ -1914,6 +1989,7 @@ ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_plan_update;
 REVOKE ALL ON apikeys.plans FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.set_plan(uuid, integer, interval, bigint, bigint, interval, interval, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.keys_plan() FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.rate_within(integer, interval, integer, interval) FROM PUBLIC;
 REVOKE ALL ON apikeys.suspensions FROM PUBLIC;
 REVOKE ALL ON SEQUENCE apikeys.suspensions_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.is_operator() FROM PUBLIC;

@@ -68,6 +68,12 @@ CREATE TABLE apikeys.keys (
     -- the owner's keys so that a verify reads it with the key
     owner_rate_limit    integer,
     owner_rate_window   interval,
+    -- true while an operator's suspension of the owner or workspace
+    -- (suspend_owner) holds the key (NULL otherwise); the key's own
+    -- suspension, if it had one, waits here and resume_owner gives it back
+    owner_suspended     boolean,
+    held_suspended_at   timestamptz,
+    held_suspended_by   text        CHECK (held_suspended_by IN ('member', 'admin', 'operator')),
     CONSTRAINT keys_rate_pair CHECK ((rate_limit IS NULL) = (rate_window IS NULL)),
     CONSTRAINT keys_refill_pair CHECK ((refill_amount IS NULL) = (refill_interval IS NULL)),
     CONSTRAINT keys_refill_needs_credits CHECK (refill_amount IS NULL OR credits IS NOT NULL),

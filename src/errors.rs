@@ -180,7 +180,7 @@ impl ApiError {
                 }
                 crate::rules::RuleError::Role => c"invalid role: use 'admin' or 'member'",
                 crate::rules::RuleError::Principal => {
-                    c"invalid principal: use 1-256 characters, no control characters or surrounding spaces"
+                    c"invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces"
                 }
                 crate::rules::RuleError::WorkspaceName => {
                     c"invalid workspace name: use 1-128 characters, no control characters"

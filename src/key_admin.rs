@@ -235,7 +235,7 @@ fn only_tightens(
         (None, _) => true,
         (Some(0), _) => cur.rate_limit.is_none(),
         (Some(l), Some(w)) => match (cur.rate_limit, cur.rate_window) {
-            (Some(cl), Some(cw)) => i128::from(l) * usecs(cw) <= i128::from(cl) * usecs(w),
+            (Some(cl), Some(cw)) => rate_within(l, usecs(w), cl, usecs(cw)),
             _ => true,
         },
         (Some(_), None) => false,
@@ -259,6 +259,22 @@ fn only_tightens(
     };
     let scopes_ok = scopes.is_none_or(|s| s.iter().all(|x| cur.scopes.contains(x)));
     rate_ok && credits_ok && refill_ok && expiry_ok && scopes_ok
+}
+
+/// Whether `rate` per `win` stays within `cap` per `cap_win` in every
+/// window of the cap's length, not only on average (as SQL's
+/// `apikeys.rate_within`): a longer window may spend its whole limit at
+/// once; a shorter one may fill each of its windows.
+fn rate_within(rate: i32, win: i128, cap: i32, cap_win: i128) -> bool {
+    if win <= 0 {
+        return false;
+    }
+    if win >= cap_win {
+        rate <= cap
+    } else {
+        let windows = (cap_win + win - 1) / win;
+        i128::from(rate) * windows <= i128::from(cap)
+    }
 }
 
 /// Apply limit arguments to a key (validated by [`LimitArgs::check`]).
@@ -511,6 +527,34 @@ fn suspend_impl(key_id: Option<Uuid>, suspend: bool) -> ApiResult<bool> {
             return Err(ApiError::KeyRevokedForGood);
         }
         let tier = caller_tier(client, &caller, cur.workspace_id)?;
+        // an operator's suspend_owner holds the key: its own suspension
+        // waits aside until resume_owner gives it back
+        let (owner_suspended, held_by) = client
+            .select(
+                "SELECT owner_suspended, held_suspended_by FROM apikeys.keys WHERE id = $1",
+                Some(1),
+                &[key_id.into()],
+            )?
+            .first()
+            .get_two::<bool, String>()?;
+        let held = owner_suspended.map(|o| (o, held_by));
+        if let Some((true, held_by)) = held {
+            if !suspend {
+                return Err(ApiError::OwnerSuspended);
+            }
+            let held_tier = held_by.as_deref().and_then(Tier::parse);
+            if held_tier.is_some_and(|h| h >= tier) {
+                return Ok(false);
+            }
+            client.update(
+                "UPDATE apikeys.keys SET held_suspended_at = coalesce(held_suspended_at, pg_catalog.now()),
+                        held_suspended_by = $2
+                  WHERE id = $1",
+                None,
+                &[key_id.into(), tier.as_str().into()],
+            )?;
+            return Ok(held_tier.is_none());
+        }
         if suspend {
             if cur.suspended && cur.suspended_by >= tier {
                 return Ok(false);
@@ -633,4 +677,25 @@ fn set_owner_limit(
     rate_window: Option<Interval>,
 ) -> Option<bool> {
     deferred(set_owner_limit_impl(workspace_id, owner, rate_limit, rate_window)).map(|_| true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_within;
+    const S: i128 = 1_000_000;
+
+    #[test]
+    fn a_rate_is_within_another_in_every_window_not_on_average() {
+        // the same average as 10 per minute, but 14 400 at once
+        assert!(!rate_within(14_400, 86_400 * S, 10, 60 * S));
+        assert!(rate_within(10, 60 * S, 10, 60 * S));
+        assert!(rate_within(5, 30 * S, 10, 60 * S));
+        assert!(!rate_within(6, 30 * S, 10, 60 * S));
+        // a longer window holds no more than the cap
+        assert!(rate_within(10, 120 * S, 10, 60 * S));
+        assert!(!rate_within(11, 120 * S, 10, 60 * S));
+        // 1 per second is 60 per minute
+        assert!(!rate_within(1, S, 59, 60 * S));
+        assert!(rate_within(1, S, 60, 60 * S));
+    }
 }

@@ -224,16 +224,21 @@ pub(crate) fn create_key_impl(
     })
 }
 
+/// Whether the schema has `apikeys.suspensions` (0.2.0 on; a database
+/// still on 0.1.0's schema has none).
+pub(crate) fn has_suspensions(client: &SpiClient<'_>) -> ApiResult<bool> {
+    Ok(client
+        .select("SELECT pg_catalog.to_regclass('apikeys.suspensions') IS NOT NULL", Some(1), &[])?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false))
+}
+
 /// Refuse a mint for an owner (or in a workspace) an operator suspended
 /// ([`ApiError::OwnerSuspended`]); a schema from before 0.2.0 has no
 /// suspensions.
 pub(crate) fn not_suspended(client: &mut SpiClient<'_>, workspace_id: Uuid, owner: &str) -> ApiResult<()> {
-    let has_table = client
-        .select("SELECT pg_catalog.to_regclass('apikeys.suspensions') IS NOT NULL", Some(1), &[])?
-        .first()
-        .get::<bool>(1)?
-        .unwrap_or(false);
-    if !has_table {
+    if !has_suspensions(client)? {
         return Ok(());
     }
     let suspended = !client
@@ -428,6 +433,17 @@ pub(crate) fn rotate_key_impl(
               WHERE id = $1",
             None,
             &[key_id.into(), new_id.into(), grace.into()],
+        )?;
+        // an older generation still in its grace period (this key replaced
+        // it) ends now: a key has at most one predecessor that still works,
+        // so rotations in a row never multiply its tokens, its credits or
+        // its rate
+        client.update(
+            "UPDATE apikeys.keys SET expires_at = pg_catalog.now()
+              WHERE replaced_by = $1 AND revoked_at IS NULL
+                AND (expires_at IS NULL OR expires_at > pg_catalog.now())",
+            None,
+            &[key_id.into()],
         )?;
         let spec = KeySpec {
             id: Some(new_id),

@@ -120,12 +120,18 @@ fn resolve_public_key_impl(public_key: Option<&str>, origin: Option<&str>) -> Ap
         _ => return Ok(None),
     }
     Spi::connect(|client| {
-        let row = client.select(
+        // a workspace the operator suspended whole resolves nothing
+        let query = if crate::keys::has_suspensions(client)? {
+            "SELECT p.workspace_id, p.allowed_origins FROM apikeys.public_keys p
+              WHERE p.public_key = $1 AND p.revoked_at IS NULL
+                AND NOT EXISTS (SELECT FROM apikeys.suspensions s
+                                 WHERE s.workspace_id = p.workspace_id AND s.owner IS NULL
+                                   AND s.resumed_at IS NULL)"
+        } else {
             "SELECT workspace_id, allowed_origins FROM apikeys.public_keys
-              WHERE public_key = $1 AND revoked_at IS NULL",
-            Some(1),
-            &[public_key.into()],
-        )?;
+              WHERE public_key = $1 AND revoked_at IS NULL"
+        };
+        let row = client.select(query, Some(1), &[public_key.into()])?;
         if row.is_empty() {
             return Ok(None);
         }

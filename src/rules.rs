@@ -223,13 +223,23 @@ impl Role {
 pub fn principal(p: &str) -> Result<(), RuleError> {
     let ok = !p.is_empty()
         && p.chars().count() <= MAX_PRINCIPAL_LEN
-        && !p.chars().any(char::is_control)
+        && !p.chars().any(|c| c.is_control() || invisible(c))
         && p.trim() == p;
     if ok {
         Ok(())
     } else {
         Err(RuleError::Principal)
     }
+}
+
+/// Characters that print as nothing or reorder what follows them (soft
+/// hyphen, zero-width spaces and joiners, direction marks, embeddings and
+/// overrides, isolates, word joiner and invisible operators, the byte-order
+/// mark): a principal holding one could look like another in a listing or
+/// the audit log. The same set as `apikeys.suspend_owner`'s check.
+pub fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Check a workspace name: 1–128 characters, no control characters, not blank.
@@ -369,6 +379,16 @@ pub fn sha256_hex(raw: &str) -> Result<[u8; 32], RuleError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_principal_holds_no_invisible_character() {
+        assert!(super::principal("cust_42").is_ok());
+        for bad in
+            ["cust\u{200B}_42", "\u{202E}24_tsuc", "cust_42\u{FEFF}", "a\u{00AD}b", " cust", "cust\u{1}"]
+        {
+            assert!(super::principal(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn intervals_are_checked_part_by_part() {
         use super::IntervalKind::*;

@@ -144,6 +144,11 @@ pub fn require_admin(client: &mut SpiClient<'_>, caller: &Caller, workspace_id: 
         return Err(ApiError::NotAdmin);
     }
     caller.require_key_manage()?;
+    // an admin the operator suspended (or whose workspace it suspended)
+    // administers nothing meanwhile: no invitations, no public keys
+    if !crate::principal::is_operator(caller) {
+        crate::keys::not_suspended(client, workspace_id, &caller.principal)?;
+    }
     Ok(())
 }
 

@@ -188,6 +188,97 @@ RESET ROLE;
 SELECT action FROM apikeys.audit_log WHERE workspace_id = regress.id('pws') AND action = 'plan.set';
 -- suspensions are history
 SELECT regress.try($$DELETE FROM apikeys.suspensions$$) AS delete_suspensions;
+-- Attacks on the operator's controls (each was seen to succeed before).
+-- Alice administers workspace 'hws'; bob is a member there.
+SET ROLE alice;
+SELECT regress.put('hws', apikeys.create_workspace('Hostile')::text);
+SELECT regress.add_member(regress.id('hws'), 'bob', 'member');
+SELECT regress.put('ha', key), regress.put('ha_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'alice-paused');
+SELECT apikeys.suspend_key(regress.id('ha_id')) AS admin_pauses_her_key;
+RESET ROLE;
+SET ROLE bob;
+SELECT regress.put('hb', key), regress.put('hb_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'bob-paused');
+SELECT apikeys.suspend_key(regress.id('hb_id')) AS bob_pauses_his_key;
+SELECT regress.put('hb2', key), regress.put('hb2_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'bob-live');
+RESET ROLE;
+SET ROLE alice;
+SELECT regress.put('hpk', public_key) FROM apikeys.create_public_key(regress.id('hws'), '{https://shop.example}');
+RESET ROLE;
+SET ROLE backend;
+SELECT regress.put('ho', key), regress.put('ho_id', id::text)
+  FROM apikeys.create_key(regress.id('hws'), 'operator-paused', owner => 'bob');
+SELECT apikeys.suspend_key(regress.id('ho_id')) AS operator_pauses_a_key;
+-- an operator's control needs READ COMMITTED: an older snapshot would miss
+-- keys minted meanwhile
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), 'bob')) AS suspend_in_repeatable_read;
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT regress.try(format('SELECT apikeys.set_plan(%L, active_keys => 9)', regress.id('hws'))) AS plan_in_serializable;
+ROLLBACK;
+-- owners are checked: a typo suspends no one in silence
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), 'bob ')) AS trailing_space;
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), '')) AS empty_owner;
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), E'b\u200Bob')) AS zero_width_space;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('hws'), 'look-alike', E'b\u202Eob')) AS mint_for_bidi_owner;
+-- a billing suspension and its end give every key back what it had
+SELECT apikeys.suspend_owner(regress.id('hws')) AS whole_workspace;
+SELECT apikeys.suspend_owner(regress.id('hws'), 'bob') AS and_bob;
+SELECT name, suspended_by, held_suspended_by, owner_suspended FROM apikeys.keys
+ WHERE workspace_id = regress.id('hws') ORDER BY name;
+RESET ROLE;
+-- meanwhile the suspended admin administers nothing, and the workspace's
+-- public keys resolve nothing
+SELECT count(*) AS public_key_resolves FROM apikeys.resolve_public_key(regress.tok('hpk'), 'https://shop.example');
+SET ROLE alice;
+SELECT regress.try(format('SELECT apikeys.add_member(%L, %L, %L)', regress.id('hws'), 'mallory', 'admin')) AS suspended_admin_invites;
+SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('ha_id'))) AS admin_resumes_during_suspension;
+RESET ROLE;
+SET ROLE backend;
+SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('hb2_id'))) AS operator_resume_key_during_owner_suspension;
+SELECT apikeys.resume_owner(regress.id('hws')) AS workspace_resumed;
+-- bob's suspension still holds his keys
+SELECT name, suspended_by, owner_suspended FROM apikeys.keys
+ WHERE workspace_id = regress.id('hws') ORDER BY name;
+SELECT apikeys.resume_owner(regress.id('hws'), 'bob') AS bob_resumed;
+SELECT name, suspended_by, held_suspended_by, owner_suspended FROM apikeys.keys
+ WHERE workspace_id = regress.id('hws') ORDER BY name;
+RESET ROLE;
+SELECT count(*) AS public_key_resolves_again FROM apikeys.resolve_public_key(regress.tok('hpk'), 'https://shop.example');
+SELECT regress.ok('hb2') AS bobs_live_key_verifies, regress.ok('hb') AS bobs_paused_key_verifies,
+       regress.ok('ho') AS operators_paused_key_verifies, regress.ok('ha') AS alices_paused_key_verifies;
+-- rotations in a row: one predecessor in its grace period at most
+SET ROLE alice;
+SELECT regress.put('g1_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'chain');
+SELECT regress.put('g2_id', id::text) FROM apikeys.rotate_key(regress.id('g1_id'), '7 days');
+SELECT regress.put('g3_id', id::text) FROM apikeys.rotate_key(regress.id('g2_id'), '7 days');
+RESET ROLE;
+SELECT count(*) AS chain_keys_that_work FROM apikeys.keys
+ WHERE workspace_id = regress.id('hws') AND name = 'chain' AND revoked_at IS NULL
+   AND (expires_at IS NULL OR expires_at > now());
+SELECT apikeys.usage_mode() = 'shared_memory' AS engine \gset
+\if :engine
+-- a plan's rate holds in every window, not on average; its credits are the
+-- operator's to add
+SET ROLE backend;
+SELECT apikeys.set_plan(regress.id('hws'), rate_limit => 10, rate_window => '1 minute', credits => 10) AS plan_10_a_minute;
+RESET ROLE;
+SET ROLE alice;
+SELECT regress.put('pl_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'planned');
+SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 14400, rate_window => %L)', regress.id('pl_id'), '1 day')) AS same_average_all_at_once;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 1, rate_window => %L)', regress.id('pl_id'), '1 second')) AS sixty_a_minute;
+SELECT apikeys.update_key(regress.id('pl_id'), rate_limit => 5, rate_window => '30 seconds') AS five_per_half_minute;
+SELECT apikeys.update_key(regress.id('pl_id'), credits => 3) AS spend_down;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, credits => 10)', regress.id('pl_id'))) AS top_up;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, refill_amount => 10, refill_interval => %L)', regress.id('pl_id'), '1 day')) AS daily_refill;
+RESET ROLE;
+SET ROLE bob;
+SELECT regress.put('bl_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'bob-limited');
+SELECT rate_limit, rate_window FROM apikeys.keys WHERE id = regress.id('bl_id');
+SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 14399, rate_window => %L)', regress.id('bl_id'), '1 day')) AS member_widens_the_window;
+RESET ROLE;
+\endif
+
 -- the operator reads every workspace as its admins do (row security),
 -- without being a member; never through a request with trusted claims
 SET ROLE alice;
