@@ -472,8 +472,7 @@ BEGIN
     END IF;
     -- an owner is checked as create_key(owner => ...) checks it: a typo
     -- must not suspend no one in silence
-    IF who IS NOT NULL AND (who = '' OR pg_catalog.char_length(who) > 256 OR who <> pg_catalog.btrim(who, E' \t\n\r\x0b\x0c')
-                            OR who ~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff]') THEN
+    IF who IS NOT NULL AND NOT apikeys.valid_principal(who) THEN
         RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
             USING ERRCODE = '22023';
     END IF;
@@ -532,8 +531,7 @@ BEGIN
     END IF;
     -- an owner is checked as create_key(owner => ...) checks it: a typo
     -- must not suspend no one in silence
-    IF who IS NOT NULL AND (who = '' OR pg_catalog.char_length(who) > 256 OR who <> pg_catalog.btrim(who, E' \t\n\r\x0b\x0c')
-                            OR who ~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff]') THEN
+    IF who IS NOT NULL AND NOT apikeys.valid_principal(who) THEN
         RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
             USING ERRCODE = '22023';
     END IF;
@@ -701,21 +699,43 @@ COMMENT ON FUNCTION apikeys.set_plan(uuid, integer, interval, bigint, bigint, in
 -- Keys within their workspace's plan: a key minted or changed by anyone
 -- but an operator gets the plan's limits and lifetime when it has none, and
 -- may not exceed them.
+-- Whether a text is a valid principal, as the Rust rules check one
+-- (src/rules.rs, principal and invisible): 1-256 characters, no control
+-- characters, no invisible or non-ASCII space characters, no surrounding
+-- spaces.
+CREATE FUNCTION apikeys.valid_principal(p text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+        SELECT $1 IS NOT NULL AND $1 <> '' AND pg_catalog.char_length($1) <= 256
+           AND $1 = pg_catalog.btrim($1, ' ')
+           AND $1 !~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00a0\\u00ad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0000-\\U000e007f\\U000e0100-\\U000e01ef\\t\\n\\v\\f\\r\\u0085]'
+    $$;
+COMMENT ON FUNCTION apikeys.valid_principal(text) IS
+    'Internal: whether a text is a valid principal (the rules create_key(owner => ...) applies).';
+
 -- Whether a rate limit (rate per win) stays within a ceiling (cap per
--- cap_win) in every window of the ceiling's length, not only on average: a
--- longer window may spend its whole limit at once, so it must hold no more
--- than the ceiling; a shorter one may fill each of its windows, so all of
--- those in one ceiling window must. No ceiling: true; no limit under one:
--- false.
+-- cap_win) in every window of the ceiling, not only on average (windows are
+-- fixed and aligned to the epoch, as the usage engine keeps them): a longer
+-- window holds at most the ceiling when it is a whole multiple of the
+-- ceiling's window, else at most half of it (two of its windows may meet in
+-- one of the ceiling's); a shorter one has every window that meets one of
+-- the ceiling's full (cap_win / win of them when it divides it, else one
+-- more than that rounded up). No ceiling: true; no limit under one: false.
+-- The same rule as src/key_admin.rs (rate_within).
 CREATE FUNCTION apikeys.rate_within(rate integer, win interval, cap integer, cap_win interval) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     SET search_path = pg_catalog, pg_temp
     AS $$
         SELECT CASE WHEN $3 IS NULL THEN true
-                    WHEN $1 IS NULL OR $2 IS NULL THEN false
-                    WHEN pg_catalog.date_part('epoch', $2) >= pg_catalog.date_part('epoch', $4) THEN $1 <= $3
-                    ELSE $1::numeric * pg_catalog.ceil(pg_catalog.date_part('epoch', $4)::numeric
-                                                      / pg_catalog.date_part('epoch', $2)::numeric) <= $3
+                    WHEN $1 IS NULL OR $2 IS NULL OR $4 IS NULL THEN false
+                    ELSE $1::numeric * (
+                        WITH w(k, c) AS (SELECT EXTRACT(epoch FROM $2) * 1000000, EXTRACT(epoch FROM $4) * 1000000)
+                        SELECT CASE WHEN w.k <= 0 THEN NULL
+                                    WHEN w.k >= w.c THEN CASE WHEN w.k % w.c = 0 THEN 1 ELSE 2 END
+                                    WHEN w.c % w.k = 0 THEN w.c / w.k
+                                    ELSE pg_catalog.floor(w.c / w.k) + 2 END
+                          FROM w) <= $3
                END
     $$;
 COMMENT ON FUNCTION apikeys.rate_within(integer, interval, integer, interval) IS
@@ -806,3 +826,270 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION apikeys.keys_plan() IS 'Internal trigger function (keys within their workspace''s plan); not for calling.';
+
+-- Migrations at scale: import_keys (docs/managing-keys.md, "Migrating keys
+-- from another system"; docs/reference.md). The checks and the inserts are
+-- set-based; the per-row triggers of keys skip their work for its rows
+-- (WHEN NOT apikeys.importing()), because it does that work for the batch.
+CREATE FUNCTION apikeys.importing() RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_importing';
+COMMENT ON FUNCTION apikeys.importing() IS
+    'Internal: whether the current subtransaction is import_keys'' insert (the per-row triggers of keys skip their work).';
+CREATE FUNCTION apikeys.import_mark() RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_import_mark';
+COMMENT ON FUNCTION apikeys.import_mark() IS
+    'Internal: marks the current subtransaction as import_keys'' insert; granted to no one.';
+CREATE FUNCTION apikeys.import_keys_caller(workspace_id uuid, source regclass) RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL RESTRICTED
+    AS 'MODULE_PATHNAME', 'apikeys_import_keys_caller';
+COMMENT ON FUNCTION apikeys.import_keys_caller(uuid, regclass) IS
+    'Internal: who may import_keys (true: an operator; false: an importer and admin) and whether the caller reads the source.';
+
+CREATE FUNCTION apikeys.import_keys(workspace_id uuid, source regclass, all_or_nothing boolean DEFAULT false)
+    RETURNS TABLE (n bigint, key_id uuid, status text, reason text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := import_keys.workspace_id;
+    operator boolean;
+    cols text := '';
+    c record;
+    bad bigint;
+    done bigint;
+    p apikeys.plans;
+    active bigint;
+    engine boolean := apikeys.usage_mode() = 'shared_memory';
+BEGIN
+    -- who: an operator (any owner), or an admin holding apikeys_importer
+    -- (owners who are members, within their scopes and the plan); the
+    -- caller, not this function's owner, must be able to read the source
+    operator := apikeys.import_keys_caller(ws, source);
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'import_keys runs in READ COMMITTED only' USING ERRCODE = '0A000',
+            HINT = 'an older snapshot would miss keys and suspensions committed meanwhile';
+    END IF;
+    -- an operator's suspend_owner or set_plan in flight is waited for
+    PERFORM FROM apikeys.workspaces w WHERE w.id = ws FOR SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
+    END IF;
+
+    -- the source's columns, by name: owner, name and digest are needed;
+    -- the others are taken when present
+    FOR c IN
+        SELECT x.col, x.typ, a.attname IS NOT NULL AS present
+          FROM (VALUES (1, 'n', 'bigint'), (2, 'owner', 'text'), (3, 'name', 'text'), (4, 'digest', 'text'),
+                       (5, 'scopes', 'text[]'), (6, 'metadata', 'jsonb'), (7, 'expires_at', 'timestamptz'),
+                       (8, 'rate_limit', 'integer'), (9, 'rate_window', 'interval'), (10, 'credits', 'bigint'),
+                       (11, 'refill_amount', 'bigint'), (12, 'refill_interval', 'interval'),
+                       (13, 'created_at', 'timestamptz'), (14, 'last_used_at', 'timestamptz')) AS x(i, col, typ)
+          LEFT JOIN pg_catalog.pg_attribute a
+                 ON a.attrelid = source AND a.attname = x.col AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY x.i
+    LOOP
+        IF NOT c.present AND c.col IN ('owner', 'name', 'digest') THEN
+            RAISE EXCEPTION 'the source has no column %', c.col USING ERRCODE = '22023',
+                HINT = 'import_keys reads owner, name and digest, and optionally n, scopes, metadata, expires_at, rate_limit, rate_window, credits, refill_amount, refill_interval, created_at, last_used_at';
+        END IF;
+        cols := cols || CASE WHEN cols = '' THEN '' ELSE ', ' END
+             || CASE WHEN c.col = 'n' AND NOT c.present THEN 'pg_catalog.row_number() OVER ()'
+                     WHEN c.present THEN pg_catalog.format('s.%I::%s', c.col, c.typ)
+                     ELSE pg_catalog.format('NULL::%s', c.typ) END;
+    END LOOP;
+    IF pg_catalog.to_regclass('pg_temp.apikeys_import') IS NOT NULL THEN
+        -- an earlier call's working table (this session's, not user data)
+        -- rewrite: made again for this call
+        DROP TABLE pg_temp.apikeys_import;
+    END IF;
+    CREATE TEMP TABLE apikeys_import (
+        n bigint, owner text, name text, digest text, scopes text[], metadata jsonb, expires_at timestamptz,
+        rate_limit integer, rate_window interval, credits bigint, refill_amount bigint, refill_interval interval,
+        created_at timestamptz, last_used_at timestamptz,
+        hash bytea, id uuid, prefix text, reason text
+    ) ON COMMIT DROP;
+    EXECUTE pg_catalog.format('INSERT INTO pg_temp.apikeys_import (n, owner, name, digest, scopes, metadata, expires_at,
+            rate_limit, rate_window, credits, refill_amount, refill_interval, created_at, last_used_at)
+        SELECT %s FROM %s s', cols, source);
+    ANALYZE pg_temp.apikeys_import;
+
+    -- every rule create_key and import_key apply, row by row, the first
+    -- broken one named
+    UPDATE pg_temp.apikeys_import i SET
+        name = pg_catalog.lower(i.name),
+        scopes = ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x ORDER BY x),
+        metadata = coalesce(i.metadata, '{}'),
+        hash = CASE WHEN i.digest ~ '^[0-9A-Fa-f]{64}$' THEN pg_catalog.decode(pg_catalog.lower(i.digest), 'hex')
+                    WHEN i.digest ~ '^[A-Za-z0-9+/]{43}=?$'
+                    THEN pg_catalog.decode(pg_catalog.rpad(i.digest, 44, '='), 'base64') END,
+        reason = CASE
+            WHEN i.n IS NULL THEN 'n: missing'
+            WHEN NOT apikeys.valid_principal(i.owner)
+                THEN 'owner: not a valid principal (1-256 characters, no control or invisible characters or surrounding spaces)'
+            WHEN i.name IS NULL OR pg_catalog.lower(i.name) !~ '^[a-z0-9]+(-[a-z0-9]+)*$' OR pg_catalog.length(i.name) > 64
+                THEN 'name: not a key name (1-64 of a-z, 0-9 and single hyphens inside)'
+            WHEN i.digest IS NULL OR NOT (i.digest ~ '^[0-9A-Fa-f]{64}$' OR i.digest ~ '^[A-Za-z0-9+/]{43}=?$')
+                THEN 'digest: not a SHA-256 digest (64 hex characters, or 44 of base64)'
+            WHEN EXISTS (SELECT FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x
+                          WHERE x IS NULL OR pg_catalog.length(x) > 64 OR x !~ '^[a-z][a-z0-9_.:-]*$' OR x ~ '(^|:)(:|$)')
+                 OR (SELECT count(DISTINCT x) FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x) > 64
+                THEN 'scopes: each 1-64 of a-z, 0-9, _ . : - starting with a letter, at most 64'
+            WHEN i.metadata IS NOT NULL AND (pg_catalog.jsonb_typeof(i.metadata) <> 'object'
+                                             OR pg_catalog.octet_length(i.metadata::text) > 16384)
+                THEN 'metadata: not a JSON object of at most 16 KiB'
+            WHEN i.expires_at IS NOT NULL AND i.expires_at <= pg_catalog.now()
+                THEN 'expires_at: not in the future (an expired key is not imported)'
+            WHEN i.created_at > pg_catalog.now() OR i.last_used_at > pg_catalog.now()
+                 OR i.last_used_at < i.created_at
+                THEN 'created_at, last_used_at: in the future, or used before created'
+            WHEN (i.rate_limit IS NULL) <> (i.rate_window IS NULL) OR i.rate_limit <= 0
+                 OR i.rate_window < interval '1 second' OR i.rate_window > interval '1 day'
+                 OR pg_catalog.date_part('month', i.rate_window) <> 0 OR pg_catalog.date_part('year', i.rate_window) <> 0
+                 OR pg_catalog.date_part('day', i.rate_window) < 0 OR pg_catalog.date_part('hour', i.rate_window) < 0
+                 OR pg_catalog.date_part('minute', i.rate_window) < 0 OR pg_catalog.date_part('second', i.rate_window) < 0
+                 OR pg_catalog.date_part('second', i.rate_window) <> pg_catalog.floor(pg_catalog.date_part('second', i.rate_window))
+                THEN 'rate: a positive limit with a window of whole seconds, 1 second to 1 day'
+            WHEN i.credits < 0 OR (i.refill_amount IS NULL) <> (i.refill_interval IS NULL) OR i.refill_amount <= 0
+                 OR (i.refill_amount IS NOT NULL AND i.credits IS NULL)
+                 OR (i.refill_interval IS NOT NULL AND i.refill_interval NOT IN (interval '1 day', interval '1 month'))
+                THEN 'credits, refill: credits of 0 or more; a positive refill every 1 day or 1 month, with credits'
+            WHEN NOT engine AND (i.rate_limit IS NOT NULL OR i.credits IS NOT NULL)
+                THEN 'rate, credits: limits need the usage engine (shared_preload_libraries)'
+        END;
+
+    -- owners: an importer imports for active members only, within their
+    -- scopes; no one for an owner (or a workspace) the operator suspended
+    IF NOT operator THEN
+        UPDATE pg_temp.apikeys_import i SET reason = 'owner: not an active member of this workspace'
+         WHERE i.reason IS NULL
+           AND NOT EXISTS (SELECT FROM apikeys.members m
+                            WHERE m.workspace_id = ws AND m.principal = i.owner AND m.removed_at IS NULL);
+        UPDATE pg_temp.apikeys_import i SET reason = 'scopes: beyond what the owner holds'
+          FROM apikeys.members m
+         WHERE i.reason IS NULL AND m.workspace_id = ws AND m.principal = i.owner AND m.removed_at IS NULL
+           AND m.role = 'member' AND NOT i.scopes <@ m.scopes;
+    END IF;
+    UPDATE pg_temp.apikeys_import i SET reason = 'owner: suspended by the operator'
+     WHERE i.reason IS NULL
+       AND EXISTS (SELECT FROM apikeys.suspensions s
+                    WHERE s.workspace_id = ws AND s.resumed_at IS NULL AND (s.owner IS NULL OR s.owner = i.owner));
+
+    -- digests and names: stored already, or repeated in the input (the
+    -- first row keeps it)
+    UPDATE pg_temp.apikeys_import i SET reason = 'digest: a key with this digest is stored already'
+     WHERE i.reason IS NULL AND EXISTS (SELECT FROM apikeys.key_hashes h WHERE h.hash = i.hash);
+    UPDATE pg_temp.apikeys_import i SET reason = pg_catalog.format('digest: the same as row %s', d.first)
+      FROM (SELECT x.n, pg_catalog.min(x.n) OVER (PARTITION BY x.hash) AS first
+              FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) d
+     WHERE i.n = d.n AND d.n <> d.first AND i.reason IS NULL;
+    UPDATE pg_temp.apikeys_import i SET reason = 'name: taken by an active key in this workspace'
+     WHERE i.reason IS NULL
+       AND EXISTS (SELECT FROM apikeys.keys k
+                    WHERE k.workspace_id = ws AND k.name = i.name AND k.revoked_at IS NULL AND k.replaced_by IS NULL);
+    UPDATE pg_temp.apikeys_import i SET reason = pg_catalog.format('name: the same as row %s (names are unique in a workspace)', d.first)
+      FROM (SELECT x.n, pg_catalog.min(x.n) OVER (PARTITION BY x.name) AS first
+              FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) d
+     WHERE i.n = d.n AND d.n <> d.first AND i.reason IS NULL;
+    SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x GROUP BY x.n HAVING count(*) > 1) d;
+    IF bad > 0 THEN
+        RAISE EXCEPTION 'the source repeats row numbers (column n)' USING ERRCODE = '22023',
+            HINT = 'give each row its own n, or leave the column out to number rows as they are read';
+    END IF;
+
+    -- the plan, for an importer: a key without a rate, credits or expiry
+    -- gets the plan's; one beyond it, or past the most active keys, is not
+    -- imported
+    IF NOT operator THEN
+        SELECT * INTO p FROM apikeys.plans pl WHERE pl.workspace_id = ws;
+        IF FOUND THEN
+            UPDATE pg_temp.apikeys_import i SET
+                rate_limit = coalesce(i.rate_limit, p.rate_limit), rate_window = coalesce(i.rate_window, p.rate_window),
+                credits = coalesce(i.credits, p.credits),
+                expires_at = coalesce(i.expires_at, pg_catalog.now() + p.key_lifetime)
+             WHERE i.reason IS NULL;
+            UPDATE pg_temp.apikeys_import i SET reason = 'limits: beyond the workspace''s plan'
+             WHERE i.reason IS NULL
+               AND (NOT apikeys.rate_within(i.rate_limit, i.rate_window, p.rate_limit, p.rate_window)
+                    OR (p.credits IS NOT NULL AND (i.credits IS NULL OR i.credits > p.credits))
+                    OR (p.credits IS NOT NULL AND p.refill_amount IS NULL AND i.refill_amount IS NOT NULL)
+                    OR (p.refill_amount IS NOT NULL AND i.refill_amount IS NOT NULL
+                        AND i.refill_amount::numeric * (CASE WHEN p.refill_interval = interval '1 month' THEN 30 ELSE 1 END)
+                            > p.refill_amount::numeric * (CASE WHEN i.refill_interval = interval '1 month' THEN 30 ELSE 1 END))
+                    OR (p.key_lifetime IS NOT NULL AND i.expires_at > pg_catalog.now() + p.key_lifetime + interval '1 second'));
+            IF p.active_keys IS NOT NULL THEN
+                -- mints of the workspace take turns on the plan's row
+                UPDATE apikeys.plans pl SET set_at = pl.set_at WHERE pl.workspace_id = ws;
+                SELECT count(*) INTO active FROM apikeys.keys k
+                 WHERE k.workspace_id = ws AND k.revoked_at IS NULL AND k.replaced_by IS NULL
+                   AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.now());
+                UPDATE pg_temp.apikeys_import i SET reason = pg_catalog.format('plan: at most %s active keys', p.active_keys)
+                  FROM (SELECT x.n, pg_catalog.row_number() OVER (ORDER BY x.n) AS r
+                          FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) o
+                 WHERE i.n = o.n AND o.r > p.active_keys - active;
+            END IF;
+        END IF;
+    END IF;
+
+    SELECT count(*) FILTER (WHERE i.reason IS NOT NULL), count(*) INTO bad, done FROM pg_temp.apikeys_import i;
+    IF bad > 0 AND all_or_nothing THEN
+        RETURN QUERY SELECT i.n, NULL::uuid,
+                            CASE WHEN i.reason IS NULL THEN 'not imported' ELSE 'refused' END,
+                            coalesce(i.reason, 'all_or_nothing: another row was refused')
+                       FROM pg_temp.apikeys_import i ORDER BY i.n;
+        RETURN;
+    END IF;
+
+    -- ids and display prefixes (imported: and 8 random base62-like
+    -- characters: nothing of the token is known); a prefix taken already,
+    -- or twice in the batch, is drawn again
+    UPDATE pg_temp.apikeys_import i SET id = pg_catalog.gen_random_uuid(),
+        prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
+                    pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
+     WHERE i.reason IS NULL;
+    LOOP
+        UPDATE pg_temp.apikeys_import i SET
+            prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
+                        pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
+         WHERE i.reason IS NULL
+           AND (EXISTS (SELECT FROM apikeys.keys k WHERE k.prefix = i.prefix)
+                OR EXISTS (SELECT FROM pg_temp.apikeys_import j
+                            WHERE j.prefix = i.prefix AND j.reason IS NULL AND j.n < i.n));
+        EXIT WHEN NOT FOUND;
+    END LOOP;
+
+    -- the batch: keys (with their owner's shared limit), their digests,
+    -- and one audit row; the per-row triggers skip these rows (their work
+    -- is done above), in a block of its own so the mark ends with it
+    BEGIN
+        PERFORM apikeys.import_mark();
+        INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, created_at, expires_at,
+                                  last_used_at, source, rate_limit, rate_window, credits, credits_refilled_at,
+                                  refill_amount, refill_interval, owner_rate_limit, owner_rate_window)
+        SELECT i.id, ws, i.owner, i.name, i.prefix, i.scopes, i.metadata, coalesce(i.created_at, pg_catalog.now()),
+               i.expires_at, i.last_used_at, 'imported', i.rate_limit, i.rate_window, i.credits,
+               CASE WHEN i.credits IS NOT NULL THEN pg_catalog.statement_timestamp() END,
+               i.refill_amount, i.refill_interval, l.rate_limit, l.rate_window
+          FROM pg_temp.apikeys_import i
+          LEFT JOIN apikeys.owner_limits l ON l.workspace_id = ws AND l.owner = i.owner
+         WHERE i.reason IS NULL
+         ORDER BY i.n;
+        INSERT INTO apikeys.key_hashes (key_id, hash)
+        SELECT i.id, i.hash FROM pg_temp.apikeys_import i WHERE i.reason IS NULL ORDER BY i.n;
+    EXCEPTION WHEN OTHERS THEN
+        -- (the handler makes this block a subtransaction: the mark ends
+        -- with it, whether it commits or not)
+        RAISE;
+    END;
+    IF done - bad > 0 THEN
+        INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
+        VALUES (ws, apikeys.current_principal(), 'keys.imported',
+                pg_catalog.jsonb_build_object('imported', done - bad, 'refused', bad, 'source', source::text));
+    END IF;
+    RETURN QUERY SELECT i.n, i.id, CASE WHEN i.reason IS NULL THEN 'imported' ELSE 'refused' END, i.reason
+                   FROM pg_temp.apikeys_import i ORDER BY i.n;
+END
+$$;
+COMMENT ON FUNCTION apikeys.import_keys(uuid, regclass, boolean) IS
+    'Import many keys from another keystore by digest (operators, or admins holding apikeys_importer): one result row per source row, imported or the reason; bad rows roll back nothing unless all_or_nothing.';

@@ -36,6 +36,7 @@ BEGIN
         apikeys.resume_key(uuid),
         apikeys.set_owner_limit(uuid, text, integer, interval),
         apikeys.import_key(uuid, text, text, text, text[], timestamptz),
+        apikeys.import_keys(uuid, regclass, boolean),
         apikeys.authenticate(),
         apikeys.current_key_id(),
         apikeys.current_workspace(),

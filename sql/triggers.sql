@@ -542,7 +542,7 @@ CREATE TRIGGER audit_log_guard BEFORE UPDATE ON apikeys.audit_log
 -- with every row) is not audited: the dump brings that row's audit rows
 -- with it, and a second set would collide with their ids.
 CREATE TRIGGER keys_audit AFTER INSERT ON apikeys.keys
-    FOR EACH ROW EXECUTE FUNCTION apikeys.audit_keys();
+    FOR EACH ROW WHEN (NOT apikeys.importing()) EXECUTE FUNCTION apikeys.audit_keys();
 CREATE TRIGGER keys_audit_change AFTER UPDATE ON apikeys.keys
     FOR EACH ROW
     WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
@@ -646,7 +646,7 @@ ALTER TABLE apikeys.invitations ENABLE ALWAYS TRIGGER invitations_follow_replica
 ALTER TABLE apikeys.audit_log ENABLE ALWAYS TRIGGER audit_log_follow_replicated_id;
 
 CREATE TRIGGER keys_owner_limit BEFORE INSERT ON apikeys.keys
-    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_owner_limit();
+    FOR EACH ROW WHEN (NOT apikeys.importing()) EXECUTE FUNCTION apikeys.keys_owner_limit();
 ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_owner_limit;
 
 -- the usage flush updates many rows at once: the guard's function runs only
@@ -699,7 +699,7 @@ ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_delete;
 ALTER TABLE apikeys.suspensions ENABLE ALWAYS TRIGGER suspensions_no_truncate;
 
 CREATE TRIGGER keys_plan BEFORE INSERT ON apikeys.keys
-    FOR EACH ROW EXECUTE FUNCTION apikeys.keys_plan();
+    FOR EACH ROW WHEN (NOT apikeys.importing()) EXECUTE FUNCTION apikeys.keys_plan();
 CREATE TRIGGER keys_plan_update BEFORE UPDATE ON apikeys.keys
     FOR EACH ROW
     WHEN (NEW.rate_limit IS DISTINCT FROM OLD.rate_limit OR NEW.rate_window IS DISTINCT FROM OLD.rate_window

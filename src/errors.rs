@@ -88,6 +88,8 @@ pub enum ApiError {
     NotKeyOwner,
     /// 42501: importing a key for another principal without the importer role.
     ImportForOthers,
+    /// 42501: `import_keys` given a source table the caller cannot read.
+    SourceNotReadable,
     /// 42501: a request authenticated by an API key tried to make, change or
     /// remove an admin.
     KeyCannotManageAdmins,
@@ -140,6 +142,7 @@ impl ApiError {
             | OwnerScopeEscalation
             | NotKeyOwner
             | ImportForOthers
+            | SourceNotReadable
             | KeyCannotManageAdmins
             | KeyOutsideWorkspace
             | SuspendedByHigherTier
@@ -236,6 +239,7 @@ impl ApiError {
             ImportForOthers => {
                 c"permission denied: importing a key for another principal needs the apikeys_importer role"
             }
+            SourceNotReadable => c"permission denied: the caller cannot read the source table",
             KeyCannotManageAdmins => {
                 c"permission denied: a request authenticated by an API key cannot make, change or remove admins"
             }
@@ -275,6 +279,7 @@ impl ApiError {
             ImportForOthers => Some(
                 c"import keys for yourself, or run the migration as a role a superuser granted apikeys.grant_importer()",
             ),
+            SourceNotReadable => Some(c"grant the importing role SELECT on the source table"),
             InvitationNotFound => Some(c"an admin invites you with apikeys.add_member(); accept as yourself"),
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),

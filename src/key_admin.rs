@@ -262,19 +262,29 @@ fn only_tightens(
 }
 
 /// Whether `rate` per `win` stays within `cap` per `cap_win` in every
-/// window of the cap's length, not only on average (as SQL's
-/// `apikeys.rate_within`): a longer window may spend its whole limit at
-/// once; a shorter one may fill each of its windows.
+/// window of the cap (as SQL's `apikeys.rate_within`), windows being fixed
+/// and aligned to the epoch as the engine keeps them: a longer window holds
+/// at most `cap` when it is a whole multiple of the cap's (its boundaries
+/// are the cap's), else at most half of it (two of its windows may meet in
+/// one of the cap's); a shorter one has all the windows that meet one of
+/// the cap's filled: `cap_win / win` when it divides it, else one more than
+/// that rounded up.
 fn rate_within(rate: i32, win: i128, cap: i32, cap_win: i128) -> bool {
-    if win <= 0 {
+    if win <= 0 || cap_win <= 0 {
         return false;
     }
-    if win >= cap_win {
-        rate <= cap
+    let windows = if win >= cap_win {
+        if win % cap_win == 0 {
+            1
+        } else {
+            2
+        }
+    } else if cap_win % win == 0 {
+        cap_win / win
     } else {
-        let windows = (cap_win + win - 1) / win;
-        i128::from(rate) * windows <= i128::from(cap)
-    }
+        cap_win / win + 2
+    };
+    i128::from(rate) * windows <= i128::from(cap)
 }
 
 /// Apply limit arguments to a key (validated by [`LimitArgs::check`]).
@@ -691,9 +701,17 @@ mod tests {
         assert!(rate_within(10, 60 * S, 10, 60 * S));
         assert!(rate_within(5, 30 * S, 10, 60 * S));
         assert!(!rate_within(6, 30 * S, 10, 60 * S));
-        // a longer window holds no more than the cap
+        // a longer window holds no more than the cap, when its boundaries
+        // are the cap's; else two of its windows may meet in one of the cap's
         assert!(rate_within(10, 120 * S, 10, 60 * S));
         assert!(!rate_within(11, 120 * S, 10, 60 * S));
+        assert!(!rate_within(10, 90 * S, 10, 60 * S));
+        assert!(rate_within(5, 90 * S, 10, 60 * S));
+        assert!(!rate_within(10, 61 * S, 10, 60 * S));
+        // a shorter window that does not divide the cap's: one more window
+        assert!(!rate_within(4, 25 * S, 10, 60 * S));
+        assert!(rate_within(2, 25 * S, 10, 60 * S));
+        assert!(!rate_within(1, 6_100_000, 10, 60 * S));
         // 1 per second is 60 per minute
         assert!(!rate_within(1, S, 59, 60 * S));
         assert!(rate_within(1, S, 60, 60 * S));

@@ -502,7 +502,7 @@ fn imported_prefix() -> ApiResult<String> {
 /// Whether the role the caller acts as holds the privileges of
 /// `apikeys_importer` (granted by `apikeys.grant_importer`; superusers hold
 /// every role's): the one way to import a key for another principal.
-fn is_importer() -> bool {
+pub(crate) fn is_importer() -> bool {
     // SAFETY: a role look-up by name and a membership check, both cached
     unsafe {
         let user = pg_sys::GetOuterUserId();

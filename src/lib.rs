@@ -34,6 +34,7 @@ use pgrx::prelude::*;
 pub mod errors;
 mod fmgr;
 pub mod gucs;
+mod import;
 pub mod key_admin;
 pub mod keys;
 pub mod leaks;
@@ -98,6 +99,9 @@ fmgr::entry_points! {
     apikeys_pending_usage / pg_finfo_apikeys_pending_usage => usage::pending_usage_wrapper;
     apikeys_is_operator / pg_finfo_apikeys_is_operator => principal::is_operator_now_wrapper;
     apikeys_checked_within / pg_finfo_apikeys_checked_within => key_admin::checked_within_wrapper;
+    apikeys_import_mark / pg_finfo_apikeys_import_mark => import::import_mark_wrapper;
+    apikeys_importing / pg_finfo_apikeys_importing => import::importing_wrapper;
+    apikeys_import_keys_caller / pg_finfo_apikeys_import_keys_caller => import::import_keys_caller_wrapper;
 }
 
 #[pg_guard]

@@ -211,6 +211,17 @@ fn claims_trusted() -> bool {
     }
 }
 
+/// Whether this session is the API's login (a role of
+/// `apikeys.claims_roles`, PostgREST's authenticator, not a superuser):
+/// whatever role it switches to and whatever claims it sets or leaves
+/// empty, it is never an operator (a role granted to it after
+/// `grant_operator` checked it included).
+fn api_login() -> bool {
+    // SAFETY: reads of backend-global session state
+    let superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetSessionUserId()) };
+    !superuser && claims_trusted()
+}
+
 /// Whether trusted claims name (or make anonymous) the caller now: a
 /// PostgREST request, which is never an operator.
 fn claims_in_effect() -> bool {
@@ -223,7 +234,7 @@ fn claims_in_effect() -> bool {
 /// through an API key, never in a request whose trusted claims name the
 /// caller (a role PostgREST switches to is no operator, whatever it holds).
 pub fn is_operator(caller: &Caller) -> bool {
-    if caller.key.is_some() || claims_in_effect() {
+    if caller.key.is_some() || claims_in_effect() || api_login() {
         return false;
     }
     // SAFETY: a role look-up by name and a membership check, both cached

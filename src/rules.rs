@@ -232,14 +232,26 @@ pub fn principal(p: &str) -> Result<(), RuleError> {
     }
 }
 
-/// Characters that print as nothing or reorder what follows them (soft
-/// hyphen, zero-width spaces and joiners, direction marks, embeddings and
-/// overrides, isolates, word joiner and invisible operators, the byte-order
-/// mark): a principal holding one could look like another in a listing or
-/// the audit log. The same set as `apikeys.suspend_owner`'s check.
+/// Characters that print as nothing, look like a space, or reorder what
+/// follows them: every non-ASCII space, the soft hyphen, the combining
+/// grapheme joiner, the Arabic letter mark, the Hangul and halfwidth
+/// fillers, Khmer and Mongolian invisible vowels and selectors, zero-width
+/// spaces and joiners, direction marks, embeddings, overrides and isolates,
+/// word joiner and invisible operators, the Braille blank, variation
+/// selectors, the byte-order mark, interlinear annotation marks, shorthand
+/// format controls, Egyptian, Kaithi and musical format controls, and tag
+/// characters. A principal holding one could look like another in a
+/// listing or the audit log. `apikeys.valid_principal()` refuses the same
+/// set in SQL.
 pub fn invisible(c: char) -> bool {
-    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}'
-        | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    (c.is_whitespace() && c != ' ')
+        || matches!(c,
+            '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}' | '\u{2800}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+            | '\u{FFA0}' | '\u{FFF0}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}' | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}'
+            | '\u{E0100}'..='\u{E01EF}')
 }
 
 /// Check a workspace name: 1–128 characters, no control characters, not blank.
@@ -382,6 +394,8 @@ mod tests {
     #[test]
     fn a_principal_holds_no_invisible_character() {
         assert!(super::principal("cust_42").is_ok());
+        assert!(super::principal("Alice Smith").is_ok());
+        assert!(super::principal("渡辺 さん").is_ok());
         for bad in
             ["cust\u{200B}_42", "\u{202E}24_tsuc", "cust_42\u{FEFF}", "a\u{00AD}b", " cust", "cust\u{1}"]
         {

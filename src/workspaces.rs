@@ -102,6 +102,12 @@ pub fn caller_membership(
             return Err(ApiError::NotMember);
         }
     }
+    // an admin the operator suspended (or whose workspace it suspended)
+    // administers nothing meanwhile: no key, member or public key of the
+    // workspace, its own included
+    if m.role == Role::Admin {
+        crate::keys::not_suspended(client, workspace_id, &caller.principal)?;
+    }
     Ok(m)
 }
 

@@ -40,6 +40,18 @@ RESET ROLE;
 SET ROLE backend;
 SELECT apikeys.is_operator() AS backend_is_operator;
 RESET ROLE;
+-- the API's login is never an operator, whatever role it switches to and
+-- whatever claims it sets or leaves empty (a grant made after
+-- grant_operator checked the role included)
+SET apikeys.claims_roles = 'regress_authenticator';
+GRANT backend TO regress_authenticator;
+SET SESSION AUTHORIZATION regress_authenticator;
+SET ROLE backend;
+SELECT apikeys.is_operator() AS api_login_as_backend;
+RESET ROLE;
+RESET SESSION AUTHORIZATION;
+REVOKE backend FROM regress_authenticator;
+RESET apikeys.claims_roles;
 -- a request with trusted claims is never an operator, whatever its role holds
 BEGIN;
 SELECT regress.as_jwt('backend', '{"role":"backend","sub":"backend"}');
@@ -221,6 +233,9 @@ SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hw
 SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), '')) AS empty_owner;
 SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), E'b\u200Bob')) AS zero_width_space;
 SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('hws'), 'look-alike', E'b\u202Eob')) AS mint_for_bidi_owner;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('hws'), 'look-alike', E'bob\u034F')) AS grapheme_joiner;
+SELECT regress.try(format('SELECT apikeys.create_key(%L, %L, owner => %L)', regress.id('hws'), 'look-alike', E'b\u00A0ob')) AS no_break_space;
+SELECT regress.try(format('SELECT apikeys.suspend_owner(%L, %L)', regress.id('hws'), E'bob\uFE0F')) AS variation_selector;
 -- a billing suspension and its end give every key back what it had
 SELECT apikeys.suspend_owner(regress.id('hws')) AS whole_workspace;
 SELECT apikeys.suspend_owner(regress.id('hws'), 'bob') AS and_bob;
@@ -233,6 +248,8 @@ SELECT count(*) AS public_key_resolves FROM apikeys.resolve_public_key(regress.t
 SET ROLE alice;
 SELECT regress.try(format('SELECT apikeys.add_member(%L, %L, %L)', regress.id('hws'), 'mallory', 'admin')) AS suspended_admin_invites;
 SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('ha_id'))) AS admin_resumes_during_suspension;
+SELECT regress.try(format('SELECT apikeys.revoke_key(%L)', regress.id('hb2_id'))) AS suspended_admin_revokes_a_members_key;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, name => %L)', regress.id('hb2_id'), 'renamed')) AS suspended_admin_renames_it;
 RESET ROLE;
 SET ROLE backend;
 SELECT regress.try(format('SELECT apikeys.resume_key(%L)', regress.id('hb2_id'))) AS operator_resume_key_during_owner_suspension;
@@ -267,6 +284,7 @@ SET ROLE alice;
 SELECT regress.put('pl_id', id::text) FROM apikeys.create_key(regress.id('hws'), 'planned');
 SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 14400, rate_window => %L)', regress.id('pl_id'), '1 day')) AS same_average_all_at_once;
 SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 1, rate_window => %L)', regress.id('pl_id'), '1 second')) AS sixty_a_minute;
+SELECT regress.try(format('SELECT apikeys.update_key(%L, rate_limit => 10, rate_window => %L)', regress.id('pl_id'), '90 seconds')) AS two_windows_meet_in_a_minute;
 SELECT apikeys.update_key(regress.id('pl_id'), rate_limit => 5, rate_window => '30 seconds') AS five_per_half_minute;
 SELECT apikeys.update_key(regress.id('pl_id'), credits => 3) AS spend_down;
 SELECT regress.try(format('SELECT apikeys.update_key(%L, credits => 10)', regress.id('pl_id'))) AS top_up;

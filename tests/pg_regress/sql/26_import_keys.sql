@@ -1,0 +1,95 @@
+-- limits need the usage engine: this file's expected output has a variant
+-- per mode (expected/26_import_keys.out without the preload, 26_import_keys_1.out with it)
+-- import_keys: many legacy keys in one call from a table the caller reads
+-- (a COPY-fed staging table); one result row per source row, imported or
+-- the reason; bad rows roll back nothing unless all_or_nothing. Operators
+-- import for any owner; an admin holding apikeys_importer for members,
+-- within their scopes and the plan. Each attack below is a row the import
+-- must refuse, name by name.
+\set SHOW_CONTEXT never
+SET ROLE alice;
+SELECT regress.put('iws', apikeys.create_workspace('Import')::text);
+SELECT regress.add_member(regress.id('iws'), 'bob', 'member', '{read}');
+SELECT name FROM apikeys.create_key(regress.id('iws'), 'taken');
+RESET ROLE;
+CREATE TABLE regress.legacy (n bigint, owner text, name text, digest text, scopes text[], metadata jsonb,
+                             expires_at timestamptz, rate_limit integer, rate_window interval, credits bigint,
+                             created_at timestamptz, last_used_at timestamptz);
+GRANT SELECT ON regress.legacy TO alice, bob;
+INSERT INTO regress.legacy (n, owner, name, digest, scopes, metadata, expires_at, created_at, last_used_at) VALUES
+  (1, 'bob', 'ci-deploy', encode(sha256('legacy-token-1'), 'hex'), '{read}', '{"team": "ci"}', now() + interval '1 year',
+      '2020-01-01', '2026-11-30'),
+  (2, 'bob', 'Reporting', upper(encode(sha256('legacy-token-2'), 'hex')), '{}', NULL, NULL, NULL, NULL),
+  (3, 'bob', 'b64', encode(sha256('legacy-token-3'), 'base64'), NULL, NULL, NULL, NULL, NULL),
+  (4, 'bob', 'ci-deploy', encode(sha256('legacy-token-4'), 'hex'), NULL, NULL, NULL, NULL, NULL),
+  (5, 'bob', 'dup-digest', encode(sha256('legacy-token-1'), 'hex'), NULL, NULL, NULL, NULL, NULL),
+  (6, 'bob', 'taken', encode(sha256('legacy-token-6'), 'hex'), NULL, NULL, NULL, NULL, NULL),
+  (7, 'carol', 'not-a-member', encode(sha256('legacy-token-7'), 'hex'), NULL, NULL, NULL, NULL, NULL),
+  (8, 'bob', 'too-wide', encode(sha256('legacy-token-8'), 'hex'), '{admin}', NULL, NULL, NULL, NULL),
+  (9, 'bob', 'bad digest', 'xyz', NULL, NULL, NULL, NULL, NULL),
+  (10, 'bob', 'bad-digest', 'abc', NULL, NULL, NULL, NULL, NULL),
+  (11, E'b\u200Bob', 'look-alike', encode(sha256('legacy-token-11'), 'hex'), NULL, NULL, NULL, NULL, NULL),
+  (12, 'bob', 'expired', encode(sha256('legacy-token-12'), 'hex'), NULL, NULL, now() - interval '1 day', NULL, NULL),
+  (13, 'bob', 'odd-meta', encode(sha256('legacy-token-13'), 'hex'), NULL, '[1, 2]', NULL, NULL, NULL),
+  (14, 'bob', 'future', encode(sha256('legacy-token-14'), 'hex'), NULL, NULL, NULL, now() + interval '1 day', NULL),
+  (15, 'bob', 'bad-scope', encode(sha256('legacy-token-15'), 'hex'), '{Read}', NULL, NULL, NULL, NULL);
+-- who: not a plain admin, not a member; an importer who cannot read the source neither
+SET ROLE alice;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy')) AS admin_without_importer;
+RESET ROLE;
+SELECT apikeys.grant_importer('alice');
+SET ROLE bob;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy')) AS member;
+RESET ROLE;
+REVOKE SELECT ON regress.legacy FROM alice;
+SET ROLE alice;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy')) AS unreadable_source;
+RESET ROLE;
+GRANT SELECT ON regress.legacy TO alice;
+SET ROLE alice;
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy')) AS repeatable_read;
+ROLLBACK;
+-- all or nothing: a report, nothing imported
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy', all_or_nothing => true) ORDER BY n LIMIT 3;
+SELECT count(*) AS imported_so_far FROM apikeys.keys WHERE workspace_id = regress.id('iws') AND source = 'imported';
+-- the import: good rows in, each bad row named
+SELECT n, key_id IS NOT NULL AS has_id, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy') ORDER BY n;
+RESET ROLE;
+SELECT name, owner, scopes, metadata, created_at = '2020-01-01' AS legacy_created_at,
+       last_used_at = '2026-11-30' AS legacy_last_used, source, prefix ~ '^imported:.{8}$' AS prefix_form
+  FROM apikeys.keys WHERE workspace_id = regress.id('iws') AND source = 'imported' ORDER BY name;
+SELECT owner, scopes FROM apikeys.verify_key('legacy-token-1');
+SELECT owner FROM apikeys.verify_key('legacy-token-2');
+SELECT owner FROM apikeys.verify_key('legacy-token-3');
+-- one audit row for the batch, none per key
+SELECT action, detail - 'source' AS detail FROM apikeys.audit_log
+ WHERE workspace_id = regress.id('iws') AND action LIKE 'key%imported' ORDER BY id;
+-- the per-row triggers are skipped for the batch only: a mint right after
+-- is audited and follows the owner's limit as always
+SET ROLE alice;
+SELECT name FROM apikeys.create_key(regress.id('iws'), 'after-import');
+RESET ROLE;
+SELECT count(*) AS audited_mint FROM apikeys.audit_log
+ WHERE workspace_id = regress.id('iws') AND action = 'key.created' AND detail->>'name' = 'after-import';
+SELECT apikeys.importing() AS marked_after_the_import;
+-- the source without n: rows numbered as read; a missing column is 22023
+CREATE TABLE regress.legacy2 (owner text, name text, digest text);
+INSERT INTO regress.legacy2 VALUES ('bob', 'second-a', encode(sha256('legacy-token-21'), 'hex')),
+                                   ('bob', 'second-a', encode(sha256('legacy-token-22'), 'hex'));
+CREATE TABLE regress.legacy3 (owner text, name text);
+GRANT SELECT ON regress.legacy2, regress.legacy3 TO alice;
+SET ROLE alice;
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy2') ORDER BY n;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy3')) AS no_digest_column;
+RESET ROLE;
+-- an operator imports for identities (no membership) and any scopes
+SELECT apikeys.grant_operator('backend');
+SET ROLE backend;
+CREATE TEMP TABLE op_legacy (owner text, name text, digest text, scopes text[], rate_limit integer, rate_window interval, credits bigint);
+INSERT INTO op_legacy VALUES ('cust_7', 'cust-7-prod', encode(sha256('legacy-token-31'), 'hex'), '{admin}', 10, '1 minute', 100);
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'pg_temp.op_legacy');
+RESET ROLE;
+SELECT owner, scopes, rate_limit, credits FROM apikeys.keys WHERE name = 'cust-7-prod';
+REVOKE apikeys_importer FROM alice;
+REVOKE apikeys_operator FROM backend;
