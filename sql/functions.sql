@@ -704,12 +704,14 @@ COMMENT ON FUNCTION apikeys.set_plan(uuid, integer, interval, bigint, bigint, in
 -- characters, no invisible or non-ASCII space characters, no surrounding
 -- spaces.
 CREATE FUNCTION apikeys.valid_principal(p text) RETURNS boolean
-    LANGUAGE sql IMMUTABLE
-    SET search_path = pg_catalog, pg_temp
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    -- (no SET search_path, so that the planner inlines it into import_keys'
+    -- one pass over the source; every operator and function is qualified)
     AS $$
-        SELECT $1 IS NOT NULL AND $1 <> '' AND pg_catalog.char_length($1) <= 256
-           AND $1 = pg_catalog.btrim($1, ' ')
-           AND $1 !~ E'[\\x01-\\x1f\\x7f-\\x9f\\u00a0\\u00ad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0000-\\U000e007f\\U000e0100-\\U000e01ef\\t\\n\\v\\f\\r\\u0085]'
+        SELECT $1 IS NOT NULL AND $1 OPERATOR(pg_catalog.<>) ''
+           AND pg_catalog.char_length($1) OPERATOR(pg_catalog.<=) 256
+           AND $1 OPERATOR(pg_catalog.=) pg_catalog.btrim($1, ' ')
+           AND $1 OPERATOR(pg_catalog.!~) E'[\\x01-\\x1f\\x7f-\\x9f\\u00a0\\u00ad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0000-\\U000e007f\\U000e0100-\\U000e01ef\\t\\n\\v\\f\\r\\u0085]'
     $$;
 COMMENT ON FUNCTION apikeys.valid_principal(text) IS
     'Internal: whether a text is a valid principal (the rules create_key(owner => ...) applies).';
@@ -897,7 +899,8 @@ BEGIN
         cols := cols || CASE WHEN cols = '' THEN '' ELSE ', ' END
              || CASE WHEN c.col = 'n' AND NOT c.present THEN 'pg_catalog.row_number() OVER ()'
                      WHEN c.present THEN pg_catalog.format('s.%I::%s', c.col, c.typ)
-                     ELSE pg_catalog.format('NULL::%s', c.typ) END;
+                     ELSE pg_catalog.format('NULL::%s', c.typ) END
+             || pg_catalog.format(' AS %I', c.col);
     END LOOP;
     IF pg_catalog.to_regclass('pg_temp.apikeys_import') IS NOT NULL THEN
         -- an earlier call's working table (this session's, not user data)
@@ -910,54 +913,79 @@ BEGIN
         created_at timestamptz, last_used_at timestamptz,
         hash bytea, id uuid, prefix text, reason text
     ) ON COMMIT DROP;
-    EXECUTE pg_catalog.format('INSERT INTO pg_temp.apikeys_import (n, owner, name, digest, scopes, metadata, expires_at,
-            rate_limit, rate_window, credits, refill_amount, refill_interval, created_at, last_used_at)
-        SELECT %s FROM %s s', cols, source);
-    ANALYZE pg_temp.apikeys_import;
-
-    -- every rule create_key and import_key apply, row by row, the first
-    -- broken one named
-    UPDATE pg_temp.apikeys_import i SET
-        name = pg_catalog.lower(i.name),
-        scopes = ARRAY(SELECT DISTINCT x FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x ORDER BY x),
-        metadata = coalesce(i.metadata, '{}'),
-        hash = CASE WHEN i.digest ~ '^[0-9A-Fa-f]{64}$' THEN pg_catalog.decode(pg_catalog.lower(i.digest), 'hex')
-                    WHEN i.digest ~ '^[A-Za-z0-9+/]{43}=?$'
-                    THEN pg_catalog.decode(pg_catalog.rpad(i.digest, 44, '='), 'base64') END,
-        reason = CASE
-            WHEN i.n IS NULL THEN 'n: missing'
-            WHEN NOT apikeys.valid_principal(i.owner)
+    -- the source read once: each row's checks, every rule create_key and
+    -- import_key apply, the first broken one named; its digest, id and
+    -- display prefix (imported: and 8 random base62-like characters:
+    -- nothing of the token is known)
+    EXECUTE pg_catalog.format($q$INSERT INTO pg_temp.apikeys_import (n, owner, name, digest, scopes, metadata, expires_at,
+            rate_limit, rate_window, credits, refill_amount, refill_interval, created_at, last_used_at,
+            hash, id, prefix, reason)
+        SELECT r.n, r.owner, pg_catalog.lower(r.name), r.digest,
+               -- (repeated scopes dropped, the first place kept, as create_key does)
+               CASE WHEN r.scopes IS NULL THEN '{}'
+                    WHEN pg_catalog.cardinality(r.scopes) <= 1 THEN r.scopes
+                    ELSE ARRAY(SELECT u.x FROM pg_catalog.unnest(r.scopes) WITH ORDINALITY AS u(x, o)
+                                GROUP BY u.x ORDER BY pg_catalog.min(u.o)) END,
+               coalesce(r.metadata, '{}'), r.expires_at, r.rate_limit, r.rate_window, r.credits,
+               r.refill_amount, r.refill_interval, r.created_at, r.last_used_at,
+               -- (lengths and classes checked apart: a bounded repetition
+               -- such as {64} costs PostgreSQL's regex engine far more)
+               CASE WHEN pg_catalog.length(r.digest) = 64 AND r.digest !~ '[^0-9A-Fa-f]'
+                    THEN pg_catalog.decode(pg_catalog.lower(r.digest), 'hex')
+                    WHEN (pg_catalog.length(r.digest) = 44 AND r.digest ~ '^[A-Za-z0-9+/]+=$')
+                         OR (pg_catalog.length(r.digest) = 43 AND r.digest ~ '^[A-Za-z0-9+/]+$')
+                    THEN pg_catalog.decode(pg_catalog.rpad(r.digest, 44, '='), 'base64') END,
+               pg_catalog.gen_random_uuid(),
+               'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
+                    pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8),
+               CASE
+            WHEN r.n IS NULL THEN 'n: missing'
+            WHEN NOT apikeys.valid_principal(r.owner)
                 THEN 'owner: not a valid principal (1-256 characters, no control or invisible characters or surrounding spaces)'
-            WHEN i.name IS NULL OR pg_catalog.lower(i.name) !~ '^[a-z0-9]+(-[a-z0-9]+)*$' OR pg_catalog.length(i.name) > 64
+            WHEN r.name IS NULL OR pg_catalog.lower(r.name) !~ '^[a-z0-9]+(-[a-z0-9]+)*$' OR pg_catalog.length(r.name) > 64
                 THEN 'name: not a key name (1-64 of a-z, 0-9 and single hyphens inside)'
-            WHEN i.digest IS NULL OR NOT (i.digest ~ '^[0-9A-Fa-f]{64}$' OR i.digest ~ '^[A-Za-z0-9+/]{43}=?$')
+            WHEN r.digest IS NULL OR NOT ((pg_catalog.length(r.digest) = 64 AND r.digest !~ '[^0-9A-Fa-f]')
+                                          OR (pg_catalog.length(r.digest) = 44 AND r.digest ~ '^[A-Za-z0-9+/]+=$')
+                                          OR (pg_catalog.length(r.digest) = 43 AND r.digest ~ '^[A-Za-z0-9+/]+$'))
                 THEN 'digest: not a SHA-256 digest (64 hex characters, or 44 of base64)'
-            WHEN EXISTS (SELECT FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x
-                          WHERE x IS NULL OR pg_catalog.length(x) > 64 OR x !~ '^[a-z][a-z0-9_.:-]*$' OR x ~ '(^|:)(:|$)')
-                 OR (SELECT count(DISTINCT x) FROM pg_catalog.unnest(coalesce(i.scopes, '{}')) AS x) > 64
+            -- (each scope: a letter, then a-z 0-9 _ . -, with : between
+            -- segments that are not empty; checked on the list joined by
+            -- commas, which no scope holds, a NULL scope as a control char)
+            WHEN pg_catalog.cardinality(r.scopes) > 0
+                 AND (pg_catalog.array_to_string(r.scopes, ',', E'\x01')
+                          !~ '^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*(,[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*)*$'
+                      OR (pg_catalog.octet_length(pg_catalog.array_to_string(r.scopes, ',')) > 64
+                          AND (SELECT pg_catalog.max(pg_catalog.length(x)) FROM pg_catalog.unnest(r.scopes) AS x) > 64)
+                      OR (pg_catalog.cardinality(r.scopes) > 64
+                          AND (SELECT count(DISTINCT x) FROM pg_catalog.unnest(r.scopes) AS x) > 64))
                 THEN 'scopes: each 1-64 of a-z, 0-9, _ . : - starting with a letter, at most 64'
-            WHEN i.metadata IS NOT NULL AND (pg_catalog.jsonb_typeof(i.metadata) <> 'object'
-                                             OR pg_catalog.octet_length(i.metadata::text) > 16384)
+            -- (the text form measured only where it could be over: a byte of
+            -- jsonb is at most 6 of text)
+            WHEN r.metadata IS NOT NULL AND (pg_catalog.jsonb_typeof(r.metadata) <> 'object'
+                                             OR (pg_catalog.pg_column_size(r.metadata) > 2730
+                                                 AND pg_catalog.octet_length(r.metadata::text) > 16384))
                 THEN 'metadata: not a JSON object of at most 16 KiB'
-            WHEN i.expires_at IS NOT NULL AND i.expires_at <= pg_catalog.now()
+            WHEN r.expires_at IS NOT NULL AND r.expires_at <= pg_catalog.now()
                 THEN 'expires_at: not in the future (an expired key is not imported)'
-            WHEN i.created_at > pg_catalog.now() OR i.last_used_at > pg_catalog.now()
-                 OR i.last_used_at < i.created_at
+            WHEN r.created_at > pg_catalog.now() OR r.last_used_at > pg_catalog.now()
+                 OR r.last_used_at < r.created_at
                 THEN 'created_at, last_used_at: in the future, or used before created'
-            WHEN (i.rate_limit IS NULL) <> (i.rate_window IS NULL) OR i.rate_limit <= 0
-                 OR i.rate_window < interval '1 second' OR i.rate_window > interval '1 day'
-                 OR pg_catalog.date_part('month', i.rate_window) <> 0 OR pg_catalog.date_part('year', i.rate_window) <> 0
-                 OR pg_catalog.date_part('day', i.rate_window) < 0 OR pg_catalog.date_part('hour', i.rate_window) < 0
-                 OR pg_catalog.date_part('minute', i.rate_window) < 0 OR pg_catalog.date_part('second', i.rate_window) < 0
-                 OR pg_catalog.date_part('second', i.rate_window) <> pg_catalog.floor(pg_catalog.date_part('second', i.rate_window))
+            WHEN (r.rate_limit IS NULL) <> (r.rate_window IS NULL) OR r.rate_limit <= 0
+                 OR r.rate_window IS NOT NULL AND (r.rate_window < interval '1 second' OR r.rate_window > interval '1 day'
+                 OR pg_catalog.date_part('month', r.rate_window) <> 0 OR pg_catalog.date_part('year', r.rate_window) <> 0
+                 OR pg_catalog.date_part('day', r.rate_window) < 0 OR pg_catalog.date_part('hour', r.rate_window) < 0
+                 OR pg_catalog.date_part('minute', r.rate_window) < 0 OR pg_catalog.date_part('second', r.rate_window) < 0
+                 OR pg_catalog.date_part('second', r.rate_window) <> pg_catalog.floor(pg_catalog.date_part('second', r.rate_window)))
                 THEN 'rate: a positive limit with a window of whole seconds, 1 second to 1 day'
-            WHEN i.credits < 0 OR (i.refill_amount IS NULL) <> (i.refill_interval IS NULL) OR i.refill_amount <= 0
-                 OR (i.refill_amount IS NOT NULL AND i.credits IS NULL)
-                 OR (i.refill_interval IS NOT NULL AND i.refill_interval NOT IN (interval '1 day', interval '1 month'))
+            WHEN r.credits < 0 OR (r.refill_amount IS NULL) <> (r.refill_interval IS NULL) OR r.refill_amount <= 0
+                 OR (r.refill_amount IS NOT NULL AND r.credits IS NULL)
+                 OR (r.refill_interval IS NOT NULL AND r.refill_interval NOT IN (interval '1 day', interval '1 month'))
                 THEN 'credits, refill: credits of 0 or more; a positive refill every 1 day or 1 month, with credits'
-            WHEN NOT engine AND (i.rate_limit IS NOT NULL OR i.credits IS NOT NULL)
+            WHEN NOT $1 AND (r.rate_limit IS NOT NULL OR r.credits IS NOT NULL)
                 THEN 'rate, credits: limits need the usage engine (shared_preload_libraries)'
-        END;
+               END
+          FROM (SELECT %s FROM %s s) r$q$, cols, source) USING engine;
+    ANALYZE pg_temp.apikeys_import;
 
     -- owners: an importer imports for active members only, within their
     -- scopes; no one for an owner (or a workspace) the operator suspended
@@ -992,7 +1020,10 @@ BEGIN
       FROM (SELECT x.n, pg_catalog.min(x.n) OVER (PARTITION BY x.name) AS first
               FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) d
      WHERE i.n = d.n AND d.n <> d.first AND i.reason IS NULL;
-    SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x GROUP BY x.n HAVING count(*) > 1) d;
+    bad := 0;
+    IF cols NOT LIKE 'pg_catalog.row_number()%' THEN
+        SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x GROUP BY x.n HAVING count(*) > 1) d;
+    END IF;
     IF bad > 0 THEN
         RAISE EXCEPTION 'the source repeats row numbers (column n)' USING ERRCODE = '22023',
             HINT = 'give each row its own n, or leave the column out to number rows as they are read';
@@ -1041,21 +1072,15 @@ BEGIN
         RETURN;
     END IF;
 
-    -- ids and display prefixes (imported: and 8 random base62-like
-    -- characters: nothing of the token is known); a prefix taken already,
-    -- or twice in the batch, is drawn again
-    UPDATE pg_temp.apikeys_import i SET id = pg_catalog.gen_random_uuid(),
-        prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
-                    pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
-     WHERE i.reason IS NULL;
+    -- a display prefix taken already, or twice in the batch, is drawn again
     LOOP
         UPDATE pg_temp.apikeys_import i SET
             prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
                         pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
-         WHERE i.reason IS NULL
-           AND (EXISTS (SELECT FROM apikeys.keys k WHERE k.prefix = i.prefix)
-                OR EXISTS (SELECT FROM pg_temp.apikeys_import j
-                            WHERE j.prefix = i.prefix AND j.reason IS NULL AND j.n < i.n));
+          FROM (SELECT x.n FROM (SELECT y.n, y.prefix, pg_catalog.min(y.n) OVER (PARTITION BY y.prefix) AS first
+                                   FROM pg_temp.apikeys_import y WHERE y.reason IS NULL) x
+                 WHERE x.n <> x.first OR EXISTS (SELECT FROM apikeys.keys k WHERE k.prefix = x.prefix)) d
+         WHERE i.n = d.n;
         EXIT WHEN NOT FOUND;
     END LOOP;
 
@@ -1074,9 +1099,10 @@ BEGIN
           FROM pg_temp.apikeys_import i
           LEFT JOIN apikeys.owner_limits l ON l.workspace_id = ws AND l.owner = i.owner
          WHERE i.reason IS NULL
-         ORDER BY i.n;
+         ORDER BY i.id;  -- (in key order: the primary key's index and the
+                         -- digests' foreign-key checks fill pages in turn)
         INSERT INTO apikeys.key_hashes (key_id, hash)
-        SELECT i.id, i.hash FROM pg_temp.apikeys_import i WHERE i.reason IS NULL ORDER BY i.n;
+        SELECT i.id, i.hash FROM pg_temp.apikeys_import i WHERE i.reason IS NULL ORDER BY i.id;
     EXCEPTION WHEN OTHERS THEN
         -- (the handler makes this block a subtransaction: the mark ends
         -- with it, whether it commits or not)
@@ -1087,7 +1113,8 @@ BEGIN
         VALUES (ws, apikeys.current_principal(), 'keys.imported',
                 pg_catalog.jsonb_build_object('imported', done - bad, 'refused', bad, 'source', source::text));
     END IF;
-    RETURN QUERY SELECT i.n, i.id, CASE WHEN i.reason IS NULL THEN 'imported' ELSE 'refused' END, i.reason
+    RETURN QUERY SELECT i.n, CASE WHEN i.reason IS NULL THEN i.id END,
+                        CASE WHEN i.reason IS NULL THEN 'imported' ELSE 'refused' END, i.reason
                    FROM pg_temp.apikeys_import i ORDER BY i.n;
 END
 $$;

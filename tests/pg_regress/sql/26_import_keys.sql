@@ -32,7 +32,10 @@ INSERT INTO regress.legacy (n, owner, name, digest, scopes, metadata, expires_at
   (12, 'bob', 'expired', encode(sha256('legacy-token-12'), 'hex'), NULL, NULL, now() - interval '1 day', NULL, NULL),
   (13, 'bob', 'odd-meta', encode(sha256('legacy-token-13'), 'hex'), NULL, '[1, 2]', NULL, NULL, NULL),
   (14, 'bob', 'future', encode(sha256('legacy-token-14'), 'hex'), NULL, NULL, NULL, now() + interval '1 day', NULL),
-  (15, 'bob', 'bad-scope', encode(sha256('legacy-token-15'), 'hex'), '{Read}', NULL, NULL, NULL, NULL);
+  (15, 'bob', 'bad-scope', encode(sha256('legacy-token-15'), 'hex'), '{Read}', NULL, NULL, NULL, NULL),
+  (16, 'bob', 'b64-unpadded-44', rpad(rtrim(encode(sha256('legacy-token-16'), 'base64'), '='), 44, 'A'), NULL, NULL, NULL, NULL, NULL),
+  (17, 'bob', 'b64-no-pad', rtrim(encode(sha256('legacy-token-17'), 'base64'), '='), NULL, NULL, NULL, NULL, NULL),
+  (18, 'bob', 'long-scope', encode(sha256('legacy-token-18'), 'hex'), ARRAY[repeat('a', 65)], NULL, NULL, NULL, NULL);
 -- who: not a plain admin, not a member; an importer who cannot read the source neither
 SET ROLE alice;
 SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy')) AS admin_without_importer;
