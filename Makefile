@@ -110,7 +110,7 @@ start:
 
 ## stop: stop it
 stop:
-	@scripts/cluster.sh stop
+	@for v in 15 18; do PG_MAJOR=$$v scripts/cluster.sh stop 2>/dev/null || true; done
 
 ## psql: psql on the demo database
 psql: start

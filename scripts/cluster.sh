@@ -60,6 +60,16 @@ CONF
     else
         say "starting PostgreSQL $PG_MAJOR on port $PGPORT (no preload: usage recorded in transaction)"
     fi
+    # a port held by another cluster (another checkout's, say): name it
+    local pidfile holder
+    for pidfile in $(ps -eo args= | sed -nE 's/^[^ ]*postgres -D ([^ ]+).*/\1/p' | sed 's|$|/postmaster.pid|'); do
+        if [ -r "$pidfile" ] && [ "$(sed -n 4p "$pidfile" 2>/dev/null)" = "$PGPORT" ] \
+            && [ "$(dirname "$pidfile")" != "$(cd "$PGDATA_DIR" && pwd -P)" ]; then
+            holder=$(dirname "$pidfile")
+            echo "port $PGPORT is held by the PostgreSQL of data directory $holder (another checkout's?); stop it with: runuser -u postgres -- $PGBIN/pg_ctl -D $holder stop" >&2
+            exit 1
+        fi
+    done
     as_pg "$PGBIN/pg_ctl" -D "$PGDATA_DIR" -l "$PGLOG" -w -t 60 "${opts[@]}" start >/dev/null
 }
 
