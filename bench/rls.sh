@@ -18,51 +18,13 @@
 # Settings (environment):
 #   BENCH_RLS_SIZES="50000 1000000"   BENCH_PORT=28842  BENCH_DIR=/tmp/pg_apikeys_bench_rls
 set -euo pipefail
-. "$(dirname "$0")/../scripts/env.sh"
-cd "$ROOT"
-export PGOPTIONS="" PGAPPNAME=pg_apikeys_bench
-unset PGHOST PGPORT PGUSER PGDATABASE PGPASSWORD PGSERVICE
-
 PORT="${BENCH_PORT:-28842}"
 DIR="${BENCH_DIR:-/tmp/pg_apikeys_bench_rls}"
 SIZES="${BENCH_RLS_SIZES:-50000 1000000}"
-SOCK="$DIR/sock"
-DATA="$DIR/data"
-LOG="$DIR/server.log"
-OUT="$ROOT/target/bench"
+. "$(dirname "$0")/cluster-lib.sh"
 CSV="$OUT/rls.csv"
 
-case "$PORT" in
-    28815|28817|2883[0-9]|28840|28841) echo "BENCH_PORT=$PORT belongs to another cluster of this project" >&2; exit 2 ;;
-esac
-case "$DIR" in /tmp/pg_apikeys_bench*) ;; *) echo "BENCH_DIR must be under /tmp/pg_apikeys_bench (it is wiped)" >&2; exit 2 ;; esac
-[ -f "$("$PG_CONFIG" --sharedir)/extension/pg_apikeys.control" ] || { echo "run make install first" >&2; exit 1; }
-mkdir -p "$OUT"
-
-psql_b() { local role="$1" db="$2"; shift 2; "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK" -p "$PORT" -U "$role" -d "$db" "$@"; }
-q() { psql_b postgres "$1" -At -c "$2"; }
-stop() {
-    if [ -f "$DATA/PG_VERSION" ] && as_pg "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
-        as_pg "$PGBIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null || true
-    fi
-}
-cleanup() { local s=$?; trap - EXIT; [ "$s" != 0 ] && [ -f "$LOG" ] && tail -20 "$LOG" >&2; stop; rm -rf "$DIR"; exit "$s"; }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-stop; rm -rf "$DIR"; mkdir -p "$DIR"; [ "$(id -u)" = 0 ] && chown postgres: "$DIR"
-as_pg "$PGBIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
-as_pg mkdir -p "$SOCK"
-as_pg tee -a "$DATA/postgresql.conf" >/dev/null <<CONF
-listen_addresses = ''
-port = $PORT
-unix_socket_directories = '$SOCK'
-shared_buffers = 1GB
-max_wal_size = 8GB
-checkpoint_timeout = 30min
-log_min_messages = warning
-CONF
-as_pg "$PGBIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 start >/dev/null
+bench_cluster_start "shared_buffers = 1GB"
 psql_b postgres postgres -c "CREATE ROLE rls_admin LOGIN" -c "CREATE ROLE rls_member LOGIN"
 echo "size,query,role,form,best_ms,rows" >"$CSV"
 
