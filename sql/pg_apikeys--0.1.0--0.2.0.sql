@@ -1551,14 +1551,18 @@ CREATE FUNCTION apikeys.is_operator() RETURNS boolean
 COMMENT ON FUNCTION apikeys.is_operator() IS
     'Whether the caller is an operator now: a superuser or a holder of apikeys_operator, acting as itself (never through an API key or in a request with trusted claims).';
 
-CREATE FUNCTION apikeys.suspend_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
-    LANGUAGE plpgsql SECURITY DEFINER
+-- The prologue of every operator control (suspend_owner, resume_owner,
+-- set_plan): operators only; the workspace (and the owner, when one is
+-- named) checked; READ COMMITTED only (an older snapshot would miss keys
+-- minted or changed since it was taken: they would escape the suspension
+-- or the plan); then a no-op update of the workspace's row, so a mint in
+-- flight there (which holds the row FOR SHARE) is waited for, and one that
+-- starts now waits for the control to commit (or, under REPEATABLE READ,
+-- fails with 40001). Called by those SECURITY DEFINER functions only.
+CREATE FUNCTION apikeys.operator_control(ws uuid, who text) RETURNS void
+    LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp
     AS $$
-DECLARE
-    ws uuid := suspend_owner.workspace_id;
-    who text := suspend_owner.owner;
-    made int;
 BEGIN
     IF NOT apikeys.is_operator() THEN
         RAISE EXCEPTION 'permission denied: operators only'
@@ -1573,19 +1577,29 @@ BEGIN
         RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
             USING ERRCODE = '22023';
     END IF;
-    -- an older snapshot would miss keys minted or changed since it was
-    -- taken: they would escape the suspension or the plan
     IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
             HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
     END IF;
-    -- a no-op update of the workspace's row: a mint in flight there
-    -- (which holds it FOR SHARE) is waited for, and one that starts now
-    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
     UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
+END
+$$;
+COMMENT ON FUNCTION apikeys.operator_control(uuid, text) IS
+    'Internal: the checks and the workspace-row update every operator control (suspend_owner, resume_owner, set_plan) starts with.';
+
+CREATE FUNCTION apikeys.suspend_owner(workspace_id uuid, owner text DEFAULT NULL) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+DECLARE
+    ws uuid := suspend_owner.workspace_id;
+    who text := suspend_owner.owner;
+    made int;
+BEGIN
+    PERFORM apikeys.operator_control(ws, who);
     INSERT INTO apikeys.suspensions (workspace_id, owner, suspended_by)
     VALUES (ws, who, apikeys.current_principal())
     ON CONFLICT DO NOTHING;
@@ -1619,32 +1633,7 @@ DECLARE
     who text := resume_owner.owner;
     ended int;
 BEGIN
-    IF NOT apikeys.is_operator() THEN
-        RAISE EXCEPTION 'permission denied: operators only'
-            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
-    END IF;
-    IF ws IS NULL THEN
-        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
-    END IF;
-    -- an owner is checked as create_key(owner => ...) checks it: a typo
-    -- must not suspend no one in silence
-    IF who IS NOT NULL AND NOT apikeys.valid_principal(who) THEN
-        RAISE EXCEPTION 'invalid principal: use 1-256 characters, no control or invisible characters or surrounding spaces'
-            USING ERRCODE = '22023';
-    END IF;
-    -- an older snapshot would miss keys minted or changed since it was
-    -- taken: they would escape the suspension or the plan
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
-            HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
-    END IF;
-    -- a no-op update of the workspace's row: a mint in flight there
-    -- (which holds it FOR SHARE) is waited for, and one that starts now
-    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
-    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
-    END IF;
+    PERFORM apikeys.operator_control(ws, who);
     UPDATE apikeys.suspensions s SET resumed_at = pg_catalog.now(), resumed_by = apikeys.current_principal()
      WHERE s.workspace_id = ws AND s.owner IS NOT DISTINCT FROM who AND s.resumed_at IS NULL;
     GET DIAGNOSTICS ended = ROW_COUNT;
@@ -1771,26 +1760,7 @@ DECLARE
     pl_life interval := set_plan.key_lifetime;
     pl_active integer := set_plan.active_keys;
 BEGIN
-    IF NOT apikeys.is_operator() THEN
-        RAISE EXCEPTION 'permission denied: operators only'
-            USING ERRCODE = '42501', HINT = 'a superuser grants it with apikeys.grant_operator()';
-    END IF;
-    IF ws IS NULL THEN
-        RAISE EXCEPTION 'workspace_id must not be null' USING ERRCODE = '22023';
-    END IF;
-    -- an older snapshot would miss keys minted or changed since it was
-    -- taken: they would escape the suspension or the plan
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
-        RAISE EXCEPTION 'the operator''s controls run in READ COMMITTED only' USING ERRCODE = '0A000',
-            HINT = 'run it in a READ COMMITTED transaction (the default): an older snapshot would miss keys minted or changed meanwhile';
-    END IF;
-    -- a no-op update of the workspace's row: a mint in flight there
-    -- (which holds it FOR SHARE) is waited for, and one that starts now
-    -- waits for this to commit (or, REPEATABLE READ, fails with 40001)
-    UPDATE apikeys.workspaces w SET name = w.name WHERE w.id = ws;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
-    END IF;
+    PERFORM apikeys.operator_control(ws, NULL);
     -- every interval checked part by part: no month or negative part in a
     -- window, a refill of exactly one day or one month, a lifetime of
     -- 1 minute to 100 years with no negative part
@@ -2025,6 +1995,7 @@ REVOKE ALL ON apikeys.suspensions FROM PUBLIC;
 REVOKE ALL ON SEQUENCE apikeys.suspensions_id_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.is_operator() FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.suspend_owner(uuid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION apikeys.operator_control(uuid, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION apikeys.resume_owner(uuid, text) FROM PUBLIC;
 
 -- The operator (apikeys.is_operator(): a superuser or a role granted
