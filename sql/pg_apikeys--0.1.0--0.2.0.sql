@@ -2093,10 +2093,18 @@ BEGIN
         RAISE EXCEPTION 'workspace not found' USING ERRCODE = 'PT404';
     END IF;
 
+    -- the source is read as this function's owner: a plain table only (a
+    -- view, a foreign table or a parent of others could run the caller's
+    -- code with the owner's rights)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_class r
+                    WHERE r.oid = source AND r.relkind = 'r' AND NOT r.relhassubclass) THEN
+        RAISE EXCEPTION 'the source must be a plain table' USING ERRCODE = '22023',
+            HINT = 'stage the keys in a table (CREATE TABLE ... or CREATE TEMP TABLE ..., then COPY or INSERT)';
+    END IF;
     -- the source's columns, by name: owner, name and digest are needed;
     -- the others are taken when present
     FOR c IN
-        SELECT x.col, x.typ, a.attname IS NOT NULL AS present
+        SELECT x.col, x.typ, a.attname IS NOT NULL AS present, a.atttypid
           FROM (VALUES (1, 'n', 'bigint'), (2, 'owner', 'text'), (3, 'name', 'text'), (4, 'digest', 'text'),
                        (5, 'scopes', 'text[]'), (6, 'metadata', 'jsonb'), (7, 'expires_at', 'timestamptz'),
                        (8, 'rate_limit', 'integer'), (9, 'rate_window', 'interval'), (10, 'credits', 'bigint'),
@@ -2106,6 +2114,13 @@ BEGIN
                  ON a.attrelid = source AND a.attname = x.col AND a.attnum > 0 AND NOT a.attisdropped
          ORDER BY x.i
     LOOP
+        -- a column of a type of its own (a domain, an enum, a type with a
+        -- cast of its own) could run the caller's code as this function's
+        -- owner when read and cast: built-in types only
+        IF c.present AND c.atttypid >= 16384 THEN
+            RAISE EXCEPTION 'the source''s column % has a type of its own', c.col USING ERRCODE = '22023',
+                HINT = 'stage the keys in columns of built-in types (text, text[], jsonb, timestamptz, integer, bigint, interval)';
+        END IF;
         IF NOT c.present AND c.col IN ('owner', 'name', 'digest') THEN
             RAISE EXCEPTION 'the source has no column %', c.col USING ERRCODE = '22023',
                 HINT = 'import_keys reads owner, name and digest, and optionally n, scopes, metadata, expires_at, rate_limit, rate_window, credits, refill_amount, refill_interval, created_at, last_used_at';

@@ -86,6 +86,25 @@ SET ROLE alice;
 SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy2') ORDER BY n;
 SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy3')) AS no_digest_column;
 RESET ROLE;
+-- the source is read as the function's owner: no view (its functions
+-- would run with the owner's rights), no type of the caller's own (its cast
+-- would), no rolled-back import leaves the per-row triggers off
+CREATE FUNCTION regress.sneaky() RETURNS text LANGUAGE sql AS $$ SELECT 'bob' $$;
+CREATE VIEW regress.legacy_view AS SELECT regress.sneaky() AS owner, name, digest FROM regress.legacy2;
+CREATE DOMAIN regress.owner_text AS text;
+CREATE TABLE regress.legacy4 (owner regress.owner_text, name text, digest text);
+GRANT SELECT ON regress.legacy_view, regress.legacy4 TO alice;
+GRANT EXECUTE ON FUNCTION regress.sneaky() TO alice;
+SET ROLE alice;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy_view')) AS view_source;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy4')) AS own_type;
+BEGIN;
+SELECT count(*) AS in_rolled_back FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy2');
+ROLLBACK;
+SELECT name FROM apikeys.create_key(regress.id('iws'), 'after-rollback');
+RESET ROLE;
+SELECT count(*) AS audited_after_rollback FROM apikeys.audit_log
+ WHERE workspace_id = regress.id('iws') AND action = 'key.created' AND detail->>'name' = 'after-rollback';
 -- an operator imports for identities (no membership) and any scopes
 SELECT apikeys.grant_operator('backend');
 SET ROLE backend;
