@@ -834,6 +834,7 @@ DECLARE
     p apikeys.plans;
     active bigint;
     engine boolean := apikeys.usage_mode() = 'shared_memory';
+    con text;
 BEGIN
     -- who: an operator (any owner), or an admin holding apikeys_importer
     -- (owners who are members, within their scopes and the plan); the
@@ -993,18 +994,20 @@ BEGIN
     -- first row keeps it)
     UPDATE pg_temp.apikeys_import i SET reason = 'digest: a key with this digest is stored already'
      WHERE i.reason IS NULL AND EXISTS (SELECT FROM apikeys.key_hashes h WHERE h.hash = i.hash);
+    -- (the repeated ones found by one hashed count, then only their rows
+    -- visited)
     UPDATE pg_temp.apikeys_import i SET reason = pg_catalog.format('digest: the same as row %s', d.first)
-      FROM (SELECT x.n, pg_catalog.min(x.n) OVER (PARTITION BY x.hash) AS first
-              FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) d
-     WHERE i.n = d.n AND d.n <> d.first AND i.reason IS NULL;
+      FROM (SELECT x.hash, pg_catalog.min(x.n) AS first FROM pg_temp.apikeys_import x
+             WHERE x.reason IS NULL GROUP BY x.hash HAVING count(*) > 1) d
+     WHERE i.hash = d.hash AND i.n <> d.first AND i.reason IS NULL;
     UPDATE pg_temp.apikeys_import i SET reason = 'name: taken by an active key in this workspace'
      WHERE i.reason IS NULL
        AND EXISTS (SELECT FROM apikeys.keys k
                     WHERE k.workspace_id = ws AND k.name = i.name AND k.revoked_at IS NULL AND k.replaced_by IS NULL);
     UPDATE pg_temp.apikeys_import i SET reason = pg_catalog.format('name: the same as row %s (names are unique in a workspace)', d.first)
-      FROM (SELECT x.n, pg_catalog.min(x.n) OVER (PARTITION BY x.name) AS first
-              FROM pg_temp.apikeys_import x WHERE x.reason IS NULL) d
-     WHERE i.n = d.n AND d.n <> d.first AND i.reason IS NULL;
+      FROM (SELECT x.name, pg_catalog.min(x.n) AS first FROM pg_temp.apikeys_import x
+             WHERE x.reason IS NULL GROUP BY x.name HAVING count(*) > 1) d
+     WHERE i.name = d.name AND i.n <> d.first AND i.reason IS NULL;
     bad := 0;
     IF cols NOT LIKE 'pg_catalog.row_number()%' THEN
         SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x GROUP BY x.n HAVING count(*) > 1) d;
@@ -1057,42 +1060,59 @@ BEGIN
         RETURN;
     END IF;
 
-    -- a display prefix taken already, or twice in the batch, is drawn again
-    LOOP
-        UPDATE pg_temp.apikeys_import i SET
-            prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
-                        pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
-          FROM (SELECT x.n FROM (SELECT y.n, y.prefix, pg_catalog.min(y.n) OVER (PARTITION BY y.prefix) AS first
-                                   FROM pg_temp.apikeys_import y WHERE y.reason IS NULL) x
-                 WHERE x.n <> x.first OR EXISTS (SELECT FROM apikeys.keys k WHERE k.prefix = x.prefix)) d
-         WHERE i.n = d.n;
-        EXIT WHEN NOT FOUND;
-    END LOOP;
-
     -- the batch: keys (with their owner's shared limit), their digests,
     -- and one audit row; the per-row triggers skip these rows (their work
-    -- is done above), in a block of its own so the mark ends with it
-    BEGIN
-        PERFORM apikeys.import_mark();
-        INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, created_at, expires_at,
-                                  last_used_at, source, rate_limit, rate_window, credits, credits_refilled_at,
-                                  refill_amount, refill_interval, owner_rate_limit, owner_rate_window)
-        SELECT i.id, ws, i.owner, i.name, i.prefix, i.scopes, i.metadata, coalesce(i.created_at, pg_catalog.now()),
-               i.expires_at, i.last_used_at, 'imported', i.rate_limit, i.rate_window, i.credits,
-               CASE WHEN i.credits IS NOT NULL THEN pg_catalog.statement_timestamp() END,
-               i.refill_amount, i.refill_interval, l.rate_limit, l.rate_window
-          FROM pg_temp.apikeys_import i
-          LEFT JOIN apikeys.owner_limits l ON l.workspace_id = ws AND l.owner = i.owner
-         WHERE i.reason IS NULL
-         ORDER BY i.id;  -- (in key order: the primary key's index and the
-                         -- digests' foreign-key checks fill pages in turn)
-        INSERT INTO apikeys.key_hashes (key_id, hash)
-        SELECT i.id, i.hash FROM pg_temp.apikeys_import i WHERE i.reason IS NULL ORDER BY i.id;
-    EXCEPTION WHEN OTHERS THEN
-        -- (the handler makes this block a subtransaction: the mark ends
-        -- with it, whether it commits or not)
-        RAISE;
-    END;
+    -- is done above), in a block of its own so the mark ends with it.
+    -- Display prefixes are random (48 bits): one taken already, or twice in
+    -- the batch, is rare; the unique index finds it, and only then are the
+    -- batch's prefixes checked and the repeated ones drawn again.
+    LOOP
+        BEGIN
+            PERFORM apikeys.import_mark();
+            INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, created_at, expires_at,
+                                      last_used_at, source, rate_limit, rate_window, credits, credits_refilled_at,
+                                      refill_amount, refill_interval, owner_rate_limit, owner_rate_window)
+            SELECT i.id, ws, i.owner, i.name, i.prefix, i.scopes, i.metadata, coalesce(i.created_at, pg_catalog.now()),
+                   i.expires_at, i.last_used_at, 'imported', i.rate_limit, i.rate_window, i.credits,
+                   CASE WHEN i.credits IS NOT NULL THEN pg_catalog.statement_timestamp() END,
+                   i.refill_amount, i.refill_interval, l.rate_limit, l.rate_window
+              FROM pg_temp.apikeys_import i
+              LEFT JOIN apikeys.owner_limits l ON l.workspace_id = ws AND l.owner = i.owner
+             WHERE i.reason IS NULL
+             ORDER BY i.id;  -- (in key order: the primary key's index and the
+                             -- digests' foreign-key checks fill pages in turn)
+            INSERT INTO apikeys.key_hashes (key_id, hash)
+            SELECT i.id, i.hash FROM pg_temp.apikeys_import i WHERE i.reason IS NULL ORDER BY i.id;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            -- (the handler makes this block a subtransaction: the mark ends
+            -- with it, whether it commits or not)
+            GET STACKED DIAGNOSTICS con = CONSTRAINT_NAME;
+            -- a digest or a name stored meanwhile by a transaction that
+            -- committed after the checks above (a racing import or mint):
+            -- the extension's own message, never PostgreSQL's, whose
+            -- DETAIL would print the digest
+            IF con = 'key_hashes_hash_key' THEN
+                RAISE EXCEPTION 'a key with this digest is stored already' USING ERRCODE = '23505',
+                    HINT = 'another transaction stored one of the digests meanwhile: run the import again, and its report names the row';
+            ELSIF con = 'keys_active_name' THEN
+                RAISE EXCEPTION 'an active key with this name already exists in the workspace' USING ERRCODE = '23505',
+                    HINT = 'another transaction minted one of the names meanwhile: run the import again, and its report names the row';
+            ELSIF con IS DISTINCT FROM 'keys_prefix_key' THEN
+                RAISE;
+            END IF;
+        END;
+        LOOP
+            UPDATE pg_temp.apikeys_import i SET
+                prefix = 'imported:' || pg_catalog.substr(pg_catalog.translate(pg_catalog.encode(
+                            pg_catalog.uuid_send(pg_catalog.gen_random_uuid()), 'base64'), '+/=', 'xyz'), 1, 8)
+              FROM (SELECT x.n FROM (SELECT y.n, y.prefix, pg_catalog.min(y.n) OVER (PARTITION BY y.prefix) AS first
+                                       FROM pg_temp.apikeys_import y WHERE y.reason IS NULL) x
+                     WHERE x.n <> x.first OR EXISTS (SELECT FROM apikeys.keys k WHERE k.prefix = x.prefix)) d
+             WHERE i.n = d.n;
+            EXIT WHEN NOT FOUND;
+        END LOOP;
+    END LOOP;
     IF done - bad > 0 THEN
         INSERT INTO apikeys.audit_log (workspace_id, actor, action, detail)
         VALUES (ws, apikeys.current_principal(), 'keys.imported',

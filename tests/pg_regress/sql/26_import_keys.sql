@@ -113,5 +113,40 @@ INSERT INTO op_legacy VALUES ('cust_7', 'cust-7-prod', encode(sha256('legacy-tok
 SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'pg_temp.op_legacy');
 RESET ROLE;
 SELECT owner, scopes, rate_limit, credits FROM apikeys.keys WHERE name = 'cust-7-prod';
+-- display prefixes are random: one that collides (the unique index finds
+-- it) is drawn again and the batch retried; any other unique violation (a
+-- name minted between the checks and the insert) ends the import and keeps
+-- nothing. A superuser's trigger makes both happen.
+CREATE SEQUENCE regress.collide_once;
+CREATE FUNCTION regress.collide() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.name = 'collide-prefix' THEN
+        IF nextval('regress.collide_once') = 1 THEN
+            NEW.prefix := (SELECT k.prefix FROM apikeys.keys k WHERE k.name = 'second-a' AND k.revoked_at IS NULL);
+        END IF;
+    ELSIF NEW.name = 'collide-name' THEN
+        NEW.name := 'second-a';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER regress_collide BEFORE INSERT ON apikeys.keys FOR EACH ROW EXECUTE FUNCTION regress.collide();
+CREATE TABLE regress.legacy5 (owner text, name text, digest text);
+INSERT INTO regress.legacy5 VALUES ('cust_8', 'before-collide', encode(sha256('legacy-token-41'), 'hex')),
+                                   ('cust_8', 'collide-prefix', encode(sha256('legacy-token-42'), 'hex'));
+CREATE TABLE regress.legacy6 (owner text, name text, digest text);
+INSERT INTO regress.legacy6 VALUES ('cust_8', 'fine-one', encode(sha256('legacy-token-43'), 'hex')),
+                                   ('cust_8', 'collide-name', encode(sha256('legacy-token-44'), 'hex'));
+GRANT SELECT ON regress.legacy5, regress.legacy6 TO backend;
+SET ROLE backend;
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy5') ORDER BY n;
+SELECT split_part(regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.legacy6')), ' / ', 1) AS name_taken_meanwhile;
+RESET ROLE;
+SELECT last_value AS attempts FROM regress.collide_once;
+SELECT k.prefix <> c.prefix AS prefix_drawn_again FROM apikeys.keys k, apikeys.keys c
+ WHERE k.name = 'collide-prefix' AND c.name = 'second-a' AND c.revoked_at IS NULL;
+SELECT detail->>'imported' AS imported, detail->>'source' AS source FROM apikeys.audit_log
+ WHERE workspace_id = regress.id('iws') AND action = 'keys.imported' AND detail->>'source' IN ('regress.legacy5', 'regress.legacy6') ORDER BY at;
+SELECT count(*) AS kept_after_name_taken FROM apikeys.keys WHERE name IN ('fine-one', 'collide-name');
+DROP TRIGGER regress_collide ON apikeys.keys;
 REVOKE apikeys_importer FROM alice;
 REVOKE apikeys_operator FROM backend;
