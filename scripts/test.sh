@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test layers and print one closing summary.
-#   scripts/test.sh all|unit|pg|regress|isolation|client|http|upgrade|ops|docs|package
+#   scripts/test.sh all|unit|pg|regress|isolation|client|http|browser|upgrade|ops|docs|package
 # Every database layer runs once per PostgreSQL version in $PG_VERSIONS
 # (default "15 18", see scripts/env.sh); unit and package run once.
 # unit      - plain Rust #[test]s (token format, rules, errors) and the
@@ -12,7 +12,11 @@
 # client    - tests/client: PostgREST's request sequence over a real connection
 #             (psycopg 3 over TCP), against the same cluster
 # http      - tests/http: the same flow through a real PostgREST-compatible
-#             HTTP server (postrust-server), against the same cluster
+#             HTTP server (postrust-server), against the same cluster, with
+#             plain requests and through postgrest-js and postgrest-py
+# browser   - tests/browser: the public-key widget in headless Chromium
+#             (Debian's chromium and chromium-driver), two origins, the same
+#             server; skipped with a message where Chromium cannot be installed
 # upgrade   - tests/ops/test_upgrade.py: CREATE EXTENSION VERSION '0.1.0' with
 #             live data, ALTER EXTENSION UPDATE, then the schema compared with a
 #             fresh install (throw-away clusters)
@@ -133,6 +137,7 @@ run_counted() {
 }
 run_client() { run_counted "client on PostgreSQL $PG_MAJOR (tests/client, PostgREST request sequence over TCP)" scripts/client.sh; }
 run_http() { run_counted "http on PostgreSQL $PG_MAJOR (tests/http, postrust-server over HTTP)" scripts/http.sh; }
+run_browser() { run_counted "browser on PostgreSQL $PG_MAJOR (tests/browser, the widget in headless Chromium)" scripts/browser.sh; }
 run_upgrade() { run_counted "upgrade on PostgreSQL $PG_MAJOR (0.1.0 with data, ALTER EXTENSION UPDATE, schema diff)" scripts/ops.sh upgrade; }
 run_ops() { run_counted "ops on PostgreSQL $PG_MAJOR (tests/ops: dump/restore, crash, hot standby, logical replication from 15)" scripts/ops.sh ops; }
 run_docs() { run_counted "docs on PostgreSQL $PG_MAJOR (tests/docs: the docs' sql blocks, run as written)" scripts/docs.sh; }
@@ -145,7 +150,7 @@ per_version() {
         use_pg "$v"
         current="$layer@pg$v"
         case "$layer" in
-            isolation|client|http|upgrade|ops|docs) ready >/dev/null || { note 0 1; continue; } ;;
+            isolation|client|http|browser|upgrade|ops|docs) ready >/dev/null || { note 0 1; continue; } ;;
         esac
         timed "run_$layer"
     done
@@ -156,19 +161,19 @@ scripts/bootstrap.sh "${versions[@]}" || { echo "bootstrap failed" >&2; exit 1; 
 
 case "$what" in
     unit|package) once "$what" ;;
-    pg|regress|isolation|client|http|upgrade|ops|docs) per_version "$what" ;;
+    pg|regress|isolation|client|http|browser|upgrade|ops|docs) per_version "$what" ;;
     all)
         once unit
         # one version at a time, every layer: a version's builds stay warm
         for v in "${versions[@]}"; do
             versions_all=("${versions[@]}"); versions=("$v")
-            for layer in pg regress isolation client http upgrade ops docs; do per_version "$layer"; done
+            for layer in pg regress isolation client http browser upgrade ops docs; do per_version "$layer"; done
             versions=("${versions_all[@]}")
         done
         use_pg 15
         once package
         ;;
-    *) echo "usage: $0 all|unit|pg|regress|isolation|client|http|upgrade|ops|docs|package" >&2; exit 2 ;;
+    *) echo "usage: $0 all|unit|pg|regress|isolation|client|http|browser|upgrade|ops|docs|package" >&2; exit 2 ;;
 esac
 
 total_p=0; total_f=0

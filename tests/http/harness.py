@@ -40,6 +40,8 @@ DB = "pg_apikeys_http"
 # a port of its own: the ops and docs layers use 28830-28839, make bench 28840
 HTTP_PORT = int(os.environ.get("APIKEYS_HTTP_PORT", "28850")) + (PGPORT - 28815)
 POSTRUST = os.environ.get("POSTRUST", shutil.which("postrust") or "postrust")
+# where the REST API is (postrust serves it under /api; PostgREST at /)
+API_URL = f"http://{HOST}:{HTTP_PORT}/api"
 JWT_SECRET = "pg_apikeys-http-tests-secret-0123456789abcdef"  # a test secret, HS256
 ORIGIN = "https://app.example"
 ALICE_JWT_CLAIMS = {"sub": "alice", "role": "authenticated"}
@@ -106,7 +108,7 @@ def request(method: str, path: str, *, key: str | None = None, token: str | None
     elif body is not None:
         data = json.dumps(body).encode()
         h["Content-Type"] = "application/json"
-    req = urllib.request.Request(f"http://{HOST}:{HTTP_PORT}/api{path}", data=data, headers=h, method=method)
+    req = urllib.request.Request(f"{API_URL}{path}", data=data, headers=h, method=method)
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             status, hdrs, raw = r.status, dict(r.headers), r.read()
@@ -196,8 +198,9 @@ def drop_world(w: World, admin: psycopg.Connection) -> None:
     admin.close()
 
 
-def start_server(log: Path) -> subprocess.Popen:
-    """postrust with PostgREST's settings, answering on HTTP_PORT."""
+def start_server(log: Path, settings: dict[str, str] | None = None) -> subprocess.Popen:
+    """postrust with PostgREST's settings, answering on HTTP_PORT; `settings`
+    adds or replaces PGRST_* variables (the browser layer's pre-request)."""
     if _port_open(HTTP_PORT):
         raise HarnessError(f"port {HTTP_PORT} is taken: stop whatever listens there (an earlier run?)")
     env = {**os.environ,
@@ -210,7 +213,8 @@ def start_server(log: Path) -> subprocess.Popen:
            "PGRST_SERVER_PORT": str(HTTP_PORT),
            "PGRST_LOG_LEVEL": "warn",
            # PostgREST's error bodies: the database's SQLSTATE, message and hint
-           "PGRST_COMPAT_MODE": os.environ.get("PGRST_COMPAT_MODE", "true")}
+           "PGRST_COMPAT_MODE": os.environ.get("PGRST_COMPAT_MODE", "true"),
+           **(settings or {})}
     with open(log, "w") as out:
         proc = subprocess.Popen([POSTRUST], env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
