@@ -355,7 +355,8 @@ CREATE FUNCTION apikeys.usage_stats(
         OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
         OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
         OUT last_flush timestamptz, OUT deferred bigint, OUT limits_full bigint,
-        OUT credits_held bigint)
+        OUT credits_held bigint, OUT rate_limited bigint, OUT usage_exceeded bigint,
+        OUT insufficient_scope bigint, OUT refused bigint)
     RETURNS SETOF record
     LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
@@ -370,7 +371,8 @@ COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
 
 CREATE FUNCTION apikeys.pending_usage(
         OUT key_id uuid, OUT workspace_id uuid, OUT hour timestamptz,
-        OUT verified bigint, OUT rejected bigint, OUT last_used_at timestamptz)
+        OUT verified bigint, OUT rejected bigint, OUT rate_limited bigint, OUT usage_exceeded bigint,
+        OUT insufficient_scope bigint, OUT refused bigint, OUT last_used_at timestamptz)
     RETURNS SETOF record
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
@@ -382,10 +384,16 @@ COMMENT ON FUNCTION apikeys.pending_usage() IS
 CREATE VIEW apikeys.key_usage_live WITH (security_invoker = true) AS
 SELECT u.key_id, u.workspace_id, u.hour,
        pg_catalog.sum(u.verified)::bigint AS verified,
-       pg_catalog.sum(u.rejected)::bigint AS rejected
-  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected FROM apikeys.key_usage ku
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope,
+       pg_catalog.sum(u.refused)::bigint AS refused
+  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected, ku.rate_limited, ku.usage_exceeded,
+               ku.insufficient_scope, ku.refused FROM apikeys.key_usage ku
         UNION ALL
-        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected FROM apikeys.pending_usage() p) u
+        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected, p.rate_limited, p.usage_exceeded,
+               p.insufficient_scope, p.refused FROM apikeys.pending_usage() p) u
  GROUP BY u.key_id, u.workspace_id, u.hour;
 COMMENT ON VIEW apikeys.key_usage_live IS
     'key_usage plus the counts the usage engine holds in memory (the current hour is written after it ends): per key and hour, under the same row security.';

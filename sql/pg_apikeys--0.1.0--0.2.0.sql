@@ -885,6 +885,11 @@ CREATE TABLE apikeys.key_usage (
     hour          timestamptz NOT NULL,
     verified      bigint      NOT NULL DEFAULT 0 CHECK (verified >= 0),
     rejected      bigint      NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    -- the rejected checks by outcome (they add up to rejected)
+    rate_limited        bigint NOT NULL DEFAULT 0 CHECK (rate_limited >= 0),
+    usage_exceeded      bigint NOT NULL DEFAULT 0 CHECK (usage_exceeded >= 0),
+    insufficient_scope  bigint NOT NULL DEFAULT 0 CHECK (insufficient_scope >= 0),
+    refused             bigint NOT NULL DEFAULT 0 CHECK (refused >= 0),
     PRIMARY KEY (key_id, hour)
 )
 -- room on each page for the flush's increments to stay HOT (no index write)
@@ -893,7 +898,7 @@ WITH (fillfactor = 70);
 CREATE INDEX key_usage_workspace ON apikeys.key_usage (workspace_id, hour);
 
 COMMENT ON TABLE apikeys.key_usage IS
-    'Verifies per key and hour (verified, rejected), written by the usage engine; readable under RLS like keys.';
+    'Checks per key and hour by outcome (verified; rejected, split into rate_limited, usage_exceeded, insufficient_scope and refused), written by the usage engine; readable under RLS like keys.';
 
 SELECT pg_catalog.pg_extension_config_dump('apikeys.key_usage', '');
 
@@ -943,7 +948,9 @@ BEGIN
         RAISE EXCEPTION 'key_id, workspace_id and hour of a usage row are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected THEN
+    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected OR NEW.rate_limited < OLD.rate_limited
+       OR NEW.usage_exceeded < OLD.usage_exceeded OR NEW.insufficient_scope < OLD.insufficient_scope
+       OR NEW.refused < OLD.refused THEN
         RAISE EXCEPTION 'usage counts only grow'
             USING ERRCODE = 'check_violation';
     END IF;
@@ -956,13 +963,17 @@ $$;
 CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
     FOR EACH ROW
     WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
-          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected
+          OR NEW.rate_limited < OLD.rate_limited OR NEW.usage_exceeded < OLD.usage_exceeded
+          OR NEW.insufficient_scope < OLD.insufficient_scope OR NEW.refused < OLD.refused)
     EXECUTE FUNCTION apikeys.key_usage_guard();
 
 CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
     FOR EACH ROW
     WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
-          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected
+          OR NEW.rate_limited < OLD.rate_limited OR NEW.usage_exceeded < OLD.usage_exceeded
+          OR NEW.insufficient_scope < OLD.insufficient_scope OR NEW.refused < OLD.refused)
     EXECUTE FUNCTION apikeys.key_usage_guard();
 
 CREATE TRIGGER key_usage_no_delete BEFORE DELETE ON apikeys.key_usage
@@ -1004,7 +1015,8 @@ REVOKE ALL ON apikeys.usage_rounds FROM PUBLIC;
 
 CREATE FUNCTION apikeys.pending_usage(
         OUT key_id uuid, OUT workspace_id uuid, OUT hour timestamptz,
-        OUT verified bigint, OUT rejected bigint, OUT last_used_at timestamptz)
+        OUT verified bigint, OUT rejected bigint, OUT rate_limited bigint, OUT usage_exceeded bigint,
+        OUT insufficient_scope bigint, OUT refused bigint, OUT last_used_at timestamptz)
     RETURNS SETOF record
     LANGUAGE c VOLATILE
     AS 'MODULE_PATHNAME', 'apikeys_pending_usage';
@@ -1016,10 +1028,16 @@ COMMENT ON FUNCTION apikeys.pending_usage() IS
 CREATE VIEW apikeys.key_usage_live WITH (security_invoker = true) AS
 SELECT u.key_id, u.workspace_id, u.hour,
        pg_catalog.sum(u.verified)::bigint AS verified,
-       pg_catalog.sum(u.rejected)::bigint AS rejected
-  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected FROM apikeys.key_usage ku
+       pg_catalog.sum(u.rejected)::bigint AS rejected,
+       pg_catalog.sum(u.rate_limited)::bigint AS rate_limited,
+       pg_catalog.sum(u.usage_exceeded)::bigint AS usage_exceeded,
+       pg_catalog.sum(u.insufficient_scope)::bigint AS insufficient_scope,
+       pg_catalog.sum(u.refused)::bigint AS refused
+  FROM (SELECT ku.key_id, ku.workspace_id, ku.hour, ku.verified, ku.rejected, ku.rate_limited, ku.usage_exceeded,
+               ku.insufficient_scope, ku.refused FROM apikeys.key_usage ku
         UNION ALL
-        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected FROM apikeys.pending_usage() p) u
+        SELECT p.key_id, p.workspace_id, p.hour, p.verified, p.rejected, p.rate_limited, p.usage_exceeded,
+               p.insufficient_scope, p.refused FROM apikeys.pending_usage() p) u
  GROUP BY u.key_id, u.workspace_id, u.hour;
 COMMENT ON VIEW apikeys.key_usage_live IS
     'key_usage plus the counts the usage engine holds in memory (the current hour is written after it ends): per key and hour, under the same row security.';
@@ -1036,7 +1054,8 @@ CREATE FUNCTION apikeys.usage_stats(
         OUT pending bigint, OUT flushes bigint, OUT flushed bigint,
         OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
         OUT last_flush timestamptz, OUT deferred bigint, OUT limits_full bigint,
-        OUT credits_held bigint)
+        OUT credits_held bigint, OUT rate_limited bigint, OUT usage_exceeded bigint,
+        OUT insufficient_scope bigint, OUT refused bigint)
     RETURNS SETOF record
     LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_usage_stats';

@@ -188,13 +188,18 @@ CREATE TABLE apikeys.key_usage (
     hour          timestamptz NOT NULL,
     verified      bigint      NOT NULL DEFAULT 0 CHECK (verified >= 0),
     rejected      bigint      NOT NULL DEFAULT 0 CHECK (rejected >= 0),
+    -- the rejected checks by outcome (they add up to rejected)
+    rate_limited        bigint NOT NULL DEFAULT 0 CHECK (rate_limited >= 0),
+    usage_exceeded      bigint NOT NULL DEFAULT 0 CHECK (usage_exceeded >= 0),
+    insufficient_scope  bigint NOT NULL DEFAULT 0 CHECK (insufficient_scope >= 0),
+    refused             bigint NOT NULL DEFAULT 0 CHECK (refused >= 0),
     PRIMARY KEY (key_id, hour)
 )
 -- room on each page for the flush's increments to stay HOT (no index write)
 WITH (fillfactor = 70);
 CREATE INDEX key_usage_workspace ON apikeys.key_usage (workspace_id, hour);
 COMMENT ON TABLE apikeys.key_usage IS
-    'Verifies per key and hour (verified, rejected), written by the usage engine; readable under RLS like keys.';
+    'Checks per key and hour by outcome (verified; rejected, split into rate_limited, usage_exceeded, insufficient_scope and refused), written by the usage engine; readable under RLS like keys.';
 
 -- The usage engine's record of its own write rounds (src/save.rs): which
 -- copy of the shared-memory table on disk each round followed and which

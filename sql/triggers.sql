@@ -210,7 +210,9 @@ BEGIN
         RAISE EXCEPTION 'key_id, workspace_id and hour of a usage row are write-once'
             USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected THEN
+    IF NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected OR NEW.rate_limited < OLD.rate_limited
+       OR NEW.usage_exceeded < OLD.usage_exceeded OR NEW.insufficient_scope < OLD.insufficient_scope
+       OR NEW.refused < OLD.refused THEN
         RAISE EXCEPTION 'usage counts only grow'
             USING ERRCODE = 'check_violation';
     END IF;
@@ -654,12 +656,16 @@ ALTER TABLE apikeys.keys ENABLE ALWAYS TRIGGER keys_owner_limit;
 CREATE TRIGGER key_usage_guard BEFORE UPDATE ON apikeys.key_usage
     FOR EACH ROW
     WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
-          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected
+          OR NEW.rate_limited < OLD.rate_limited OR NEW.usage_exceeded < OLD.usage_exceeded
+          OR NEW.insufficient_scope < OLD.insufficient_scope OR NEW.refused < OLD.refused)
     EXECUTE FUNCTION apikeys.key_usage_guard();
 CREATE TRIGGER key_usage_guard_final AFTER UPDATE ON apikeys.key_usage
     FOR EACH ROW
     WHEN (NEW.key_id IS DISTINCT FROM OLD.key_id OR NEW.workspace_id IS DISTINCT FROM OLD.workspace_id
-          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected)
+          OR NEW.hour IS DISTINCT FROM OLD.hour OR NEW.verified < OLD.verified OR NEW.rejected < OLD.rejected
+          OR NEW.rate_limited < OLD.rate_limited OR NEW.usage_exceeded < OLD.usage_exceeded
+          OR NEW.insufficient_scope < OLD.insufficient_scope OR NEW.refused < OLD.refused)
     EXECUTE FUNCTION apikeys.key_usage_guard();
 CREATE TRIGGER key_usage_no_delete BEFORE DELETE ON apikeys.key_usage
     FOR EACH ROW EXECUTE FUNCTION apikeys.forbid_delete();

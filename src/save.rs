@@ -48,7 +48,7 @@ use crate::{limits, token, usage};
 const USAGE_FILE: &str = "pg_apikeys_usage.pending";
 const RECOVERED_PREFIX: &str = "pg_apikeys_usage.recovered.";
 const LIMITS_FILE: &str = "pg_apikeys_limits.saved";
-const USAGE_MAGIC: &[u8; 8] = b"PGAKU004";
+const USAGE_MAGIC: &[u8; 8] = b"PGAKU005";
 const LIMITS_MAGIC: &[u8; 8] = b"PGAKL002";
 /// magic, system identifier, flags, record size, snapshot id
 const HEADER_BYTES: usize = 8 + 8 + 4 + 4 + 8;

@@ -69,7 +69,11 @@ pub struct Entry {
     /// hours since 2000-01-01 00:00 UTC (PostgreSQL's epoch)
     pub hour: i64,
     pub verified: u64,
+    /// every check that did not admit the key (the sum of `why`)
     pub rejected: u64,
+    /// the rejected checks by outcome, indexed by [`Outcome::index`]:
+    /// rate limited, usage exceeded, insufficient scope, refused
+    pub why: [u32; 4],
     /// the latest verified use that found `last_used_at` due (TimestampTz), 0 when none
     pub last_used: i64,
     /// oid of the `apikeys.keys` the key was read from: an entry of a
@@ -108,6 +112,8 @@ struct Header {
     in_use: AtomicI64,
     verified: AtomicU64,
     rejected: AtomicU64,
+    /// the rejected checks by outcome ([`Outcome::index`])
+    why: [AtomicU64; 4],
     unknown: AtomicU64,
     malformed: AtomicU64,
     fallbacks: AtomicU64,
@@ -330,6 +336,7 @@ fn put(
         if s.dbid == e.dbid && s.key == e.key && s.hour == e.hour {
             s.verified += e.verified;
             s.rejected += e.rejected;
+            add_why(&mut s.why, &e.why);
             s.last_used = s.last_used.max(e.last_used);
             // the latest read wins (an extension dropped and re-created
             // in between: the key is the new extension's now)
@@ -394,8 +401,37 @@ fn wake_launcher() {
 /// The outcome of one verify, as the usage engine counts it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
+    /// the key answered and every check admitted it (`verified`)
     Verified,
-    Rejected,
+    /// a rate limit (the key's or its owner's) refused it
+    RateLimited,
+    /// its credits were used up
+    UsageExceeded,
+    /// it lacks a scope the check required
+    InsufficientScope,
+    /// it no longer answers: revoked, expired, suspended, its owner removed
+    Refused,
+}
+
+impl Outcome {
+    /// The place of a rejected outcome in [`Entry::why`].
+    fn index(self) -> Option<usize> {
+        match self {
+            Outcome::Verified => None,
+            Outcome::RateLimited => Some(0),
+            Outcome::UsageExceeded => Some(1),
+            Outcome::InsufficientScope => Some(2),
+            Outcome::Refused => Some(3),
+        }
+    }
+}
+
+/// Add one entry's counts by outcome to another's (saturating: a u32 per
+/// key and hour holds over a million checks a second).
+fn add_why(to: &mut [u32; 4], from: &[u32; 4]) {
+    for (t, f) in to.iter_mut().zip(from) {
+        *t = t.saturating_add(*f);
+    }
 }
 
 /// Record a verify of `key` in this database at `now`; `stamp`: the key's
@@ -407,6 +443,11 @@ pub enum Outcome {
 pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: bool) -> bool {
     let hd = header();
     let verified = outcome == Outcome::Verified;
+    let mut why = [0u32; 4];
+    if let Some(i) = outcome.index() {
+        why[i] = 1;
+        hd.why[i].fetch_add(1, Ordering::Relaxed);
+    }
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let e = Entry {
@@ -420,6 +461,7 @@ pub fn record(key: &KeyRef, outcome: Outcome, now: pg_sys::TimestampTz, stamp: b
         hour: now.div_euclid(USECS_PER_HOUR),
         verified: u64::from(verified),
         rejected: u64::from(!verified),
+        why,
         last_used: if verified && stamp { now } else { 0 },
     };
     if verified {
@@ -983,13 +1025,20 @@ const ROW_BATCH: usize = 1_000;
 /// hour), added to the row already there. The workspace comes with the
 /// entry (write-once in `keys`), so no row of `keys` is read.
 const COUNT_SQL: &str = "\
-INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected)
+INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected,
+                                     rate_limited, usage_exceeded, insufficient_scope, refused)
 SELECT * FROM ROWS FROM (pg_catalog.unnest($1::uuid[]), pg_catalog.unnest($2::uuid[]),
                          pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::int8[]),
-                         pg_catalog.unnest($5::int8[]))
+                         pg_catalog.unnest($5::int8[]), pg_catalog.unnest($6::int8[]),
+                         pg_catalog.unnest($7::int8[]), pg_catalog.unnest($8::int8[]),
+                         pg_catalog.unnest($9::int8[]))
 ON CONFLICT (key_id, hour) DO UPDATE
    SET verified = ku.verified OPERATOR(pg_catalog.+) excluded.verified,
-       rejected = ku.rejected OPERATOR(pg_catalog.+) excluded.rejected";
+       rejected = ku.rejected OPERATOR(pg_catalog.+) excluded.rejected,
+       rate_limited = ku.rate_limited OPERATOR(pg_catalog.+) excluded.rate_limited,
+       usage_exceeded = ku.usage_exceeded OPERATOR(pg_catalog.+) excluded.usage_exceeded,
+       insufficient_scope = ku.insufficient_scope OPERATOR(pg_catalog.+) excluded.insufficient_scope,
+       refused = ku.refused OPERATOR(pg_catalog.+) excluded.refused";
 
 /// The rows of `keys` of a batch that no one else holds, locked for this
 /// transaction: a row a client holds is skipped, never waited for.
@@ -1208,6 +1257,9 @@ fn flush_entries(db: u32, round: Round, snapshot: i64) {
             settle(db, &e.key, e.hour, |s| {
                 s.verified = s.verified.saturating_sub(e.verified);
                 s.rejected = s.rejected.saturating_sub(e.rejected);
+                for (t, f) in s.why.iter_mut().zip(&e.why) {
+                    *t = t.saturating_sub(*f);
+                }
             });
         }
     }
@@ -1429,7 +1481,18 @@ fn write_count_rows(entries: &[&Entry]) {
                 batch.iter().map(|e| ts(e.hour * USECS_PER_HOUR)).collect();
             let ver: Vec<i64> = batch.iter().map(|e| e.verified as i64).collect();
             let rej: Vec<i64> = batch.iter().map(|e| e.rejected as i64).collect();
-            let args = [ids.into(), wss.into(), hours.into(), ver.into(), rej.into()];
+            let why = |i: usize| -> Vec<i64> { batch.iter().map(|e| i64::from(e.why[i])).collect() };
+            let args = [
+                ids.into(),
+                wss.into(),
+                hours.into(),
+                ver.into(),
+                rej.into(),
+                why(0).into(),
+                why(1).into(),
+                why(2).into(),
+                why(3).into(),
+            ];
             if let Err(e) = client.update(COUNT_SQL, None, &args) {
                 pgrx::error!("pg_apikeys: usage counts not written: {e}");
             }
@@ -1619,11 +1682,19 @@ fn usage_stats() -> TableIterator<
         name!(deferred, Option<i64>),
         name!(limits_full, Option<i64>),
         name!(credits_held, Option<i64>),
+        name!(rate_limited, Option<i64>),
+        name!(usage_exceeded, Option<i64>),
+        name!(insufficient_scope, Option<i64>),
+        name!(refused, Option<i64>),
     ),
 > {
     if !active() {
         return TableIterator::once((
             "in_transaction",
+            None,
+            None,
+            None,
+            None,
             None,
             None,
             None,
@@ -1664,6 +1735,10 @@ fn usage_stats() -> TableIterator<
         Some((hd.deferred.load(Ordering::Relaxed) + crate::limits::deferred_writes()) as i64),
         Some(crate::limits::full_refusals() as i64),
         Some(crate::limits::held_refusals() as i64),
+        n(&hd.why[0]),
+        n(&hd.why[1]),
+        n(&hd.why[2]),
+        n(&hd.why[3]),
     ))
 }
 
@@ -1681,6 +1756,10 @@ fn pending_usage() -> TableIterator<
         name!(hour, TimestampWithTimeZone),
         name!(verified, i64),
         name!(rejected, i64),
+        name!(rate_limited, i64),
+        name!(usage_exceeded, i64),
+        name!(insufficient_scope, i64),
+        name!(refused, i64),
         name!(last_used_at, Option<TimestampWithTimeZone>),
     ),
 > {
@@ -1714,6 +1793,10 @@ fn pending_usage() -> TableIterator<
                 ts(e.hour * USECS_PER_HOUR),
                 e.verified as i64,
                 e.rejected as i64,
+                i64::from(e.why[0]),
+                i64::from(e.why[1]),
+                i64::from(e.why[2]),
+                i64::from(e.why[3]),
                 (e.last_used != 0).then(|| ts(e.last_used)),
             )
         })
@@ -1844,6 +1927,6 @@ mod tests {
 
     #[test]
     fn an_entry_is_plain_fixed_size_data() {
-        assert_eq!(ENTRY_BYTES, 80);
+        assert_eq!(ENTRY_BYTES, 96);
     }
 }

@@ -921,7 +921,7 @@ fn check_token<R>(
         Found::Refused(key) => {
             // a refusal has nothing to write in a transaction: without room
             // in the table it goes unrecorded (and counted as such)
-            if engine && !usage::record(&key, usage::Outcome::Rejected, statement_now(), false) {
+            if engine && !usage::record(&key, usage::Outcome::Refused, statement_now(), false) {
                 usage::record_unrecorded();
             }
             return Ok(None);
@@ -929,7 +929,12 @@ fn check_token<R>(
     };
     let (result, outcome) = hit.result;
     if !outcome.valid() {
-        if engine && !usage::record(&hit.key, usage::Outcome::Rejected, statement_now(), false) {
+        let counted = match outcome {
+            Outcome::Scope => usage::Outcome::InsufficientScope,
+            Outcome::Limited(d) if d.code == limits::Code::UsageExceeded => usage::Outcome::UsageExceeded,
+            _ => usage::Outcome::RateLimited,
+        };
+        if engine && !usage::record(&hit.key, counted, statement_now(), false) {
             usage::record_unrecorded();
         }
         return Ok(Some((result, outcome)));

@@ -102,3 +102,42 @@ SELECT regress.ok('ub') AS after_revoke;
 RESET ROLE;
 SELECT apikeys.flush_usage() AS flushed;
 SELECT verified, rejected FROM apikeys.key_usage WHERE key_id = regress.id('ub_id');
+
+-- usage by outcome: every rejected check is counted under why it was
+-- rejected (rate_limited, usage_exceeded, insufficient_scope, refused), in
+-- key_usage, key_usage_live and usage_stats(); the four add up to rejected.
+-- (Limits need the engine: without it these keys are refused at mint and
+-- the rows below are empty.)
+SELECT regress.put('s1', row_to_json(s)::text) FROM apikeys.usage_stats() s;
+SET ROLE alice;
+SELECT regress.put('ur', key), regress.put('ur_id', id::text)
+  FROM apikeys.create_key(regress.id('uws'), 'rate-outcomes', '{read}', rate_limit => 2, rate_window => '1 day');
+SELECT regress.put('uc', key), regress.put('uc_id', id::text)
+  FROM apikeys.create_key(regress.id('uws'), 'credit-outcomes', '{read}', credits => 1);
+-- rate: 2 admitted, the third rate limited; a missing scope is checked
+-- before the limits (and spends nothing)
+SELECT regress.ok('ur'), regress.ok('ur', '{write}'), regress.ok('ur'), regress.ok('ur');
+-- credits: 1 admitted, the second usage exceeded
+SELECT regress.ok('uc'), regress.ok('uc');
+-- revoked: refused
+SELECT apikeys.revoke_key(regress.id('ur_id')) IS NOT NULL AS revoked;
+SELECT regress.ok('ur') AS after_revoke;
+RESET ROLE;
+-- before the worker wrote them: the live view has them already
+SET ROLE alice;
+SELECT k.name, l.verified, l.rejected, l.rate_limited, l.usage_exceeded, l.insufficient_scope, l.refused
+  FROM apikeys.key_usage_live l JOIN apikeys.keys k ON k.id = l.key_id
+ WHERE k.name IN ('rate-outcomes', 'credit-outcomes') ORDER BY k.name;
+RESET ROLE;
+SELECT apikeys.flush_usage() AS flushed;
+SELECT k.name, u.verified, u.rejected, u.rate_limited, u.usage_exceeded, u.insufficient_scope, u.refused,
+       u.rejected = u.rate_limited + u.usage_exceeded + u.insufficient_scope + u.refused AS adds_up
+  FROM apikeys.key_usage u JOIN apikeys.keys k ON k.id = u.key_id
+ WHERE k.name IN ('rate-outcomes', 'credit-outcomes') ORDER BY k.name;
+SELECT s.rate_limited - (regress.tok('s1')::json->>'rate_limited')::bigint AS rate_limited,
+       s.usage_exceeded - (regress.tok('s1')::json->>'usage_exceeded')::bigint AS usage_exceeded,
+       s.insufficient_scope - (regress.tok('s1')::json->>'insufficient_scope')::bigint AS insufficient_scope,
+       s.refused - (regress.tok('s1')::json->>'refused')::bigint AS refused
+  FROM apikeys.usage_stats() s;
+-- a count by outcome only grows, as the others do
+SELECT regress.try($$UPDATE apikeys.key_usage SET refused = 0 WHERE refused > 0$$) AS shrink_refused;
