@@ -356,7 +356,7 @@ CREATE FUNCTION apikeys.usage_stats(
         OUT fallbacks bigint, OUT unrecorded bigint, OUT discarded bigint,
         OUT last_flush timestamptz, OUT deferred bigint, OUT limits_full bigint,
         OUT credits_held bigint, OUT rate_limited bigint, OUT usage_exceeded bigint,
-        OUT insufficient_scope bigint, OUT refused bigint)
+        OUT insufficient_scope bigint, OUT refused bigint, OUT forwarded bigint)
     RETURNS SETOF record
     LANGUAGE c VOLATILE ROWS 1
     AS 'MODULE_PATHNAME', 'apikeys_usage_stats';
@@ -368,6 +368,111 @@ CREATE FUNCTION apikeys.flush_usage(timeout_ms integer DEFAULT 30000) RETURNS bo
     AS 'MODULE_PATHNAME', 'apikeys_flush_usage';
 COMMENT ON FUNCTION apikeys.flush_usage(integer) IS
     'Ask the usage engine''s worker to write all pending usage now and wait for it (false after timeout_ms); true at once without the engine.';
+
+-- Usage from hot standbys (docs/operations.md, "Read replicas"): a
+-- standby's engine, given apikeys.primary_conninfo, sends each database's
+-- counts and last uses to the primary in numbered batches, kept on the
+-- standby's disk until the primary answers. The primary applies a batch
+-- once: the last batch of each standby run is recorded in usage_sources in
+-- the same transaction, so a retry of a batch applied already (its answer
+-- lost), a restart or a promotion never counts twice.
+CREATE FUNCTION apikeys.apply_forwarded_usage(source bigint, batch bigint, usage text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+#variable_conflict use_column
+DECLARE
+    last bigint;
+    rows jsonb;
+    bad bigint;
+BEGIN
+    IF source IS NULL OR batch IS NULL OR batch < 1 OR usage IS NULL THEN
+        RAISE EXCEPTION 'a batch needs its source, a number of 1 or more and its usage' USING ERRCODE = '22023';
+    END IF;
+    BEGIN
+        rows := usage::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        RAISE EXCEPTION 'the usage of a batch is not JSON' USING ERRCODE = '22023';
+    END;
+    IF pg_catalog.jsonb_typeof(rows) <> 'array' THEN
+        RAISE EXCEPTION 'the usage of a batch is a JSON array' USING ERRCODE = '22023';
+    END IF;
+    -- one batch of a source at a time, in order
+    INSERT INTO apikeys.usage_sources AS s (source, batch) VALUES (apply_forwarded_usage.source, 0)
+        ON CONFLICT (source) DO NOTHING;
+    SELECT s.batch INTO last FROM apikeys.usage_sources s WHERE s.source = apply_forwarded_usage.source FOR UPDATE;
+    IF apply_forwarded_usage.batch <= last THEN
+        RETURN false;  -- applied already
+    END IF;
+    UPDATE apikeys.usage_sources s SET batch = apply_forwarded_usage.batch, at = pg_catalog.now()
+     WHERE s.source = apply_forwarded_usage.source;
+    -- rewrite: (at run time, not at update) sources unheard of for 30 days
+    DELETE FROM apikeys.usage_sources s WHERE s.at < pg_catalog.now() - interval '30 days';
+    CREATE TEMP TABLE IF NOT EXISTS apikeys_forwarded (
+        k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint
+    ) ON COMMIT DROP;
+    INSERT INTO pg_temp.apikeys_forwarded
+    SELECT x.k, x.h, coalesce(x.v, 0), coalesce(x.r, 0), coalesce(x.rl, 0), coalesce(x.ue, 0),
+           coalesce(x.sc, 0), coalesce(x.rf, 0), coalesce(x.u, 0)
+      FROM pg_catalog.jsonb_to_recordset(rows)
+           AS x(k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint);
+    -- counts of 0 to 2^48 whose outcomes add up to rejected, whole hours
+    -- (Unix seconds) and last uses (Unix microseconds) of this century
+    SELECT count(*) INTO bad FROM pg_temp.apikeys_forwarded f
+     WHERE f.k IS NULL OR f.h IS NULL
+        OR LEAST(f.v, f.r, f.rl, f.ue, f.sc, f.rf, f.u) < 0 OR GREATEST(f.v, f.r) >= 281474976710656
+        OR f.rl + f.ue + f.sc + f.rf <> f.r
+        OR f.h % 3600 <> 0 OR f.h NOT BETWEEN 946684800 AND 4102444800
+        OR f.u > 4102444800000000;
+    IF bad > 0 THEN
+        RAISE EXCEPTION 'a batch holds % entries that are not usage', bad USING ERRCODE = '22023';
+    END IF;
+    -- what is more than a week old or more than an hour ahead is left out
+    -- (a standby promoted long after it saved a batch; a clock far off)
+    -- rewrite: (at run time, this call's own working table)
+    DELETE FROM pg_temp.apikeys_forwarded f
+     WHERE pg_catalog.to_timestamp(f.h) NOT BETWEEN pg_catalog.now() - interval '8 days' AND pg_catalog.now() + interval '1 hour';
+    UPDATE pg_temp.apikeys_forwarded f SET u = 0
+     WHERE f.u <> 0 AND pg_catalog.to_timestamp(f.u / 1000000.0) > pg_catalog.now() + interval '1 hour';
+    -- the keys that exist here (the workspace is the key's, not the sender's)
+    INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected,
+                                         rate_limited, usage_exceeded, insufficient_scope, refused)
+    SELECT f.k, k.workspace_id, pg_catalog.to_timestamp(f.h), pg_catalog.sum(f.v), pg_catalog.sum(f.r),
+           pg_catalog.sum(f.rl), pg_catalog.sum(f.ue), pg_catalog.sum(f.sc), pg_catalog.sum(f.rf)
+      FROM pg_temp.apikeys_forwarded f JOIN apikeys.keys k ON k.id = f.k
+     WHERE f.v + f.r > 0
+     GROUP BY f.k, k.workspace_id, f.h
+    ON CONFLICT (key_id, hour) DO UPDATE
+       SET verified = ku.verified + excluded.verified, rejected = ku.rejected + excluded.rejected,
+           rate_limited = ku.rate_limited + excluded.rate_limited,
+           usage_exceeded = ku.usage_exceeded + excluded.usage_exceeded,
+           insufficient_scope = ku.insufficient_scope + excluded.insufficient_scope,
+           refused = ku.refused + excluded.refused;
+    -- last_used_at only moves forward
+    UPDATE apikeys.keys k SET last_used_at = l.t
+      FROM (SELECT f.k, pg_catalog.max(pg_catalog.to_timestamp(f.u / 1000000.0)) AS t
+              FROM pg_temp.apikeys_forwarded f WHERE f.u <> 0 GROUP BY f.k) l
+     WHERE k.id = l.k AND (k.last_used_at IS NULL OR k.last_used_at < l.t);
+    -- rewrite: (at run time, this call's own working table)
+    DROP TABLE pg_temp.apikeys_forwarded;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION apikeys.apply_forwarded_usage(bigint, bigint, text) IS
+    'For the usage engine of hot standbys (a role granted grant_forwarder): add a numbered batch of a standby''s usage to key_usage and last_used_at, once; false for a batch applied already.';
+
+CREATE FUNCTION apikeys.grant_forwarder(role regrole) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+BEGIN
+    -- regrole's text form is already a quoted identifier
+    EXECUTE format('GRANT USAGE ON SCHEMA apikeys TO %s', role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION apikeys.apply_forwarded_usage(bigint, bigint, text) TO %s', role);
+END
+$$;
+COMMENT ON FUNCTION apikeys.grant_forwarder(regrole) IS
+    'Let a login role forward standbys'' usage (apply_forwarded_usage) in this database, and nothing else: the role apikeys.primary_conninfo names.';
 
 CREATE FUNCTION apikeys.pending_usage(
         OUT key_id uuid, OUT workspace_id uuid, OUT hour timestamptz,
@@ -821,6 +926,11 @@ CREATE FUNCTION apikeys.import_mark() RETURNS boolean
     AS 'MODULE_PATHNAME', 'apikeys_import_mark';
 COMMENT ON FUNCTION apikeys.import_mark() IS
     'Internal: marks the current subtransaction as import_keys'' insert; granted to no one.';
+CREATE FUNCTION apikeys.metadata_ok(text) RETURNS boolean
+    LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'apikeys_metadata_ok';
+COMMENT ON FUNCTION apikeys.metadata_ok(text) IS
+    'Internal: whether a jsonb''s text form is metadata create_key takes (at most 16 KiB, nested at most 64 levels).';
 CREATE FUNCTION apikeys.import_keys_caller(workspace_id uuid, source regclass) RETURNS boolean
     LANGUAGE c VOLATILE PARALLEL RESTRICTED
     AS 'MODULE_PATHNAME', 'apikeys_import_keys_caller';
@@ -865,6 +975,12 @@ BEGIN
                     WHERE r.oid = source AND r.relkind = 'r' AND NOT r.relhassubclass) THEN
         RAISE EXCEPTION 'the source must be a plain table' USING ERRCODE = '22023',
             HINT = 'stage the keys in a table (CREATE TABLE ... or CREATE TEMP TABLE ..., then COPY or INSERT)';
+    END IF;
+    -- (read as the owner, a table under row security would give the caller
+    -- rows its policies hide from it)
+    IF EXISTS (SELECT FROM pg_catalog.pg_class r WHERE r.oid = source AND r.relrowsecurity) THEN
+        RAISE EXCEPTION 'the source has row security' USING ERRCODE = '22023',
+            HINT = 'stage the keys in a table without row security (a temporary table of your own, for one)';
     END IF;
     -- the source's columns, by name: owner, name and digest are needed;
     -- the others are taken when present
@@ -946,24 +1062,23 @@ BEGIN
             -- segments that are not empty; checked on the list joined by
             -- commas, which no scope holds, a NULL scope as a control char)
             WHEN pg_catalog.cardinality(r.scopes) > 0
-                 AND (pg_catalog.array_to_string(r.scopes, ',', E'\x01')
+                 AND (pg_catalog.array_ndims(r.scopes) <> 1 OR pg_catalog.array_lower(r.scopes, 1) <> 1
+                      OR pg_catalog.array_to_string(r.scopes, ',', E'\x01')
                           !~ '^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*(,[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*)*$'
                       OR (pg_catalog.octet_length(pg_catalog.array_to_string(r.scopes, ',')) > 64
                           AND (SELECT pg_catalog.max(pg_catalog.length(x)) FROM pg_catalog.unnest(r.scopes) AS x) > 64)
                       OR (pg_catalog.cardinality(r.scopes) > 64
                           AND (SELECT count(DISTINCT x) FROM pg_catalog.unnest(r.scopes) AS x) > 64))
                 THEN 'scopes: each 1-64 of a-z, 0-9, _ . : - starting with a letter, at most 64'
-            -- (the text form measured only where it could be over: a byte of
-            -- jsonb is at most 6 of text)
             WHEN r.metadata IS NOT NULL AND (pg_catalog.jsonb_typeof(r.metadata) <> 'object'
-                                             OR (pg_catalog.pg_column_size(r.metadata) > 2730
-                                                 AND pg_catalog.octet_length(r.metadata::text) > 16384))
-                THEN 'metadata: not a JSON object of at most 16 KiB'
+                                             OR NOT apikeys.metadata_ok(r.metadata::text))
+                THEN 'metadata: not a JSON object of at most 16 KiB, nested at most 64 levels'
             WHEN r.expires_at IS NOT NULL AND r.expires_at <= pg_catalog.now()
                 THEN 'expires_at: not in the future (an expired key is not imported)'
             WHEN r.created_at > pg_catalog.now() OR r.last_used_at > pg_catalog.now()
                  OR r.last_used_at < r.created_at
-                THEN 'created_at, last_used_at: in the future, or used before created'
+                 OR NOT pg_catalog.isfinite(r.created_at) OR NOT pg_catalog.isfinite(r.last_used_at)
+                THEN 'created_at, last_used_at: in the future, not finite, or used before created'
             WHEN (r.rate_limit IS NULL) <> (r.rate_window IS NULL) OR r.rate_limit <= 0
                  OR r.rate_window IS NOT NULL AND (r.rate_window < interval '1 second' OR r.rate_window > interval '1 day'
                  OR pg_catalog.date_part('month', r.rate_window) <> 0 OR pg_catalog.date_part('year', r.rate_window) <> 0
@@ -973,7 +1088,16 @@ BEGIN
                 THEN 'rate: a positive limit with a window of whole seconds, 1 second to 1 day'
             WHEN r.credits < 0 OR (r.refill_amount IS NULL) <> (r.refill_interval IS NULL) OR r.refill_amount <= 0
                  OR (r.refill_amount IS NOT NULL AND r.credits IS NULL)
-                 OR (r.refill_interval IS NOT NULL AND r.refill_interval NOT IN (interval '1 day', interval '1 month'))
+                 OR (r.refill_interval IS NOT NULL
+                     -- (by its fields: '30 days' or '24 hours' equal '1 month' and '1 day' as intervals)
+                     AND NOT (pg_catalog.date_part('year', r.refill_interval) = 0
+                              AND pg_catalog.date_part('hour', r.refill_interval) = 0
+                              AND pg_catalog.date_part('minute', r.refill_interval) = 0
+                              AND pg_catalog.date_part('second', r.refill_interval) = 0
+                              AND ((pg_catalog.date_part('month', r.refill_interval) = 1
+                                    AND pg_catalog.date_part('day', r.refill_interval) = 0)
+                                   OR (pg_catalog.date_part('month', r.refill_interval) = 0
+                                       AND pg_catalog.date_part('day', r.refill_interval) = 1))))
                 THEN 'credits, refill: credits of 0 or more; a positive refill every 1 day or 1 month, with credits'
             WHEN NOT $1 AND (r.rate_limit IS NOT NULL OR r.credits IS NOT NULL)
                 THEN 'rate, credits: limits need the usage engine (shared_preload_libraries)'
@@ -1018,7 +1142,8 @@ BEGIN
      WHERE i.name = d.name AND i.n <> d.first AND i.reason IS NULL;
     bad := 0;
     IF cols NOT LIKE 'pg_catalog.row_number()%' THEN
-        SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x GROUP BY x.n HAVING count(*) > 1) d;
+        SELECT count(*) INTO bad FROM (SELECT x.n FROM pg_temp.apikeys_import x WHERE x.n IS NOT NULL
+                                        GROUP BY x.n HAVING count(*) > 1) d;
     END IF;
     IF bad > 0 THEN
         RAISE EXCEPTION 'the source repeats row numbers (column n)' USING ERRCODE = '22023',
@@ -1034,6 +1159,11 @@ BEGIN
             UPDATE pg_temp.apikeys_import i SET
                 rate_limit = coalesce(i.rate_limit, p.rate_limit), rate_window = coalesce(i.rate_window, p.rate_window),
                 credits = coalesce(i.credits, p.credits),
+                -- (a key given the plan's credits gets its refill too, as a mint does)
+                refill_amount = CASE WHEN i.credits IS NULL AND i.refill_amount IS NULL THEN p.refill_amount
+                                     ELSE i.refill_amount END,
+                refill_interval = CASE WHEN i.credits IS NULL AND i.refill_amount IS NULL THEN p.refill_interval
+                                       ELSE i.refill_interval END,
                 expires_at = coalesce(i.expires_at, pg_catalog.now() + p.key_lifetime)
              WHERE i.reason IS NULL;
             UPDATE pg_temp.apikeys_import i SET reason = 'limits: beyond the workspace''s plan'
@@ -1080,7 +1210,9 @@ BEGIN
             INSERT INTO apikeys.keys (id, workspace_id, owner, name, prefix, scopes, metadata, created_at, expires_at,
                                       last_used_at, source, rate_limit, rate_window, credits, credits_refilled_at,
                                       refill_amount, refill_interval, owner_rate_limit, owner_rate_window)
-            SELECT i.id, ws, i.owner, i.name, i.prefix, i.scopes, i.metadata, coalesce(i.created_at, pg_catalog.now()),
+            SELECT i.id, ws, i.owner, i.name, i.prefix, i.scopes, i.metadata,
+               -- (without a legacy created_at: its first known use, else now)
+               coalesce(i.created_at, LEAST(i.last_used_at, pg_catalog.now()), pg_catalog.now()),
                    i.expires_at, i.last_used_at, 'imported', i.rate_limit, i.rate_window, i.credits,
                    CASE WHEN i.credits IS NOT NULL THEN pg_catalog.statement_timestamp() END,
                    i.refill_amount, i.refill_interval, l.rate_limit, l.rate_window

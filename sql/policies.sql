@@ -107,6 +107,11 @@ CREATE POLICY owner_limits_visible ON apikeys.owner_limits FOR SELECT
 ALTER TABLE apikeys.usage_rounds ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.usage_rounds FORCE ROW LEVEL SECURITY;
 
+-- Standbys' forwarded batches: no client reads or writes them (no policy;
+-- apply_forwarded_usage is the only writer).
+ALTER TABLE apikeys.usage_sources ENABLE ROW LEVEL SECURITY;
+ALTER TABLE apikeys.usage_sources FORCE ROW LEVEL SECURITY;
+
 -- Suspensions: admins see their workspaces'.
 ALTER TABLE apikeys.suspensions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE apikeys.suspensions FORCE ROW LEVEL SECURITY;

@@ -218,6 +218,17 @@ CREATE TABLE apikeys.usage_rounds (
 COMMENT ON TABLE apikeys.usage_rounds IS
     'The usage engine''s write rounds (internal: no client reads it); rows are kept a week.';
 
+-- Usage forwarded by hot standbys (apply_forwarded_usage): the last batch
+-- applied from each standby's run (its source id, random at each start).
+-- A batch is applied once: a retry of one already applied changes nothing.
+CREATE TABLE apikeys.usage_sources (
+    source  bigint      PRIMARY KEY,
+    batch   bigint      NOT NULL CHECK (batch >= 0),
+    at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE apikeys.usage_sources IS
+    'The last batch of usage applied from each standby''s run (internal: no client reads it); rows are kept 30 days.';
+
 -- Plans: ceilings an operator sets for a workspace (set_plan). Admins and
 -- members never exceed them; new keys get the plan's limits by default.
 CREATE TABLE apikeys.plans (

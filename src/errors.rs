@@ -279,7 +279,7 @@ impl ApiError {
             ImportForOthers => Some(
                 c"import keys for yourself, or run the migration as a role a superuser granted apikeys.grant_importer()",
             ),
-            SourceNotReadable => Some(c"grant the importing role SELECT on the source table"),
+            SourceNotReadable => Some(c"grant the importing role USAGE on the source table's schema and SELECT on the table"),
             InvitationNotFound => Some(c"an admin invites you with apikeys.add_member(); accept as yourself"),
             NameTaken => Some(c"choose another name, or revoke or rotate the key that holds it"),
             KeyNotActive => Some(c"create a new key instead"),

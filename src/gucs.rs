@@ -59,6 +59,13 @@ pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Reloadable (`SIGHUP`).
 pub static WORKSPACE_SHARE: GucSetting<i32> = GucSetting::<i32>::new(50);
 
+/// `apikeys.primary_conninfo` (default empty): on a hot standby, the
+/// connection string the usage engine forwards the standby's usage to the
+/// primary with (src/forward.rs); the database name is added. Empty: a
+/// standby keeps its usage until it is promoted. Reloadable (`SIGHUP`);
+/// superusers only, as it may hold a password.
+pub static PRIMARY_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// The postmaster-only settings: only while `shared_preload_libraries`
 /// loads (PostgreSQL refuses them later).
 pub fn init_preload() {
@@ -85,6 +92,14 @@ pub fn init_preload() {
 }
 
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"apikeys.primary_conninfo",
+        c"On a hot standby: the connection string to the primary that the usage engine forwards this standby's usage with.",
+        c"Only with shared_preload_libraries = 'pg_apikeys'. Empty: a standby keeps its usage until it is promoted. The role it names needs apikeys.grant_forwarder() in each database; no TLS (sslmode disable or prefer).",
+        &PRIMARY_CONNINFO,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"apikeys.usage_flush_interval",
         c"Seconds between writes of pending usage by the usage engine's worker.",

@@ -48,6 +48,14 @@ fn importing() -> bool {
     xid != 0 && MARK.with(|m| m.get()) == (xid, sub)
 }
 
+/// `apikeys.metadata_ok(text)`: whether a jsonb's text form is metadata
+/// create_key takes (at most 16 KiB, nested at most 64 levels); import_keys
+/// checks each row with it.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn metadata_ok(text: &str) -> bool {
+    crate::rules::metadata_text(text).is_ok()
+}
+
 /// `apikeys.import_keys_caller(workspace_id, source)`: checks that the
 /// caller may import into the workspace and read `source`; true for an
 /// operator (any owner, no plan), false for an importer (members only,
@@ -66,9 +74,13 @@ fn caller_check(workspace_id: Option<pgrx::Uuid>, source: Option<pg_sys::Oid>) -
     // read it as itself
     // SAFETY: an ACL check of an existing relation (a regclass argument) for
     // the role the caller acts as
+    // (its schema too: a table in a schema the caller may not use is not
+    // one it can read, whatever the table's own grant says)
     let readable = unsafe {
-        pg_sys::pg_class_aclcheck(source, pg_sys::GetOuterUserId(), pg_sys::ACL_SELECT as pg_sys::AclMode)
+        let who = pg_sys::GetOuterUserId();
+        pg_sys::pg_class_aclcheck(source, who, pg_sys::ACL_SELECT as pg_sys::AclMode)
             == pg_sys::AclResult::ACLCHECK_OK
+            && schema_usage(pg_sys::get_rel_namespace(source), who)
     };
     if !readable {
         return Err(ApiError::SourceNotReadable);
@@ -84,4 +96,17 @@ fn caller_check(workspace_id: Option<pgrx::Uuid>, source: Option<pg_sys::Oid>) -
         }
         Ok(false)
     })
+}
+
+/// Whether `who` may use schema `nsp`.
+///
+/// # Safety
+/// An ACL check of an existing schema.
+unsafe fn schema_usage(nsp: pg_sys::Oid, who: pg_sys::Oid) -> bool {
+    let mode = pg_sys::ACL_USAGE as pg_sys::AclMode;
+    #[cfg(feature = "pg15")]
+    let r = unsafe { pg_sys::pg_namespace_aclcheck(nsp, who, mode) };
+    #[cfg(not(feature = "pg15"))]
+    let r = unsafe { pg_sys::object_aclcheck(pg_sys::NamespaceRelationId, nsp, who, mode) };
+    r == pg_sys::AclResult::ACLCHECK_OK
 }

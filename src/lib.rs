@@ -33,6 +33,7 @@ use pgrx::prelude::*;
 
 pub mod errors;
 mod fmgr;
+mod forward;
 pub mod gucs;
 mod import;
 pub mod key_admin;
@@ -102,6 +103,7 @@ fmgr::entry_points! {
     apikeys_import_mark / pg_finfo_apikeys_import_mark => import::import_mark_wrapper;
     apikeys_importing / pg_finfo_apikeys_importing => import::importing_wrapper;
     apikeys_import_keys_caller / pg_finfo_apikeys_import_keys_caller => import::import_keys_caller_wrapper;
+    apikeys_metadata_ok / pg_finfo_apikeys_metadata_ok => import::metadata_ok_wrapper;
 }
 
 #[pg_guard]

@@ -50,6 +50,8 @@ const RECOVERED_PREFIX: &str = "pg_apikeys_usage.recovered.";
 const LIMITS_FILE: &str = "pg_apikeys_limits.saved";
 const USAGE_MAGIC: &[u8; 8] = b"PGAKU005";
 const LIMITS_MAGIC: &[u8; 8] = b"PGAKL002";
+const FORWARD_PREFIX: &str = "pg_apikeys_forward.";
+const FORWARD_MAGIC: &[u8; 8] = b"PGAKF001";
 /// magic, system identifier, flags, record size, snapshot id
 const HEADER_BYTES: usize = 8 + 8 + 4 + 4 + 8;
 /// record count, CRC-32
@@ -228,6 +230,81 @@ fn warn_once(msg: &str) {
     if LAST.with(|l| now - l.get() >= 60_000_000) {
         LAST.with(|l| l.set(now));
         pgrx::warning!("{msg}");
+    }
+}
+
+/// Usage a standby sends to the primary: the batch `batch` of database
+/// `db` from the standby's run `source`, on disk (synced) before it is
+/// sent and until the primary has answered, as
+/// `pg_apikeys_forward.<db>.<source>.<batch>` (src/forward.rs).
+pub fn write_batch(db: u32, source: u64, batch: i64, entries: &[usage::Entry]) -> std::io::Result<()> {
+    // SAFETY: Entry is repr(C) plain data
+    let records =
+        unsafe { std::slice::from_raw_parts(entries.as_ptr().cast::<u8>(), std::mem::size_of_val(entries)) };
+    write(
+        &format!("{FORWARD_PREFIX}{db}.{source:016x}.{batch}"),
+        &encode(FORWARD_MAGIC, usage::ENTRY_BYTES, batch, records),
+    )
+}
+
+/// The batches of database `db` on disk, in the order they were made:
+/// (path, source, batch).
+pub fn batch_files(db: u32) -> Vec<(PathBuf, u64, i64)> {
+    let Some(dir) = data_dir() else { return Vec::new() };
+    let Ok(list) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<(PathBuf, u64, i64)> = list
+        .filter_map(|d| {
+            let d = d.ok()?;
+            let name = d.file_name();
+            let rest = name.to_str()?.strip_prefix(FORWARD_PREFIX)?;
+            let mut parts = rest.split('.');
+            let file_db = parts.next()?.parse::<u32>().ok()?;
+            let source = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let batch = parts.next()?.parse::<i64>().ok()?;
+            (file_db == db && parts.next().is_none()).then(|| (d.path(), source, batch))
+        })
+        .collect();
+    out.sort_by_key(|(p, _, batch)| (std::fs::metadata(p).and_then(|m| m.modified()).ok(), *batch));
+    out
+}
+
+/// The databases that have batches on disk.
+pub fn batch_dbs() -> Vec<u32> {
+    let Some(dir) = data_dir() else { return Vec::new() };
+    let Ok(list) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out: Vec<u32> = list
+        .filter_map(|d| {
+            let name = d.ok()?.file_name();
+            let rest = name.to_str()?.strip_prefix(FORWARD_PREFIX)?;
+            let (db, tail) = rest.split_once('.')?;
+            // (a file being written ends in .tmp: not a batch yet)
+            (!tail.ends_with(".tmp")).then_some(())?;
+            db.parse::<u32>().ok()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// The entries of a batch file (None: unreadable or damaged).
+pub fn read_batch(file: &std::path::Path) -> Option<Vec<usage::Entry>> {
+    let bytes = std::fs::read(file).ok()?;
+    let (records, _) = decode(&bytes, FORWARD_MAGIC, usage::ENTRY_BYTES, system_identifier(), false).ok()?;
+    Some(entries_of(records).filter(usage::plausible).collect())
+}
+
+/// A batch the primary has (or that is given up).
+pub fn forget_batch(file: &std::path::Path) {
+    let _ = std::fs::remove_file(file);
+}
+
+/// The last copy of the usage table, removed: a standby that forwards its
+/// usage keeps no copy between shutdowns (what it sent must not come back
+/// from an older copy after a crash).
+pub fn forget_pending_copy() {
+    if let Some(p) = path(USAGE_FILE) {
+        let _ = std::fs::remove_file(p);
     }
 }
 

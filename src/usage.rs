@@ -152,6 +152,13 @@ struct Header {
     reserve_flushes: AtomicU64,
     /// the secret key of the tables' hash (shmem::mix), random at start
     seed: [u64; 2],
+    /// a standby's forwarding (src/forward.rs): this run's source id
+    /// (random, made when first needed), its last batch number, the
+    /// events the primary took, and when a failure was last logged
+    forward_source: AtomicU64,
+    forward_batch: AtomicI64,
+    forwarded: AtomicU64,
+    forward_warned: AtomicI64,
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -509,6 +516,71 @@ pub fn record_unrecorded() {
     header().unrecorded.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A standby's forwarding (src/forward.rs): this database's entries, out
+/// of the table.
+pub(crate) fn take_db(db: u32) -> Vec<Entry> {
+    take_where(|e| e.dbid == db)
+}
+
+/// Entries taken out and not sent, back into the table (merged with any
+/// counted since); what no longer fits is counted as unrecorded.
+pub(crate) fn put_back(entries: &[Entry]) {
+    for e in entries {
+        if !add(e) {
+            header().unrecorded.fetch_add(e.verified + e.rejected, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The source id of this run and the number of its next batch.
+pub(crate) fn next_batch() -> (u64, i64) {
+    let hd = header();
+    let mut source = hd.forward_source.load(Ordering::Acquire);
+    if source == 0 {
+        let fresh = loop {
+            let r = rand::random::<u64>() & (i64::MAX as u64);
+            if r != 0 {
+                break r;
+            }
+        };
+        source = match hd.forward_source.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => fresh,
+            Err(seen) => seen,
+        };
+    }
+    (source, hd.forward_batch.fetch_add(1, Ordering::AcqRel) + 1)
+}
+
+/// Events the primary took from this standby (or applied here after a
+/// promotion).
+pub(crate) fn count_forwarded(n: u64) {
+    header().forwarded.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A forwarding failure, logged at most once a minute (the batch stays on
+/// disk and is sent again).
+pub(crate) fn warn_forward(msg: &str) {
+    let hd = header();
+    let now = crate::limits::clock_now();
+    let last = hd.forward_warned.load(Ordering::Relaxed);
+    if (now - last >= 60_000_000 || now < last)
+        && hd.forward_warned.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    {
+        pgrx::warning!("pg_apikeys: {msg}; the usage stays on this standby's disk and is sent again");
+    }
+}
+
+/// On a standby that forwards: the copies of the table a start recovered
+/// (saved at a clean shutdown, of what was not sent) back into the table.
+fn requeue_recovered() {
+    for (path, _) in crate::save::recovered_files() {
+        if let Some(entries) = crate::save::read_recovered(&path) {
+            put_back(&entries);
+        }
+        crate::save::forget_recovered(&path);
+    }
+}
+
 /// Where an entry's probe run starts in a partition of `per` slots.
 fn home(e: &Entry, per: usize) -> usize {
     ((hash(e.dbid, &e.key, e.hour) >> 5) as usize) % per
@@ -738,12 +810,21 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
         // a copy of the table on disk at every interval: what a crash
         // loses is what was counted after it
         let now = crate::limits::clock_now();
-        if now - saved_at >= secs as i64 * 1_000_000 - 50_000 || now < saved_at {
+        // SAFETY: reads shared state
+        let recovering = unsafe { pg_sys::RecoveryInProgress() };
+        let forwarding = recovering && crate::forward::configured();
+        if forwarding {
+            // a standby that forwards keeps no copy between intervals: an
+            // older copy could bring back, after a crash, what it has sent
+            crate::save::forget_pending_copy();
+            requeue_recovered();
+        } else if now - saved_at >= secs as i64 * 1_000_000 - 50_000 || now < saved_at {
             crate::save::snapshot_usage(false);
             saved_at = now;
         }
-        // SAFETY: reads shared state
-        if unsafe { pg_sys::RecoveryInProgress() } {
+        if recovering && !forwarding {
+            // a standby that does not forward keeps its usage until it is
+            // promoted
             failed = false;
             hd.flush_done.fetch_max(asked, Ordering::AcqRel);
             continue;
@@ -753,7 +834,7 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
         // hour of a workspace that found its share used
         let total = hd.per_part * PARTITIONS as u64;
         let full = hd.in_use.load(Ordering::Relaxed).max(0) as u64 * 4 >= total * 3;
-        let before = if asked > hd.flush_done.load(Ordering::Acquire) || full {
+        let before = if forwarding || asked > hd.flush_done.load(Ordering::Acquire) || full {
             i64::MAX
         } else {
             now.div_euclid(USECS_PER_HOUR)
@@ -804,6 +885,8 @@ fn flush_all(round: Round) -> bool {
     for db in crate::limits::pending_dbs()
         .into_iter()
         .chain(recovered.iter().flat_map(|(_, es)| es.iter().map(|e| e.dbid)))
+        // a standby's batches not yet taken by the primary (src/forward.rs)
+        .chain(crate::save::batch_dbs())
     {
         if !dbs.contains(&db) {
             dbs.push(db);
@@ -835,6 +918,8 @@ fn flush_all(round: Round) -> bool {
                 .set_function("pg_apikeys_usage_flush")
                 .set_argument(Some(pg_sys::Datum::from(db)))
                 .enable_spi_access()
+                // (on a hot standby too: there it forwards, src/forward.rs)
+                .set_start_time(BgWorkerStartTime::ConsistentState)
                 .set_restart_time(None)
                 // SAFETY: backend-local
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
@@ -1127,6 +1212,15 @@ fn flush_database(db: u32) {
     // counted as failed until it gets to the end
     hd.flush_failures.fetch_add(1, Ordering::AcqRel);
     BackgroundWorker::transaction(own_session);
+    // SAFETY: reads shared state
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // a standby: its usage goes to the primary (src/forward.rs)
+        crate::forward::forward_database(db);
+        hd.flushes.fetch_add(1, Ordering::Relaxed);
+        hd.flush_failures.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    crate::forward::apply_left_batches(db);
     resolve_recovered(db);
     flush_credits(db);
     let round = Round {
@@ -1686,11 +1780,13 @@ fn usage_stats() -> TableIterator<
         name!(usage_exceeded, Option<i64>),
         name!(insufficient_scope, Option<i64>),
         name!(refused, Option<i64>),
+        name!(forwarded, Option<i64>),
     ),
 > {
     if !active() {
         return TableIterator::once((
             "in_transaction",
+            None,
             None,
             None,
             None,
@@ -1739,6 +1835,7 @@ fn usage_stats() -> TableIterator<
         n(&hd.why[1]),
         n(&hd.why[2]),
         n(&hd.why[3]),
+        n(&hd.forwarded),
     ))
 }
 

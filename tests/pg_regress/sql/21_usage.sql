@@ -141,3 +141,44 @@ SELECT s.rate_limited - (regress.tok('s1')::json->>'rate_limited')::bigint AS ra
   FROM apikeys.usage_stats() s;
 -- a count by outcome only grows, as the others do
 SELECT regress.try($$UPDATE apikeys.key_usage SET refused = 0 WHERE refused > 0$$) AS shrink_refused;
+
+-- a hot standby's usage arrives through apply_forwarded_usage, called by
+-- a login role granted grant_forwarder (and nothing else): a batch of a
+-- source counts once, whatever the retries; a batch's outcomes must add up
+-- to rejected; keys that do not exist here are left out
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'usage_forwarder') THEN
+        CREATE ROLE usage_forwarder LOGIN;
+    END IF;
+END
+$$;
+SELECT apikeys.grant_forwarder('usage_forwarder');
+SELECT regress.put('fh', extract(epoch FROM date_trunc('hour', now()))::bigint::text);
+SELECT regress.put('fu', (extract(epoch FROM now()) * 1000000)::bigint::text);
+SELECT regress.put('f0', coalesce(sum(verified), 0)::text) FROM apikeys.key_usage WHERE key_id = regress.id('ua_id');
+SELECT regress.put('batch1', format('[{"k":"%s","h":%s,"v":3,"r":1,"rl":0,"ue":0,"sc":1,"rf":0,"u":%s},
+                                      {"k":"%s","h":%s,"v":9,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":0}]',
+       regress.id('ua_id'), regress.tok('fh'), regress.tok('fu'), gen_random_uuid(), regress.tok('fh')));
+SET ROLE usage_forwarder;
+SELECT apikeys.apply_forwarded_usage(42, 1, regress.tok('batch1')) AS applied;
+SELECT apikeys.apply_forwarded_usage(42, 1, regress.tok('batch1')) AS applied_again;
+SELECT apikeys.apply_forwarded_usage(42, 2, format('[{"k":"%s","h":%s,"v":2,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":0}]',
+                                                   regress.id('ua_id'), regress.tok('fh'))) AS second_batch;
+SELECT apikeys.apply_forwarded_usage(42, 1, regress.tok('batch1')) AS first_batch_late;
+SELECT regress.try(format($$SELECT apikeys.apply_forwarded_usage(43, 1, '[{"k":"%s","h":%s,"v":1,"r":2,"rl":1,"ue":0,"sc":0,"rf":0,"u":0}]')$$,
+                          regress.id('ua_id'), regress.tok('fh'))) AS outcomes_not_adding_up;
+SELECT regress.try($$SELECT apikeys.apply_forwarded_usage(43, 1, 'not json')$$) AS not_json;
+SELECT regress.try($$SELECT apikeys.apply_forwarded_usage(43, 0, '[]')$$) AS batch_zero;
+SELECT regress.try($$SELECT count(*) FROM apikeys.keys$$) AS reads_keys;
+SELECT regress.try($$SELECT count(*) FROM apikeys.usage_sources$$) AS reads_sources;
+SELECT regress.try($$SELECT * FROM apikeys.verify_key('x')$$) AS verifies;
+RESET ROLE;
+SELECT sum(verified) - regress.tok('f0')::bigint AS verified_added, sum(insufficient_scope) >= 1 AS scope_outcome_kept
+  FROM apikeys.key_usage WHERE key_id = regress.id('ua_id');
+SELECT last_used_at >= now() - interval '1 minute' AS last_used_from_the_standby FROM apikeys.keys WHERE id = regress.id('ua_id');
+SELECT source, batch FROM apikeys.usage_sources ORDER BY source;
+SET ROLE alice;
+SELECT regress.try($$SELECT apikeys.apply_forwarded_usage(44, 1, '[]')$$) AS client_forwards;
+RESET ROLE;
+

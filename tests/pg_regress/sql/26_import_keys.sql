@@ -148,5 +148,66 @@ SELECT detail->>'imported' AS imported, detail->>'source' AS source FROM apikeys
  WHERE workspace_id = regress.id('iws') AND action = 'keys.imported' AND detail->>'source' IN ('regress.legacy5', 'regress.legacy6') ORDER BY at;
 SELECT count(*) AS kept_after_name_taken FROM apikeys.keys WHERE name IN ('fine-one', 'collide-name');
 DROP TRIGGER regress_collide ON apikeys.keys;
+-- what alice cannot read she cannot import: a table under row security
+-- (read as the function's owner, it would give her the rows its policies
+-- hide) and a table in a schema she may not use
+CREATE TABLE regress.shared_staging (tenant text, owner text, name text, digest text);
+ALTER TABLE regress.shared_staging ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON regress.shared_staging FOR SELECT USING (tenant = current_user);
+INSERT INTO regress.shared_staging VALUES ('carol', 'bob', 'not-alices', encode(sha256('hidden-token-1'), 'hex'));
+GRANT SELECT ON regress.shared_staging TO alice;
+CREATE SCHEMA regress_hidden;
+CREATE TABLE regress_hidden.t (owner text, name text, digest text);
+INSERT INTO regress_hidden.t VALUES ('bob', 'hidden-schema', encode(sha256('hidden-token-2'), 'hex'));
+GRANT SELECT ON regress_hidden.t TO alice;
+SELECT regress.put('hidden_oid', 'regress_hidden.t'::regclass::oid::text);
+SET ROLE alice;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %L)', regress.id('iws'), 'regress.shared_staging')) AS row_security_source;
+SELECT regress.try(format('SELECT count(*) FROM apikeys.import_keys(%L, %s)', regress.id('iws'), regress.tok('hidden_oid'))) AS schema_not_usable;
+RESET ROLE;
+SELECT count(*) AS hidden_rows_imported FROM apikeys.keys WHERE name IN ('not-alices', 'hidden-schema');
+DROP TABLE regress.shared_staging, regress_hidden.t;
+DROP SCHEMA regress_hidden;
+-- every rule create_key applies, on each row: metadata by its text
+-- (compressed or not) and its depth, a refill of '30 days' (equal to
+-- '1 month' as an interval, not a refill create_key takes), scopes of one
+-- dimension from 1, finite legacy times; without created_at a key is taken
+-- as created at its last use; two rows without n are each refused
+CREATE TABLE regress.legacy7 (n bigint, owner text, name text, digest text, scopes text[], metadata jsonb,
+                              credits bigint, refill_amount bigint, refill_interval interval,
+                              created_at timestamptz, last_used_at timestamptz);
+INSERT INTO regress.legacy7 (n, owner, name, digest, scopes, metadata, credits, refill_amount, refill_interval, created_at, last_used_at) VALUES
+  (1, 'bob', 'meta-big', encode(sha256('legacy-token-51'), 'hex'), NULL, jsonb_build_object('a', repeat('x', 200000)), NULL, NULL, NULL, NULL, NULL),
+  (2, 'bob', 'meta-deep', encode(sha256('legacy-token-52'), 'hex'), NULL, (repeat('{"a":', 70) || '1' || repeat('}', 70))::jsonb, NULL, NULL, NULL, NULL, NULL),
+  (3, 'bob', 'refill-30-days', encode(sha256('legacy-token-53'), 'hex'), NULL, NULL, 10, 5, '30 days', NULL, NULL),
+  (4, 'bob', 'refill-24-hours', encode(sha256('legacy-token-54'), 'hex'), NULL, NULL, 10, 5, '24 hours', NULL, NULL),
+  (5, 'bob', 'scopes-2d', encode(sha256('legacy-token-55'), 'hex'), '{{read}}', NULL, NULL, NULL, NULL, NULL, NULL),
+  (6, 'bob', 'scopes-offset', encode(sha256('legacy-token-56'), 'hex'), '[5:5]={read}', NULL, NULL, NULL, NULL, NULL, NULL),
+  (7, 'bob', 'infinite-created', encode(sha256('legacy-token-57'), 'hex'), NULL, NULL, NULL, NULL, NULL, '-infinity', NULL),
+  (8, 'bob', 'last-use-only', encode(sha256('legacy-token-58'), 'hex'), NULL, '{"a": {"b": 1}}', NULL, NULL, NULL, NULL, '2026-01-01');
+CREATE TABLE regress.legacy8 (n bigint, owner text, name text, digest text);
+INSERT INTO regress.legacy8 VALUES (NULL, 'bob', 'no-n-1', encode(sha256('legacy-token-59'), 'hex')),
+                                   (NULL, 'bob', 'no-n-2', encode(sha256('legacy-token-60'), 'hex'));
+GRANT SELECT ON regress.legacy7, regress.legacy8 TO alice;
+SET ROLE alice;
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy7') ORDER BY n;
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy8') ORDER BY n;
+RESET ROLE;
+SELECT name, created_at = '2026-01-01' AS created_at_its_last_use FROM apikeys.keys WHERE name = 'last-use-only';
 REVOKE apikeys_importer FROM alice;
 REVOKE apikeys_operator FROM backend;
+-- a plan's credits come with its refill for an importer's key, as for a
+-- mint (limits need the usage engine: without it the plan is refused)
+SELECT regress.try(format('SELECT apikeys.set_plan(%L, credits => 100, refill_amount => 100, refill_interval => %L)',
+                          regress.id('iws'), '1 day')) AS plan_set;
+CREATE TABLE regress.legacy9 (owner text, name text, digest text);
+INSERT INTO regress.legacy9 VALUES ('bob', 'plan-refill', encode(sha256('legacy-token-61'), 'hex'));
+GRANT SELECT ON regress.legacy9 TO alice;
+GRANT apikeys_importer TO alice;
+SET ROLE alice;
+SELECT n, status, reason FROM apikeys.import_keys(regress.id('iws'), 'regress.legacy9');
+RESET ROLE;
+REVOKE apikeys_importer FROM alice;
+SELECT credits, refill_amount, refill_interval FROM apikeys.keys WHERE name = 'plan-refill';
+SELECT regress.try(format('SELECT apikeys.set_plan(%L)', regress.id('iws'))) AS plan_lifted;
+
