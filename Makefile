@@ -7,7 +7,7 @@ PG_MAJOR ?= 15
 PG_VERSIONS ?= 15 18
 export PG_MAJOR
 
-.PHONY: help run test stop clean bootstrap install start psql lint bench bench-http bench-sustained bench-rls bench-import package \
+.PHONY: help run test stop clean bootstrap install start psql lint bench bench-http bench-sustained bench-rls bench-import bench-forward package \
         test-unit test-pg test-regress test-isolation test-client test-http test-browser test-upgrade test-ops test-docs test-package
 
 ## help: list the targets
@@ -82,7 +82,12 @@ bench: install
 	@bench/sustained.sh
 	@bench/rls.sh
 	@bench/import.sh
+	@bench/forward.sh
 	@bench/http.sh
+
+## bench-forward: what a hot standby's forwarded usage costs the primary: apply_forwarded_usage of 100 000 keys' batches (about 1 minute)
+bench-forward: install
+	@bench/forward.sh
 
 ## bench-import: import_keys of 1 000 000 keys with a sprinkling of bad rows, beside a bare COPY of the same keys (about 3 minutes)
 bench-import: install

@@ -72,7 +72,7 @@ pub fn init_preload() {
     GucRegistry::define_int_guc(
         c"apikeys.usage_slots",
         c"Entries of the usage engine's shared-memory table (one per database, key and hour not written yet).",
-        c"Needs a restart. Each entry takes 104 bytes with its share count; when the table is full a verify writes last_used_at in its own transaction instead.",
+        c"Needs a restart. Each entry takes 120 bytes with its share count; when the table is full a verify writes last_used_at in its own transaction instead.",
         &USAGE_SLOTS,
         1024,
         16 * 1024 * 1024,

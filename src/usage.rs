@@ -905,6 +905,12 @@ fn flush_all(round: Round) -> bool {
                 let gone = take_where(|e| e.dbid == db);
                 header().discarded.fetch_add(events(&gone), Ordering::Relaxed);
                 crate::limits::drop_database(db);
+                // a standby's batches of it (src/forward.rs) too
+                for (path, _, _) in crate::save::batch_files(db) {
+                    let n = crate::save::read_batch(&path).map(|es| events(&es)).unwrap_or(0);
+                    header().discarded.fetch_add(n, Ordering::Relaxed);
+                    crate::save::forget_batch(&path);
+                }
                 gone_dbs.push(db);
             }
         }

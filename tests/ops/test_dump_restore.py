@@ -98,7 +98,7 @@ def test_source_answers_as_designed(source: Source):
     assert vis[("bob", "key_hashes")] == "42501"
     assert all(vis[("mallory", t)] == "42501" for t in ID_COLUMN)
     cat = source.snap["catalog"]
-    assert len(cat["rls"]) == 13 and all(r[1] and r[2] for r in cat["rls"]), cat["rls"]
+    assert len(cat["rls"]) == 14 and all(r[1] and r[2] for r in cat["rls"]), cat["rls"]
     assert not any(ok for name, *_, ok in cat["function_privileges"] if name in ("public", "mallory"))
     assert any(ok for name, *_, ok in cat["function_privileges"] if name == "app")
     assert ("app", True, False) in cat["schema_privileges"]
@@ -144,7 +144,8 @@ def test_rls_enabled_and_forced(restored: Restored, source: Source):
     assert isinstance(restored.catalog, dict), restored.catalog
     rls = restored.catalog["rls"]
     assert [r[0] for r in rls] == ["audit_log", "invitations", "key_hashes", "key_usage", "keys", "members",
-                                   "owner_limits", "plans", "public_keys", "scanning_keys", "suspensions", "usage_rounds", "workspaces"]
+                                   "owner_limits", "plans", "public_keys", "scanning_keys", "suspensions", "usage_rounds",
+                                   "usage_sources", "workspaces"]
     assert all(r[1] and r[2] for r in rls), rls
     assert restored.catalog["policies"] == source.snap["catalog"]["policies"]
 

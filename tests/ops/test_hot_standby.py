@@ -13,14 +13,24 @@ key must stop working there.
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-# PostgREST's request replay: tests/client/postgrest.py (conftest puts it on sys.path)
-import postgrest
+# PostgREST's request replay: tests/client/postgrest.py, loaded by its path
+# (the PyPI client library of the same name, which the http layer tests, is
+# installed in the same venv)
+_spec = importlib.util.spec_from_file_location(
+    "postgrest_replay", Path(__file__).resolve().parent.parent / "client" / "postgrest.py")
+postgrest = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = postgrest  # (its dataclasses look themselves up there)
+_spec.loader.exec_module(postgrest)
+
 from cluster import Cluster, Secret, call, one, sqlstate_of, wait_until
 
 DB = "hs"

@@ -40,7 +40,8 @@ from keydata import ROLES, populate, resolve_all, verify_all
 DB = "src"
 # the tables the publication carries, and a column each may differ in
 TABLES = ["workspaces", "members", "invitations", "keys", "key_hashes", "public_keys", "audit_log",
-          "scanning_keys", "key_usage", "owner_limits", "usage_rounds", "suspensions", "plans"]
+          "scanning_keys", "key_usage", "owner_limits", "usage_rounds", "suspensions", "plans",
+          "usage_sources"]
 APP_TABLE = """
 CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL, created_by text);
 CREATE TRIGGER notes_stamp BEFORE INSERT OR UPDATE ON public.notes

@@ -379,3 +379,31 @@ def test_upgrade_scripts_never_drop_or_rewrite_data():
             if line.strip():
                 prev = line
     assert not bad, "upgrade scripts drop or rewrite data without saying why:\n" + "\n".join(bad)
+
+
+def test_usage_by_outcome_after_update(upgraded: Upgrade):
+    """The updated key_usage counts each outcome: a standby's batch (as its
+    forwarding role) lands with rate_limited, usage_exceeded,
+    insufficient_scope and refused; usage_stats() has the new columns."""
+    conn, s = upgraded.conn, upgraded.source
+    key_id = next(iter(s.ids.values()))
+    call(conn, None, """DO $$ BEGIN
+                          IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'upgrade_forwarder') THEN
+                              CREATE ROLE upgrade_forwarder LOGIN;
+                          END IF;
+                        END $$""")
+    call(conn, None, "SELECT apikeys.grant_forwarder('upgrade_forwarder')")
+    batch = one(conn, None, """SELECT json_build_array(json_build_object(
+                                   'k', %s::uuid, 'h', extract(epoch FROM date_trunc('hour', now()))::bigint,
+                                   'v', 5, 'r', 10, 'rl', 1, 'ue', 2, 'sc', 3, 'rf', 4, 'u', 0))::text AS b""",
+                (key_id,))["b"]
+    assert one(conn, "upgrade_forwarder", "SELECT apikeys.apply_forwarded_usage(1, 1, %s) AS ok", (batch,))["ok"]
+    row = one(conn, None, """SELECT verified, rejected, rate_limited, usage_exceeded, insufficient_scope, refused
+                               FROM apikeys.key_usage WHERE key_id = %s""", (key_id,))
+    assert dict(row) == {"verified": 5, "rejected": 10, "rate_limited": 1, "usage_exceeded": 2,
+                         "insufficient_scope": 3, "refused": 4}
+    cols = {r["attname"] for r in call(conn, None, """SELECT a.attname FROM pg_attribute a
+                                                        WHERE a.attrelid = 'apikeys.key_usage'::regclass AND a.attnum > 0""")}
+    assert {"rate_limited", "usage_exceeded", "insufficient_scope", "refused"} <= cols
+    stats = one(conn, None, "SELECT * FROM apikeys.usage_stats()")
+    assert {"rate_limited", "usage_exceeded", "insufficient_scope", "refused", "forwarded"} <= set(stats)
