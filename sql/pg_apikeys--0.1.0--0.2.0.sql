@@ -2527,11 +2527,17 @@ BEGIN
            usage_exceeded = ku.usage_exceeded + excluded.usage_exceeded,
            insufficient_scope = ku.insufficient_scope + excluded.insufficient_scope,
            refused = ku.refused + excluded.refused;
-    -- last_used_at only moves forward
+    -- last_used_at only moves forward, last (a revoke of one of these keys
+    -- waits for this statement only), of the rows no one holds: a row a
+    -- client holds is never waited for (its key keeps its older stamp
+    -- until its next use arrives)
     UPDATE apikeys.keys k SET last_used_at = l.t
       FROM (SELECT f.k, pg_catalog.max(pg_catalog.to_timestamp(f.u / 1000000.0)) AS t
               FROM pg_temp.apikeys_forwarded f WHERE f.u <> 0 GROUP BY f.k) l
-     WHERE k.id = l.k AND (k.last_used_at IS NULL OR k.last_used_at < l.t);
+     WHERE k.id = l.k AND (k.last_used_at IS NULL OR k.last_used_at < l.t)
+       AND k.id IN (SELECT h.id FROM apikeys.keys h
+                     WHERE h.id IN (SELECT f.k FROM pg_temp.apikeys_forwarded f WHERE f.u <> 0)
+                     FOR NO KEY UPDATE SKIP LOCKED);
     -- rewrite: (at run time, this call's own working table)
     DROP TABLE pg_temp.apikeys_forwarded;
     RETURN true;

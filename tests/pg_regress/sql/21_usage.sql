@@ -182,3 +182,23 @@ SET ROLE alice;
 SELECT regress.try($$SELECT apikeys.apply_forwarded_usage(44, 1, '[]')$$) AS client_forwards;
 RESET ROLE;
 
+-- a key row another session holds is never waited for: the batch's counts
+-- land, that key keeps its older last_used_at
+SET ROLE alice;
+SELECT regress.put('uh_id', id::text) FROM apikeys.create_key(regress.id('uws'), 'held-during-forward');
+RESET ROLE;
+SELECT dblink_connect('holder', format('dbname=%s port=%s host=%s user=postgres', current_database(),
+       current_setting('port'), split_part(current_setting('unix_socket_directories'), ',', 1)));
+SELECT dblink_exec('holder', 'BEGIN');
+SELECT t.id = regress.id('uh_id') AS held FROM dblink('holder', format(
+    'SELECT id FROM apikeys.keys WHERE id = %L FOR UPDATE', regress.id('uh_id'))) AS t(id uuid);
+SET lock_timeout = '2s';
+SET ROLE usage_forwarder;
+SELECT apikeys.apply_forwarded_usage(42, 3, format('[{"k":"%s","h":%s,"v":4,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":%s}]',
+                                                   regress.id('uh_id'), regress.tok('fh'), regress.tok('fu'))) AS applied_while_held;
+RESET ROLE;
+RESET lock_timeout;
+SELECT dblink_exec('holder', 'ROLLBACK');
+SELECT dblink_disconnect('holder');
+SELECT u.verified, k.last_used_at IS NULL AS stamp_skipped
+  FROM apikeys.key_usage u JOIN apikeys.keys k ON k.id = u.key_id WHERE u.key_id = regress.id('uh_id');
