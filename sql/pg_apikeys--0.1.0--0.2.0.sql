@@ -2487,59 +2487,66 @@ BEGIN
      WHERE s.source = apply_forwarded_usage.source;
     -- rewrite: (at run time, not at update) sources unheard of for 30 days
     DELETE FROM apikeys.usage_sources s WHERE s.at < pg_catalog.now() - interval '30 days';
-    CREATE TEMP TABLE IF NOT EXISTS apikeys_forwarded (
-        k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint
-    ) ON COMMIT DROP;
-    INSERT INTO pg_temp.apikeys_forwarded
-    SELECT x.k, x.h, coalesce(x.v, 0), coalesce(x.r, 0), coalesce(x.rl, 0), coalesce(x.ue, 0),
-           coalesce(x.sc, 0), coalesce(x.rf, 0), coalesce(x.u, 0)
+    -- (the batch is read straight from its JSON in each statement: no
+    -- working table, which a caller could have made first under that name)
+    -- every field of every entry; counts of 0 to 2^48 whose outcomes add up
+    -- to rejected, also summed per key and hour; whole hours (Unix seconds)
+    -- and last uses (Unix microseconds) of this century
+    SELECT count(*) INTO bad
       FROM pg_catalog.jsonb_to_recordset(rows)
-           AS x(k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint);
-    -- counts of 0 to 2^48 whose outcomes add up to rejected, whole hours
-    -- (Unix seconds) and last uses (Unix microseconds) of this century
-    SELECT count(*) INTO bad FROM pg_temp.apikeys_forwarded f
-     WHERE f.k IS NULL OR f.h IS NULL
+           AS f(k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint)
+     WHERE f.k IS NULL OR f.h IS NULL OR f.v IS NULL OR f.r IS NULL OR f.rl IS NULL OR f.ue IS NULL
+        OR f.sc IS NULL OR f.rf IS NULL OR f.u IS NULL
         OR LEAST(f.v, f.r, f.rl, f.ue, f.sc, f.rf, f.u) < 0 OR GREATEST(f.v, f.r) >= 281474976710656
         OR f.rl + f.ue + f.sc + f.rf <> f.r
         OR f.h % 3600 <> 0 OR f.h NOT BETWEEN 946684800 AND 4102444800
         OR f.u > 4102444800000000;
+    IF bad = 0 THEN
+        SELECT count(*) INTO bad
+          FROM (SELECT FROM pg_catalog.jsonb_to_recordset(rows) AS f(k uuid, h bigint, v bigint, r bigint)
+                 GROUP BY f.k, f.h HAVING pg_catalog.sum(f.v) >= 281474976710656 OR pg_catalog.sum(f.r) >= 281474976710656) g;
+    END IF;
     IF bad > 0 THEN
         RAISE EXCEPTION 'a batch holds % entries that are not usage', bad USING ERRCODE = '22023';
     END IF;
-    -- what is more than a week old or more than an hour ahead is left out
-    -- (a standby promoted long after it saved a batch; a clock far off)
-    -- rewrite: (at run time, this call's own working table)
-    DELETE FROM pg_temp.apikeys_forwarded f
-     WHERE pg_catalog.to_timestamp(f.h) NOT BETWEEN pg_catalog.now() - interval '8 days' AND pg_catalog.now() + interval '1 hour';
-    UPDATE pg_temp.apikeys_forwarded f SET u = 0
-     WHERE f.u <> 0 AND pg_catalog.to_timestamp(f.u / 1000000.0) > pg_catalog.now() + interval '1 hour';
-    -- the keys that exist here (the workspace is the key's, not the sender's)
+    -- the keys that exist here (the workspace is the key's, not the
+    -- sender's), of hours from a week ago to an hour ahead (a standby
+    -- promoted long after it saved a batch; a clock far off); a count stops
+    -- at 2^62, never overflows
     INSERT INTO apikeys.key_usage AS ku (key_id, workspace_id, hour, verified, rejected,
                                          rate_limited, usage_exceeded, insufficient_scope, refused)
     SELECT f.k, k.workspace_id, pg_catalog.to_timestamp(f.h), pg_catalog.sum(f.v), pg_catalog.sum(f.r),
            pg_catalog.sum(f.rl), pg_catalog.sum(f.ue), pg_catalog.sum(f.sc), pg_catalog.sum(f.rf)
-      FROM pg_temp.apikeys_forwarded f JOIN apikeys.keys k ON k.id = f.k
+      FROM pg_catalog.jsonb_to_recordset(rows)
+           AS f(k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint)
+      JOIN apikeys.keys k ON k.id = f.k
      WHERE f.v + f.r > 0
+       AND pg_catalog.to_timestamp(f.h) BETWEEN pg_catalog.now() - interval '8 days' AND pg_catalog.now() + interval '1 hour'
      GROUP BY f.k, k.workspace_id, f.h
     ON CONFLICT (key_id, hour) DO UPDATE
-       SET verified = ku.verified + excluded.verified, rejected = ku.rejected + excluded.rejected,
-           rate_limited = ku.rate_limited + excluded.rate_limited,
-           usage_exceeded = ku.usage_exceeded + excluded.usage_exceeded,
-           insufficient_scope = ku.insufficient_scope + excluded.insufficient_scope,
-           refused = ku.refused + excluded.refused;
-    -- last_used_at only moves forward, last (a revoke of one of these keys
-    -- waits for this statement only), of the rows no one holds: a row a
-    -- client holds is never waited for (its key keeps its older stamp
-    -- until its next use arrives)
+       SET verified = LEAST(ku.verified::numeric + excluded.verified, 4611686018427387904)::bigint,
+           rejected = LEAST(ku.rejected::numeric + excluded.rejected, 4611686018427387904)::bigint,
+           rate_limited = LEAST(ku.rate_limited::numeric + excluded.rate_limited, 4611686018427387904)::bigint,
+           usage_exceeded = LEAST(ku.usage_exceeded::numeric + excluded.usage_exceeded, 4611686018427387904)::bigint,
+           insufficient_scope = LEAST(ku.insufficient_scope::numeric + excluded.insufficient_scope, 4611686018427387904)::bigint,
+           refused = LEAST(ku.refused::numeric + excluded.refused, 4611686018427387904)::bigint;
+    -- last_used_at only moves forward (to at most five minutes ahead, for
+    -- clocks a little apart), last (a revoke of one of these keys waits
+    -- for this statement only), of the rows no one holds: a row a client
+    -- holds is never waited for (its key keeps its older stamp until its
+    -- next use arrives)
     UPDATE apikeys.keys k SET last_used_at = l.t
       FROM (SELECT f.k, pg_catalog.max(pg_catalog.to_timestamp(f.u / 1000000.0)) AS t
-              FROM pg_temp.apikeys_forwarded f WHERE f.u <> 0 GROUP BY f.k) l
+              FROM pg_catalog.jsonb_to_recordset(rows) AS f(k uuid, u bigint)
+             WHERE f.u <> 0
+               AND pg_catalog.to_timestamp(f.u / 1000000.0)
+                   BETWEEN pg_catalog.now() - interval '8 days' AND pg_catalog.now() + interval '5 minutes'
+             GROUP BY f.k) l
      WHERE k.id = l.k AND (k.last_used_at IS NULL OR k.last_used_at < l.t)
        AND k.id IN (SELECT h.id FROM apikeys.keys h
-                     WHERE h.id IN (SELECT f.k FROM pg_temp.apikeys_forwarded f WHERE f.u <> 0)
+                     WHERE h.id IN (SELECT f.k FROM pg_catalog.jsonb_to_recordset(rows) AS f(k uuid, u bigint)
+                                     WHERE f.u <> 0)
                      FOR NO KEY UPDATE SKIP LOCKED);
-    -- rewrite: (at run time, this call's own working table)
-    DROP TABLE pg_temp.apikeys_forwarded;
     RETURN true;
 END
 $$;

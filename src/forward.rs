@@ -6,16 +6,19 @@
 //! the launcher starts a flusher per database with pending usage, as on a
 //! primary; on a standby that flusher
 //!
-//! 1. sends the batches left on disk (sent before with no answer, or left
-//!    by a crash), oldest first;
-//! 2. takes this database's entries out of shared memory, numbers them as
+//! 1. takes this database's entries out of shared memory, numbers them as
 //!    the next batch of this run of the standby (a random `source` made at
-//!    each start, and a counter), saves them to
-//!    `pg_apikeys_forward.<db>.<source>.<batch>` (synced), and sends them:
+//!    each start, and a counter) and saves them to
+//!    `pg_apikeys_forward.<db>.<source>.<batch>` (synced);
+//! 2. sends every batch on disk, oldest first (sent before with no answer,
+//!    or left by a crash, then the new one):
 //!    `SELECT apikeys.apply_forwarded_usage(source, batch, usage)` on the
-//!    primary, over a connection made with the `postgres` client library
-//!    (`apikeys.primary_conninfo`, with this database's name);
-//! 3. removes the file once the primary answered.
+//!    primary, over a connection made with the `tokio-postgres` client
+//!    library (`apikeys.primary_conninfo`, with this database's name), on a
+//!    runtime of this thread: every wait is bounded, ends on shutdown or
+//!    the postmaster's death, and saves what is counted meanwhile at every
+//!    interval;
+//! 3. removes each file once the primary answered.
 //!
 //! The primary applies a (source, batch) once (`apikeys.usage_sources`
 //! records the last batch of each source in the same transaction), so a
@@ -79,51 +82,164 @@ fn uuid_text(b: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// A connection to the primary, made when first needed.
+/// How long connecting (with the login) and one batch may take; the
+/// standby's shutdown and the postmaster's death end a wait at once.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+const SEND_LIMIT: Duration = Duration::from_secs(30);
+
+/// A connection to the primary, made when first needed, on a runtime of
+/// this worker's own thread.
 struct Primary {
+    db: u32,
     conninfo: String,
     dbname: String,
-    client: Option<postgres::Client>,
+    /// when this database's pending usage was last saved as a batch
+    saved: std::time::Instant,
+    rt: Option<tokio::runtime::Runtime>,
+    client: Option<tokio_postgres::Client>,
+}
+
+/// Why a wait ended early.
+fn stop_reason() -> Option<&'static str> {
+    // SAFETY: reads of this process's interrupt flag and the postmaster's pid
+    let (dying, postmaster) = unsafe { (pg_sys::ProcDiePending != 0, pg_sys::PostmasterPid) };
+    if dying {
+        return Some("the standby is shutting down");
+    }
+    // (an orphan's parent is no longer the postmaster)
+    if std::os::unix::process::parent_id() as i32 != postmaster {
+        return Some("the postmaster is gone");
+    }
+    None
+}
+
+/// Run `fut` on `rt` for at most `limit`, a quarter second at a time,
+/// giving up when the server shuts down or the postmaster dies; `tick` runs
+/// between the quarter seconds (it saves what is counted meanwhile).
+fn bounded<F: std::future::Future>(
+    rt: &tokio::runtime::Runtime,
+    fut: F,
+    limit: Duration,
+    tick: &mut dyn FnMut(),
+) -> Result<F::Output, String> {
+    let mut fut = Box::pin(fut);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        tick();
+        // (the timer is made inside the runtime, as tokio requires)
+        if let Ok(v) = rt.block_on(async { tokio::time::timeout(Duration::from_millis(250), &mut fut).await })
+        {
+            return Ok(v);
+        }
+        if let Some(why) = stop_reason() {
+            return Err(why.to_owned());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("no answer within {} s", limit.as_secs()));
+        }
+    }
+}
+
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        // (the server's words: no conninfo, no password, no batch)
+        Some(db) => format!("{} {}", db.code().code(), db.message()),
+        None => {
+            let mut out = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(s) = src {
+                out.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            out
+        }
+    }
+}
+
+/// This database's pending usage, if any, to disk as the next batch.
+fn save_pending(db: u32) {
+    let taken = usage::take_db(db);
+    if taken.is_empty() {
+        return;
+    }
+    let (source, batch) = usage::next_batch();
+    if let Err(e) = save::write_batch(db, source, batch, &taken) {
+        // not on disk: not sent either; back into the table
+        usage::put_back(&taken);
+        usage::warn_forward(&format!("could not save usage batch {batch} before sending it: {e}"));
+    }
 }
 
 impl Primary {
-    fn client(&mut self) -> Result<&mut postgres::Client, String> {
-        if self.client.is_none() {
-            let mut cfg: postgres::Config = self
-                .conninfo
-                .parse()
-                .map_err(|e| format!("apikeys.primary_conninfo is not a conninfo: {e}"))?;
-            cfg.dbname(&self.dbname)
-                .application_name("pg_apikeys usage forward")
-                .connect_timeout(Duration::from_secs(10))
-                .keepalives(true)
-                .keepalives_idle(Duration::from_secs(10))
-                .options("-c statement_timeout=30s -c lock_timeout=10s");
-            let c =
-                cfg.connect(postgres::NoTls).map_err(|e| format!("could not connect to the primary: {e}"))?;
-            self.client = Some(c);
+    /// While a wait for the primary lasts, what is counted meanwhile still
+    /// goes to disk at every interval.
+    fn tick(db: u32, saved: &mut std::time::Instant) {
+        let every = Duration::from_secs(gucs::USAGE_FLUSH_INTERVAL.get().max(1) as u64);
+        if saved.elapsed() >= every {
+            save_pending(db);
+            *saved = std::time::Instant::now();
         }
-        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn client(&mut self) -> Result<(), String> {
+        if self.client.is_some() {
+            return Ok(());
+        }
+        if self.rt.is_none() {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(|e| format!("no runtime for the connection: {e}"))?;
+            self.rt = Some(rt);
+        }
+        let rt = self.rt.as_ref().expect("made above");
+        let mut cfg: tokio_postgres::Config =
+            self.conninfo.parse().map_err(|e| format!("apikeys.primary_conninfo is not a conninfo: {e}"))?;
+        cfg.dbname(&self.dbname)
+            .application_name("pg_apikeys usage forward")
+            .connect_timeout(CONNECT_LIMIT)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .options("-c statement_timeout=30s -c lock_timeout=10s");
+        let (db, saved) = (self.db, &mut self.saved);
+        let (client, connection) =
+            bounded(rt, cfg.connect(tokio_postgres::NoTls), CONNECT_LIMIT, &mut || Self::tick(db, saved))
+                .map_err(|why| format!("could not connect to the primary: {why}"))?
+                .map_err(|e| format!("could not connect to the primary: {}", db_error(&e)))?;
+        // the connection's own task: it runs while this thread waits in
+        // `bounded`, and ends with the runtime
+        rt.spawn(connection);
+        self.client = Some(client);
+        Ok(())
     }
 
     /// Send one batch: whether the primary applied it now (false: it had
     /// applied it before).
     fn send(&mut self, source: u64, batch: i64, entries: &[usage::Entry]) -> Result<bool, String> {
         let body = payload(entries);
-        let c = self.client()?;
-        let r = c.query_one(
-            "SELECT apikeys.apply_forwarded_usage($1::int8, $2::int8, $3::text)",
-            &[&(source as i64), &batch, &body],
+        self.client()?;
+        let (rt, client) = (self.rt.as_ref().expect("made"), self.client.as_ref().expect("connected"));
+        let source = source as i64;
+        let (db, saved) = (self.db, &mut self.saved);
+        let r = bounded(
+            rt,
+            client.query_one(
+                "SELECT apikeys.apply_forwarded_usage($1::int8, $2::int8, $3::text)",
+                &[&source, &batch, &body],
+            ),
+            SEND_LIMIT,
+            &mut || Self::tick(db, saved),
         );
         match r {
-            Ok(row) => Ok(row.get::<_, bool>(0)),
-            Err(e) => {
+            Ok(Ok(row)) => Ok(row.get::<_, bool>(0)),
+            Ok(Err(e)) => {
                 // whatever happened, a new connection next time
                 self.client = None;
-                let why = match e.as_db_error() {
-                    Some(db) => format!("{} {}", db.code().code(), db.message()),
-                    None => e.to_string(),
-                };
+                Err(format!("the primary did not take usage batch {batch}: {}", db_error(&e)))
+            }
+            Err(why) => {
+                self.client = None;
                 Err(format!("the primary did not take usage batch {batch}: {why}"))
             }
         }
@@ -134,10 +250,18 @@ fn events(entries: &[usage::Entry]) -> u64 {
     entries.iter().map(|e| e.verified + e.rejected).sum()
 }
 
-/// In a flusher connected to `db` on a standby: the batches left on disk,
-/// then this database's pending usage as a new batch.
+/// In a flusher connected to `db` on a standby: this database's pending
+/// usage to disk as a new batch, then every batch on disk to the primary,
+/// oldest first. Everything counted before this round is on disk before
+/// any wait for the primary, so a crash while the primary is slow or away
+/// loses at most what came after.
 pub fn forward_database(db: u32) {
     let Some(conninfo) = conninfo() else { return };
+    save_pending(db);
+    let files = save::batch_files(db);
+    if files.is_empty() {
+        return;
+    }
     // (no SPI: its writable statements would take a transaction id, which
     // a standby has none to give)
     let dbname = BackgroundWorker::transaction(|| {
@@ -148,8 +272,9 @@ pub fn forward_database(db: u32) {
         }
     });
     let Some(dbname) = dbname else { return };
-    let mut primary = Primary { conninfo, dbname, client: None };
-    for (path, source, batch) in save::batch_files(db) {
+    let mut primary =
+        Primary { db, conninfo, dbname, saved: std::time::Instant::now(), rt: None, client: None };
+    for (path, source, batch) in files {
         let Some(entries) = save::read_batch(&path) else {
             pgrx::warning!("pg_apikeys: a usage batch on disk is damaged and not sent: {}", path.display());
             save::forget_batch(&path);
@@ -163,35 +288,12 @@ pub fn forward_database(db: u32) {
                 }
             }
             Err(e) => {
-                usage::warn_forward(&e);
-                return; // the rest waits for the next interval, in order
+                // kept on disk: sent again (as the same batch), in order,
+                // next interval
+                usage::warn_forward(&format!("database {}: {e}", primary.dbname));
+                return;
             }
         }
-    }
-    let taken = usage::take_db(db);
-    if taken.is_empty() {
-        return;
-    }
-    let (source, batch) = usage::next_batch();
-    if let Err(e) = save::write_batch(db, source, batch, &taken) {
-        // not on disk: not sent either; back into the table
-        usage::put_back(&taken);
-        usage::warn_forward(&format!("could not save usage batch {batch} before sending it: {e}"));
-        return;
-    }
-    match primary.send(source, batch, &taken) {
-        Ok(applied) => {
-            if let Some((path, _, _)) =
-                save::batch_files(db).into_iter().find(|(_, s, b)| *s == source && *b == batch)
-            {
-                save::forget_batch(&path);
-            }
-            if applied {
-                usage::count_forwarded(events(&taken));
-            }
-        }
-        // kept on disk: sent again (as the same batch) next interval
-        Err(e) => usage::warn_forward(&e),
     }
 }
 

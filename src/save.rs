@@ -83,11 +83,21 @@ fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
+/// This data directory, as 31 bits (its device and inode): a copy of it
+/// (pg_basebackup, cp) is another directory. A standby's saved usage is its
+/// own: a standby cloned from it must not send it again.
+fn dir_identity() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let Some(m) = data_dir().and_then(|d| std::fs::metadata(d).ok()) else { return 0 };
+    let h = m.dev().wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ m.ino();
+    ((h ^ (h >> 31)) & 0x7fff_ffff) as u32
+}
+
 fn header(magic: &[u8; 8], record: usize, snapshot: i64) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_BYTES);
     out.extend_from_slice(magic);
     out.extend_from_slice(&system_identifier().to_le_bytes());
-    let flags = if in_recovery() { SAVED_IN_RECOVERY } else { 0 };
+    let flags = if in_recovery() { SAVED_IN_RECOVERY | (dir_identity() << 1) } else { 0 };
     out.extend_from_slice(&flags.to_le_bytes());
     out.extend_from_slice(&(record as u32).to_le_bytes());
     out.extend_from_slice(&snapshot.to_le_bytes());
@@ -113,6 +123,9 @@ pub enum Refused {
     OtherCluster,
     /// saved by a primary, found by a server in recovery
     FromPrimary,
+    /// saved by a standby in another data directory (this one is a copy
+    /// of it): that standby sends or writes it itself
+    OtherStandby,
 }
 
 /// The records and snapshot id of a file, checked (`sysid`: this
@@ -124,6 +137,7 @@ pub fn decode<'a>(
     record: usize,
     sysid: u64,
     recovering: bool,
+    dir: Option<u32>,
 ) -> Result<(&'a [u8], i64), Refused> {
     if bytes.len() < HEADER_BYTES + TRAILER_BYTES || &bytes[..8] != magic {
         return Err(Refused::Damaged);
@@ -145,9 +159,13 @@ pub fn decode<'a>(
     if word(8, 8) != sysid {
         return Err(Refused::OtherCluster);
     }
-    let saved_in_recovery = word(16, 4) as u32 & SAVED_IN_RECOVERY != 0;
+    let flags = word(16, 4) as u32;
+    let saved_in_recovery = flags & SAVED_IN_RECOVERY != 0;
     if recovering && !saved_in_recovery {
         return Err(Refused::FromPrimary);
+    }
+    if saved_in_recovery && dir.is_some_and(|d| flags >> 1 != d) {
+        return Err(Refused::OtherStandby);
     }
     Ok((records, word(24, 8) as i64))
 }
@@ -290,7 +308,8 @@ pub fn batch_dbs() -> Vec<u32> {
 /// The entries of a batch file (None: unreadable or damaged).
 pub fn read_batch(file: &std::path::Path) -> Option<Vec<usage::Entry>> {
     let bytes = std::fs::read(file).ok()?;
-    let (records, _) = decode(&bytes, FORWARD_MAGIC, usage::ENTRY_BYTES, system_identifier(), false).ok()?;
+    let (records, _) =
+        decode(&bytes, FORWARD_MAGIC, usage::ENTRY_BYTES, system_identifier(), false, None).ok()?;
     Some(entries_of(records).filter(usage::plausible).collect())
 }
 
@@ -325,7 +344,14 @@ pub fn save_all() {
 pub fn recover_usage() {
     let Some(file) = path(USAGE_FILE) else { return };
     let Ok(bytes) = std::fs::read(&file) else { return };
-    match decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), in_recovery()) {
+    match decode(
+        &bytes,
+        USAGE_MAGIC,
+        usage::ENTRY_BYTES,
+        system_identifier(),
+        in_recovery(),
+        Some(dir_identity()),
+    ) {
         Ok((records, snapshot)) => {
             usage::note_snapshot(snapshot);
             let to = file.with_file_name(format!("{RECOVERED_PREFIX}{snapshot}"));
@@ -333,11 +359,13 @@ pub fn recover_usage() {
                 let _ = std::fs::remove_file(&file);
             }
         }
-        Err(Refused::FromPrimary) => {
-            // the primary writes its own usage
-            pgrx::log!("pg_apikeys: saved usage not loaded (FromPrimary): the primary writes it");
-            let (records, _) = decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false)
-                .unwrap_or((&[], 0));
+        Err(why @ (Refused::FromPrimary | Refused::OtherStandby)) => {
+            // the primary (or the standby this one was copied from) writes
+            // or sends its own usage
+            pgrx::log!("pg_apikeys: saved usage not loaded ({why:?}): the server that saved it counts it");
+            let (records, _) =
+                decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false, None)
+                    .unwrap_or((&[], 0));
             usage::count_discarded(entries_of(records).map(|e| e.verified + e.rejected).sum());
             let _ = std::fs::remove_file(&file);
         }
@@ -367,7 +395,8 @@ pub fn recovered_files() -> Vec<(PathBuf, i64)> {
 /// The plausible entries of a recovered file (None: unreadable or damaged).
 pub fn read_recovered(file: &std::path::Path) -> Option<Vec<usage::Entry>> {
     let bytes = std::fs::read(file).ok()?;
-    let (records, _) = decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false).ok()?;
+    let (records, _) =
+        decode(&bytes, USAGE_MAGIC, usage::ENTRY_BYTES, system_identifier(), false, None).ok()?;
     Some(entries_of(records).filter(usage::plausible).collect())
 }
 
@@ -380,7 +409,7 @@ pub fn forget_recovered(file: &std::path::Path) {
 pub fn load_limits() {
     let Some(bytes) = take_file(LIMITS_FILE) else { return };
     let (records, _) =
-        match decode(&bytes, LIMITS_MAGIC, limits::ENTRY_BYTES, system_identifier(), in_recovery()) {
+        match decode(&bytes, LIMITS_MAGIC, limits::ENTRY_BYTES, system_identifier(), in_recovery(), None) {
             Ok(r) => r,
             Err(why) => {
                 pgrx::warning!("pg_apikeys: saved rate windows and credit debits not loaded ({why:?})");
@@ -420,21 +449,27 @@ mod tests {
     fn a_saved_file_loads_only_whole_and_on_its_own_cluster() {
         let records = [7u8; 32];
         let good = file(42, 0, &records, 16);
-        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, false), Ok((&records[..], 77)));
-        assert_eq!(decode(&good, USAGE_MAGIC, 16, 43, false), Err(Refused::OtherCluster));
-        assert_eq!(decode(&good, LIMITS_MAGIC, 16, 42, false), Err(Refused::Damaged));
-        assert_eq!(decode(&good, USAGE_MAGIC, 32, 42, false), Err(Refused::Damaged));
+        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, false, None), Ok((&records[..], 77)));
+        assert_eq!(decode(&good, USAGE_MAGIC, 16, 43, false, None), Err(Refused::OtherCluster));
+        assert_eq!(decode(&good, LIMITS_MAGIC, 16, 42, false, None), Err(Refused::Damaged));
+        assert_eq!(decode(&good, USAGE_MAGIC, 32, 42, false, None), Err(Refused::Damaged));
         // a primary's save found by a standby (a copy made into one)
-        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, true), Err(Refused::FromPrimary));
+        assert_eq!(decode(&good, USAGE_MAGIC, 16, 42, true, None), Err(Refused::FromPrimary));
         let standby = file(42, SAVED_IN_RECOVERY, &records, 16);
-        assert_eq!(decode(&standby, USAGE_MAGIC, 16, 42, true), Ok((&records[..], 77)));
+        assert_eq!(decode(&standby, USAGE_MAGIC, 16, 42, true, None), Ok((&records[..], 77)));
+        // a standby's save, found in its own data directory or in a copy of it
+        let own = file(42, SAVED_IN_RECOVERY | (1234 << 1), &records, 16);
+        assert_eq!(decode(&own, USAGE_MAGIC, 16, 42, true, Some(1234)), Ok((&records[..], 77)));
+        assert_eq!(decode(&own, USAGE_MAGIC, 16, 42, false, Some(1234)), Ok((&records[..], 77)));
+        assert_eq!(decode(&own, USAGE_MAGIC, 16, 42, true, Some(999)), Err(Refused::OtherStandby));
+        assert_eq!(decode(&own, USAGE_MAGIC, 16, 42, false, Some(999)), Err(Refused::OtherStandby));
         // one flipped bit anywhere, or a cut
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 1;
-            assert!(decode(&bad, USAGE_MAGIC, 16, 42, false).is_err(), "bit at {i}");
+            assert!(decode(&bad, USAGE_MAGIC, 16, 42, false, None).is_err(), "bit at {i}");
         }
-        assert!(decode(&good[..good.len() - 1], USAGE_MAGIC, 16, 42, false).is_err());
-        assert!(decode(&[], USAGE_MAGIC, 16, 42, false).is_err());
+        assert!(decode(&good[..good.len() - 1], USAGE_MAGIC, 16, 42, false, None).is_err());
+        assert!(decode(&[], USAGE_MAGIC, 16, 42, false, None).is_err());
     }
 }

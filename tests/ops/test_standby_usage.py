@@ -64,6 +64,10 @@ class LosingProxy:
         self.target = (HOST, target_port)
         self.armed = threading.Event()
         self.lost = threading.Event()
+        # a primary that takes connections and never answers (a stopped
+        # postmaster, a dead network path): connections are held, unread
+        self.blackhole = threading.Event()
+        self.held: list[socket.socket] = []
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((HOST, 0))
@@ -77,6 +81,9 @@ class LosingProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
+            if self.blackhole.is_set():
+                self.held.append(client)
+                continue
             server = socket.create_connection(self.target)
             mute = threading.Event()
             threading.Thread(target=self._up, args=(client, server, mute), daemon=True).start()
@@ -224,6 +231,38 @@ def test_kill_9_of_the_standby_loses_at_most_one_interval(world):
         time.sleep(2.5)
         got = usage(p, key_id)["verified"]
     assert 23 <= got <= 30, got
+
+
+def test_a_primary_that_never_answers_holds_up_nothing(world):
+    """The primary takes the connection and never answers: the forward gives
+    up within its limits, the standby still shuts down at once, what it
+    counted meanwhile goes to disk every interval, and a kill -9 then loses
+    nothing of it; once the primary answers, every verify arrives, once."""
+    primary, standby, proxy = world["primary"], world["standby"], world["proxy"]
+    key_id, tok = world["keys"]["both"]
+    with primary.connect(DB) as p:
+        before = usage(p, key_id)["verified"]
+    proxy.blackhole.set()
+    try:
+        with standby.connect(DB) as s:
+            assert verify(s, tok, 10) == 10
+        wait_until(lambda: len(proxy.held) > 0, 30, "a forward to the silent primary")
+        t0 = time.monotonic()
+        standby.stop("fast")
+        assert time.monotonic() - t0 < 15, "the standby's shutdown waited for the silent primary"
+        standby.start()
+        with standby.connect(DB) as s:
+            assert verify(s, tok, 6) == 6
+        # two more intervals: the 6 are on disk too (behind the earlier batch)
+        time.sleep(3)
+        assert len(list(standby.data.glob("pg_apikeys_forward.*"))) >= 2
+        standby.kill9()
+    finally:
+        proxy.blackhole.clear()
+        for c in proxy.held:
+            c.close()
+    standby.start()
+    wait_verified(primary, key_id, before + 16, "usage held on disk while the primary was silent", standby)
 
 
 def test_a_promotion_applies_the_batches_left_on_disk_once(world):

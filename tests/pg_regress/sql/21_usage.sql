@@ -202,3 +202,20 @@ SELECT dblink_exec('holder', 'ROLLBACK');
 SELECT dblink_disconnect('holder');
 SELECT u.verified, k.last_used_at IS NULL AS stamp_skipped
   FROM apikeys.key_usage u JOIN apikeys.keys k ON k.id = u.key_id WHERE u.key_id = regress.id('uh_id');
+-- the forwarding role gets nothing more through the function: a table of
+-- its own named as a working table the function might use is never
+-- touched, and a batch whose counts would overflow is refused
+SET ROLE usage_forwarder;
+CREATE TEMP TABLE apikeys_forwarded (k uuid, h bigint, v bigint, r bigint, rl bigint, ue bigint, sc bigint, rf bigint, u bigint);
+SELECT apikeys.apply_forwarded_usage(42, 4, format('[{"k":"%s","h":%s,"v":1,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":0}]',
+                                                   regress.id('uh_id'), regress.tok('fh'))) AS applied;
+SELECT count(*) AS own_table_untouched FROM pg_temp.apikeys_forwarded;
+SELECT regress.try(format($$SELECT apikeys.apply_forwarded_usage(42, 5, '[{"k":"%1$s","h":%2$s,"v":281474976710655,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":0},
+                                                                     {"k":"%1$s","h":%2$s,"v":281474976710655,"r":0,"rl":0,"ue":0,"sc":0,"rf":0,"u":0}]')$$,
+                          regress.id('uh_id'), regress.tok('fh'))) AS summed_over_2_48;
+SELECT regress.try(format($$SELECT apikeys.apply_forwarded_usage(42, 5, '[{"k":"%s","h":%s,"v":1}]')$$,
+                          regress.id('uh_id'), regress.tok('fh'))) AS fields_missing;
+DROP TABLE pg_temp.apikeys_forwarded;
+RESET ROLE;
+SELECT rolsuper AS forwarder_superuser FROM pg_roles WHERE rolname = 'usage_forwarder';
+
