@@ -106,7 +106,10 @@ run_pg() {
 # the release build in this version's PostgreSQL and its cluster running
 # (cargo pgrx test installs a test build: install the real one again)
 ready() {
-    scripts/install.sh && scripts/cluster.sh restart
+    # (stopped first: the install writes the library over the file a
+    # running server has mapped, which is only safe when nothing runs it)
+    scripts/cluster.sh stop >/dev/null 2>&1
+    scripts/install.sh && scripts/cluster.sh start
 }
 
 run_regress() {
