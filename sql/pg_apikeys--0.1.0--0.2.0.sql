@@ -2220,8 +2220,13 @@ BEGIN
                       OR (pg_catalog.cardinality(r.scopes) > 64
                           AND (SELECT count(DISTINCT x) FROM pg_catalog.unnest(r.scopes) AS x) > 64))
                 THEN 'scopes: each 1-64 of a-z, 0-9, _ . : - starting with a letter, at most 64'
+            -- (the text form is read only where the limits could be
+            -- reached: an uncompressed jsonb under 256 bytes nests at most
+            -- 31 levels and prints far under 16 KiB)
             WHEN r.metadata IS NOT NULL AND (pg_catalog.jsonb_typeof(r.metadata) <> 'object'
-                                             OR NOT apikeys.metadata_ok(r.metadata::text))
+                                             OR ((pg_catalog.pg_column_compression(r.metadata) IS NOT NULL
+                                                  OR pg_catalog.pg_column_size(r.metadata) >= 256)
+                                                 AND NOT apikeys.metadata_ok(r.metadata::text)))
                 THEN 'metadata: not a JSON object of at most 16 KiB, nested at most 64 levels'
             WHEN r.expires_at IS NOT NULL AND r.expires_at <= pg_catalog.now()
                 THEN 'expires_at: not in the future (an expired key is not imported)'
