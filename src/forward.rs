@@ -95,7 +95,7 @@ struct Primary {
     dbname: String,
     /// when this database's pending usage was last saved as a batch
     saved: std::time::Instant,
-    rt: Option<tokio::runtime::Runtime>,
+    rt: tokio::runtime::Runtime,
     client: Option<tokio_postgres::Client>,
 }
 
@@ -185,15 +185,7 @@ impl Primary {
         if self.client.is_some() {
             return Ok(());
         }
-        if self.rt.is_none() {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .enable_time()
-                .build()
-                .map_err(|e| format!("no runtime for the connection: {e}"))?;
-            self.rt = Some(rt);
-        }
-        let rt = self.rt.as_ref().expect("made above");
+        let rt = &self.rt;
         let mut cfg: tokio_postgres::Config =
             self.conninfo.parse().map_err(|e| format!("apikeys.primary_conninfo is not a conninfo: {e}"))?;
         cfg.dbname(&self.dbname)
@@ -219,9 +211,11 @@ impl Primary {
     fn send(&mut self, source: u64, batch: i64, entries: &[usage::Entry]) -> Result<bool, String> {
         let body = payload(entries);
         self.client()?;
-        let (rt, client) = (self.rt.as_ref().expect("made"), self.client.as_ref().expect("connected"));
+        let Some(client) = self.client.as_ref() else {
+            return Err("no connection to the primary".to_owned()); // (client() made one or failed)
+        };
         let source = source as i64;
-        let (db, saved) = (self.db, &mut self.saved);
+        let (rt, db, saved) = (&self.rt, self.db, &mut self.saved);
         let r = bounded(
             rt,
             client.query_one(
@@ -272,8 +266,15 @@ pub fn forward_database(db: u32) {
         }
     });
     let Some(dbname) = dbname else { return };
-    let mut primary =
-        Primary { db, conninfo, dbname, saved: std::time::Instant::now(), rt: None, client: None };
+    // the connection's runtime, on this thread
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            usage::warn_forward(&format!("no runtime for the connection to the primary: {e}"));
+            return;
+        }
+    };
+    let mut primary = Primary { db, conninfo, dbname, saved: std::time::Instant::now(), rt, client: None };
     for (path, source, batch) in files {
         let Some(entries) = save::read_batch(&path) else {
             pgrx::warning!("pg_apikeys: a usage batch on disk is damaged and not sent: {}", path.display());

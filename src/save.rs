@@ -31,7 +31,11 @@
 //! a base backup) finds the primary's saved usage: the primary writes that
 //! usage itself, so a server in recovery drops a file saved by a primary
 //! (counted as discarded) instead of writing it again after a promotion.
-//! A standby's own saves are kept until it is promoted.
+//! A standby's own saves are kept until it is promoted (or, when it
+//! forwards its usage, put back into its table at the next start,
+//! src/forward.rs); a copy of a standby's data directory drops them, as
+//! they belong to the directory that saved them. A standby's batches for
+//! the primary are files of their own (`pg_apikeys_forward.*`).
 //!
 //! The limits file is only loaded by the first launcher of fresh shared
 //! memory; a launcher started again after `pg_terminate_backend` finds both

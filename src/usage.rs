@@ -33,8 +33,10 @@
 //! databases or ones that take no connections are added to `discarded`; a
 //! verify that finds no free entry (or whose workspace holds its share)
 //! falls back to the in-transaction write (`fallbacks`) or, where it cannot
-//! write, is `unrecorded`. On a standby nothing is written: entries stay
-//! pending (shown by `usage_stats()`) and are written after promotion. At a
+//! write, is `unrecorded`. On a standby nothing is written: with
+//! `apikeys.primary_conninfo` its flushers send the entries to the primary
+//! (src/forward.rs); without, they stay pending (shown by `usage_stats()`)
+//! and are written after promotion. At a
 //! clean shutdown the launcher saves pending entries (src/save.rs) and the
 //! next start takes them back; a crash loses what was pending (at most one
 //! flush interval).

@@ -121,11 +121,11 @@ class LosingProxy:
         self.sock.close()
 
 
-@pytest.fixture(scope="module")
-def world(clusters) -> dict[str, Any]:
-    primary = clusters("fw_primary").init(
-        {**PRELOAD, "wal_level": "replica", "max_wal_senders": 6, "hot_standby": "on",
-         "max_worker_processes": 16},
+def make_primary(clusters, name: str, settings: dict[str, Any] | None = None) -> Cluster:
+    """A preloaded primary that streams to standbys, with database DB, the
+    extension, the client role granted and the forwarding login."""
+    primary = clusters(name).init(
+        {**PRELOAD, "wal_level": "replica", "max_wal_senders": 6, "hot_standby": "on", **(settings or {})},
         hba=["host replication all 127.0.0.1/32 trust"])
     primary.start()
     with primary.connect() as admin:
@@ -134,6 +134,13 @@ def world(clusters) -> dict[str, Any]:
     with primary.connect(DB) as su:
         su.execute("CREATE EXTENSION pg_apikeys")
         su.execute("SELECT apikeys.grant_to('app'), apikeys.grant_forwarder('usage_forward')")
+    return primary
+
+
+@pytest.fixture(scope="module")
+def world(clusters) -> dict[str, Any]:
+    primary = make_primary(clusters, "fw_primary", {"max_worker_processes": 16})
+    with primary.connect(DB) as su:
         ws = one(su, "alice", "SELECT apikeys.create_workspace('fw') AS id")["id"]
         keys = {}
         for name in ("both", "standby-only", "proxy", "restart", "crash", "promote"):
@@ -293,16 +300,8 @@ def test_limits_are_per_server_with_two_standbys(clusters):
     """Each server enforces a key's limit on its own: allowed 5 a day, the
     key gets 5 on the primary and 5 on each of two standbys, 15 in all (the
     bound is the limit times the servers that verify it)."""
-    primary = clusters("lim_primary").init(
-        {**PRELOAD, "wal_level": "replica", "max_wal_senders": 6, "hot_standby": "on"},
-        hba=["host replication all 127.0.0.1/32 trust"])
-    primary.start()
-    with primary.connect() as admin:
-        admin.execute(ROLES)
-        admin.execute(f"CREATE DATABASE {DB}")
+    primary = make_primary(clusters, "lim_primary")
     with primary.connect(DB) as su:
-        su.execute("CREATE EXTENSION pg_apikeys")
-        su.execute("SELECT apikeys.grant_to('app')")
         ws = one(su, "alice", "SELECT apikeys.create_workspace('lim') AS id")["id"]
         r = one(su, "alice", """SELECT id, key FROM apikeys.create_key(%s, 'limited', '{read}',
                                     rate_limit => 5, rate_window => '1 day')""", (ws,))
