@@ -31,7 +31,7 @@
 //! A check that is refused consumes nothing: windows and balance change only
 //! when every limit admits the cost.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pgrx::pg_sys;
 
@@ -104,6 +104,9 @@ struct Header {
     held: AtomicU64,
     /// credit writes a flush skipped because a client held the key's row
     deferred: AtomicU64,
+    /// a saved limits table waits for the launcher to load it: checks wait
+    /// for it (a window or a debit from before the restart must count)
+    load_pending: AtomicBool,
 }
 
 static mut HEADER: *mut Header = std::ptr::null_mut();
@@ -146,6 +149,7 @@ pub unsafe fn startup() {
         if !found {
             std::ptr::write_bytes(base, 0, segment_size());
             (*(base as *mut Header)).per_part = (slot_count() / PARTITIONS) as u64;
+            (*(base as *mut Header)).load_pending.store(crate::save::limits_saved(), Ordering::Release);
         }
         HEADER = base as *mut Header;
         SLOTS = base.add(std::mem::size_of::<Header>()) as *mut Entry;
@@ -162,6 +166,44 @@ pub fn active() -> bool {
 fn header() -> &'static Header {
     // SAFETY: only called when active()
     unsafe { &*HEADER }
+}
+
+/// The launcher has loaded the saved limits table (or found it was not
+/// to be loaded): checks stop waiting for it.
+pub fn load_done() {
+    if active() {
+        header().load_pending.store(false, Ordering::Release);
+    }
+}
+
+/// How long a check waits for the saved limits table to be loaded before
+/// it goes on without it (a launcher that cannot start).
+const LOAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+static mut LOAD_GIVEN_UP: bool = false;
+
+/// A check made between a server's start and the launcher's load of the
+/// saved limits table would find every window empty and every debit
+/// written: it waits for the load (a few milliseconds after a start).
+fn await_load() {
+    // SAFETY: backend-local
+    if !header().load_pending.load(Ordering::Acquire) || unsafe { LOAD_GIVEN_UP } {
+        return;
+    }
+    let start = std::time::Instant::now();
+    while header().load_pending.load(Ordering::Acquire) {
+        if start.elapsed() >= LOAD_PATIENCE {
+            // SAFETY: backend-local
+            unsafe { LOAD_GIVEN_UP = true };
+            pgrx::warning!(
+                "pg_apikeys: the saved rate windows and credit debits are not loaded yet; checks go on without them"
+            );
+            return;
+        }
+        pgrx::check_for_interrupts!();
+        // SAFETY: a plain sleep, interrupts checked above
+        unsafe { pg_sys::pg_usleep(5_000) };
+    }
 }
 
 pub fn full_refusals() -> u64 {
@@ -486,6 +528,7 @@ fn roll(e: &mut Entry, w: &Window, now: i64) {
 /// Admit `cost` for the key `spec` describes, in this database, at `now`.
 /// Everything is checked before anything is consumed.
 pub fn admit(spec: &Spec, cost: i64, now: i64) -> Decision {
+    await_load();
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let key_needed = spec.rate.is_some() || spec.credits.is_some();
@@ -727,6 +770,7 @@ pub fn unwritten_debits(key_id: &[u8; 16]) -> i64 {
     if !active() {
         return 0;
     }
+    await_load();
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let h = hash(dbid, key_id, KIND_KEY);
@@ -755,6 +799,7 @@ pub fn peek_credits(spec: &Spec, now: i64) -> Option<i64> {
     if !active() {
         return Some(from_row());
     }
+    await_load();
     // SAFETY: backend-local
     let dbid = unsafe { pg_sys::MyDatabaseId }.to_u32();
     let h = hash(dbid, &spec.key_id, KIND_KEY);

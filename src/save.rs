@@ -426,6 +426,13 @@ pub fn load_limits() {
     }
 }
 
+/// Whether a saved limits table waits to be loaded (asked as shared
+/// memory is made, in the postmaster, whose working directory is the data
+/// directory).
+pub fn limits_saved() -> bool {
+    std::path::Path::new(LIMITS_FILE).exists()
+}
+
 /// A relaunched launcher: the limits table is still in shared memory.
 pub fn forget_limits() {
     let _ = take_file(LIMITS_FILE);

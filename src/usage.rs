@@ -786,6 +786,7 @@ pub extern "C-unwind" fn pg_apikeys_usage_launcher(_arg: pg_sys::Datum) {
     } else {
         crate::save::forget_limits();
     }
+    crate::limits::load_done();
     // every round follows a copy newer than any recovered one
     crate::save::snapshot_usage(false);
     let mut saved_at = crate::limits::clock_now();

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import API_URL, as_user
+from harness import API_URL, as_user, clear_of_a_minute_boundary
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -154,6 +154,7 @@ def test_a_rate_limited_key_gets_PT429_and_retry_after_only_through_the_transpor
     k = world.mint(f"limited-{lib}", world.ws_a, ["read"])
     as_user(world.su, "alice", "SELECT apikeys.update_key(%s, rate_limit => 2, rate_window => '1 minute')",
             (k["id"],))
+    clear_of_a_minute_boundary()
     r = run(LIMITED[lib], API_KEY=k["key"])
     results, responses = r["results"], r["responses"]
     assert [x.get("error") is None for x in results] == [True, True, False]

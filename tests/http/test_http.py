@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from harness import ALICE_JWT_CLAIMS as ALICE_JWT
-from harness import ORIGIN, as_user, jwt, request
+from harness import ORIGIN, as_user, clear_of_a_minute_boundary, jwt, request
 
 
 def names(resp) -> set[str]:
@@ -228,6 +228,7 @@ def test_a_rate_limited_key_gets_429_with_retry_after(server, world):
     k = world.mint("limited", world.ws_a, ["read"])
     as_user(world.su, "alice", "SELECT apikeys.update_key(%s, rate_limit => 2, rate_window => '1 minute')",
             (k["id"],))
+    clear_of_a_minute_boundary()
     first = request("GET", "/projects", key=k["key"])
     assert first.status == 200, first.body
     assert first.headers.get("x-ratelimit-limit") == "2"

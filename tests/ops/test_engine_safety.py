@@ -222,6 +222,50 @@ def test_a_clean_restart_keeps_every_debit_and_every_window(clusters):
     assert not (c.data / "pg_apikeys_limits.saved").exists()
 
 
+def test_checks_wait_for_the_saved_limits_table_and_go_on_without_a_launcher(clusters):
+    """The saved limits table is loaded by the launcher, a moment after the
+    server accepts connections; a check in that moment waits for the load.
+    With no launcher at all (max_worker_processes = 0 leaves it
+    unregistered) a check waits its bound, says so once, and goes on without
+    the saved windows; the file stays, and the next start with a launcher
+    adds it to what was counted meanwhile."""
+    c = clusters("safety_noload").init({**PRELOAD, "apikeys.usage_flush_interval": 3600})
+    c.start()
+    data = setup_db(c, "noload", keys=1)
+    (limited,) = data["tokens"]
+    with c.connect("noload") as su:
+        call(su, None, "UPDATE apikeys.keys SET rate_limit = 3, rate_window = '1 day' WHERE id = %s",
+             (data["ids"][0],))
+    assert hammer(c, "noload", limited, 1, 2) == {"valid": 2}
+    c.stop("fast")
+    saved = c.data / "pg_apikeys_limits.saved"
+    assert saved.exists()
+    c._conf({"max_worker_processes": 0})
+    c.start()
+    warnings: list[str] = []
+    with c.connect("noload") as su:
+        su.add_notice_handler(lambda d: warnings.append(d.message_primary or ""))
+        assert launcher_pid(c) is None
+        t0 = time.monotonic()
+        assert one(su, None, "SELECT code FROM apikeys.check_key(%s)", (limited,))["code"] == "valid"
+        waited = time.monotonic() - t0
+        # once per session: the next check does not wait again
+        t0 = time.monotonic()
+        assert one(su, None, "SELECT code FROM apikeys.check_key(%s)", (limited,))["code"] == "valid"
+        again = time.monotonic() - t0
+    assert waited >= 9 and again < 5, (waited, again)
+    assert [w for w in warnings if "not loaded yet" in w] == [
+        "pg_apikeys: the saved rate windows and credit debits are not loaded yet; checks go on without them"]
+    assert saved.exists()
+    c.stop("fast")
+    c._conf({"max_worker_processes": 8})
+    c.start()
+    # the 2 counted before the first stop are loaded now (what was counted
+    # without a launcher was never saved): one check is left of 3
+    assert hammer(c, "noload", limited, 1, 2) == {"valid": 1, "rate_limited": 1}
+    assert not saved.exists()
+
+
 def test_the_flusher_keeps_its_own_session(clusters):
     """ALTER DATABASE and ALTER ROLE settings that would break a flush (read
     only, repeatable read, 1 ms statement, lock and idle timeouts) change
