@@ -26,13 +26,6 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     fi
 fi
 
-ensure_venv || { echo "0 passed, 1 failed"; exit 1; }
-ensure_npm || { echo "0 passed, 1 failed"; exit 1; }
-scripts/postrust.sh || { echo "0 passed, 1 failed"; exit 1; }
-export POSTRUST="$PGX_HOME/bin/postrust"
-
-if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" -t 5; then
-    scripts/cluster.sh start || exit 1
-fi
+ensure_http_stack || { echo "0 passed, 1 failed"; exit 1; }
 say "browser tests on PostgreSQL $PG_MAJOR (tests/browser: $(/usr/bin/chromium --version 2>/dev/null | head -1), headless)"
 run_pytest "$ROOT/target/test-browser-pg$PG_MAJOR-pytest.log" tests/browser "$@"

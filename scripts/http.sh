@@ -13,14 +13,6 @@ set -uo pipefail
 cd "$ROOT"
 export PGPORT
 . "$ROOT/scripts/pytest-lib.sh"
-ensure_venv || { echo "0 passed, 1 failed"; exit 1; }
-ensure_npm || { echo "0 passed, 1 failed"; exit 1; }
-
-scripts/postrust.sh || { echo "0 passed, 1 failed"; exit 1; }
-export POSTRUST="$PGX_HOME/bin/postrust"
-
-if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" -t 5; then
-    scripts/cluster.sh start || exit 1
-fi
+ensure_http_stack || { echo "0 passed, 1 failed"; exit 1; }
 say "http tests on PostgreSQL $PG_MAJOR (tests/http: postrust-server, PostgREST's flow)"
 run_pytest "$ROOT/target/test-http-pg$PG_MAJOR-pytest.log" tests/http "$@"

@@ -60,6 +60,19 @@ ensure_npm() {
     fi
 }
 
+# What the http and browser layers share: the venv, the npm packages,
+# postrust-server (scripts/postrust.sh; $POSTRUST for the tests) and the
+# local cluster, started when it is not running.
+ensure_http_stack() {
+    ensure_venv || return 1
+    ensure_npm || return 1
+    scripts/postrust.sh || return 1
+    export POSTRUST="$PGX_HOME/bin/postrust"
+    if ! "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" -t 5; then
+        scripts/cluster.sh start || return 1
+    fi
+}
+
 # run_pytest LOG DIR [pytest args...]: run pytest on DIR, tee to LOG, print
 # one closing line in the shape scripts/test.sh reads ("N passed, N failed")
 # and return pytest's status.
