@@ -317,3 +317,52 @@ def test_limits_are_per_server_with_two_standbys(clusters):
         assert codes == ["valid"] * 5 + ["rate_limited"] * 2, codes
         admitted += codes.count("valid")
     assert admitted == 15
+
+
+def test_a_dropped_databases_batches_are_discarded_and_counted(clusters):
+    """A standby holds batches of a database the primary cannot take yet
+    (the primary takes the connection and never answers); the database is
+    then dropped on the primary. Once the drop is replayed, the standby's
+    batches of it are removed and counted as discarded, and its other
+    database's usage still reaches the primary."""
+    primary = make_primary(clusters, "drop_primary", {"max_worker_processes": 16})
+    with primary.connect() as admin:
+        admin.execute("CREATE DATABASE fw_gone")
+        oid = one(admin, None, "SELECT oid FROM pg_database WHERE datname = 'fw_gone'")["oid"]
+    with primary.connect("fw_gone") as su:
+        su.execute("CREATE EXTENSION pg_apikeys")
+        su.execute("SELECT apikeys.grant_to('app')")
+        ws = one(su, "alice", "SELECT apikeys.create_workspace('gone') AS id")["id"]
+        gone_tok = Secret(one(su, "alice", "SELECT key FROM apikeys.create_key(%s, 'g', '{read}')", (ws,))["key"])
+    with primary.connect(DB) as su:
+        ws = one(su, "alice", "SELECT apikeys.create_workspace('kept') AS id")["id"]
+        r = one(su, "alice", "SELECT id, key FROM apikeys.create_key(%s, 'k', '{read}')", (ws,))
+        kept_id, kept_tok = r["id"], Secret(r["key"])
+    proxy = LosingProxy(primary.port)
+    standby = clusters("drop_standby").basebackup_of(
+        primary, {**PRELOAD, "apikeys.primary_conninfo": f"host={HOST} port={proxy.port} user=usage_forward"})
+    standby.start()
+    caught_up(primary, standby)
+    batches = lambda: list(standby.data.glob(f"pg_apikeys_forward.{oid}.*"))  # noqa: E731
+    with standby.connect(DB) as s:
+        discarded_before = one(s, None, "SELECT discarded FROM apikeys.usage_stats()")["discarded"]
+    proxy.blackhole.set()
+    try:
+        with standby.connect("fw_gone") as s:
+            assert verify(s, gone_tok, 7) == 7
+        with standby.connect(DB) as s:
+            assert verify(s, kept_tok, 4) == 4
+        wait_until(lambda: len(batches()) > 0, 30, "a batch of fw_gone on the standby's disk")
+        with primary.connect() as admin:
+            admin.execute("DROP DATABASE fw_gone")
+        caught_up(primary, standby)
+        wait_until(lambda: not batches(), 30, "the dropped database's batches to be discarded")
+        with standby.connect(DB) as s:
+            discarded = one(s, None, "SELECT discarded FROM apikeys.usage_stats()")["discarded"]
+        assert discarded - discarded_before == 7
+    finally:
+        proxy.blackhole.clear()
+        for c in proxy.held:
+            c.close()
+    wait_verified(primary, kept_id, 4, "the other database's usage", standby)
+    proxy.close()
